@@ -1,0 +1,261 @@
+"""The shape catalog: YAML files under shapes/ → validated, frozen Cases, and named subsets.
+
+A catalog file holds ``cases:`` (a list of entries) and optionally ``defaults:`` (provenance fields and tags
+merged into every entry). ``shapes/subsets.yaml`` names subsets by tags. Every problem raises
+:class:`CatalogError` naming the file, the entry and the field, before any framework is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from suite.ops import OP_KINDS, Conv2d, Gemm, Op
+
+SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
+SUBSETS_FILE = "subsets.yaml"
+
+ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags"}
+PROVENANCE_KEYS = {"network", "layer", "source", "derivation"}
+REQUIRED_PROVENANCE = ("network", "layer", "source")
+DIM_KEYS = {
+    "gemm": {"m", "n", "k", "transpose_a", "transpose_b"},
+    "conv2d": {"n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation", "groups"},
+}
+REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s")}
+
+
+class CatalogError(ValueError):
+    """A catalog problem, located by file, entry and field."""
+
+    def __init__(self, file: str | Path, problem: str, entry: str | None = None, field: str | None = None):
+        self.file, self.entry, self.field, self.problem = str(file), entry, field, problem
+        where = self.file + (f": {entry}" if entry else "") + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    network: str
+    layer: str
+    source: str
+    derivation: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One catalog entry: what is measured, and where the shape comes from."""
+
+    id: str
+    op: Op
+    provenance: Provenance
+    count: int = 1
+    tags: tuple[str, ...] = ()
+    file: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    description: str
+    tags: tuple[str, ...] = ()  # a case belongs if it has any of these (empty: every case) ...
+    exclude_tags: tuple[str, ...] = ()  # ... and none of these
+
+    def __contains__(self, case: Case) -> bool:
+        tags = set(case.tags)
+        return (not self.tags or bool(tags & set(self.tags))) and not tags & set(self.exclude_tags)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    cases: tuple[Case, ...]
+    subsets: Mapping[str, Subset]
+
+    def subset(self, name: str) -> list[Case]:
+        if name not in self.subsets:
+            raise CatalogError(SUBSETS_FILE, f"unknown subset {name!r}{_suggest(name, self.subsets)}; "
+                               f"known: {', '.join(self.subsets)}")
+        return [case for case in self.cases if case in self.subsets[name]]
+
+    def by_id(self) -> dict[str, Case]:
+        return {case.id: case for case in self.cases}
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_keys(data: Mapping[str, Any], allowed: set[str], err, prefix: str = "") -> None:
+    for key in data:
+        if key not in allowed:
+            raise err(f"unknown key{_suggest(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}",
+                      f"{prefix}{key}")
+
+
+def _positive_int(value: Any, err, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise err(f"must be an integer >= {minimum}, got {value!r}", name)
+    return value
+
+
+def _pair(value: Any, err, name: str, minimum: int) -> tuple[int, int]:
+    """An int (both dims) or a [height, width] list."""
+    items = value if isinstance(value, list) else [value, value]
+    if len(items) != 2:
+        raise err(f"must be an integer or a [height, width] pair, got {value!r}", name)
+    return tuple(_positive_int(v, err, name, minimum) for v in items)  # type: ignore[return-value]
+
+
+def _padding(value: Any, err) -> tuple[int, int, int, int]:
+    """An int, [pad_h, pad_w], or [top, bottom, left, right]."""
+    items = value if isinstance(value, list) else [value]
+    if len(items) not in (1, 2, 4):
+        raise err(f"must be an integer, [pad_h, pad_w] or [top, bottom, left, right], got {value!r}",
+                  "dims.padding")
+    pads = [_positive_int(v, err, "dims.padding", 0) for v in items]
+    if len(pads) == 1:
+        return (pads[0],) * 4  # type: ignore[return-value]
+    if len(pads) == 2:
+        return (pads[0], pads[0], pads[1], pads[1])
+    return tuple(pads)  # type: ignore[return-value]
+
+
+def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
+    """Validate ``dims`` for an op kind and build the frozen spec."""
+    if not isinstance(dims, Mapping):
+        raise err(f"must be a mapping of dimension names to integers, got {type(dims).__name__}", "dims")
+    _unknown_keys(dims, DIM_KEYS[kind], err, "dims.")
+    for name in REQUIRED_DIMS[kind]:
+        if name not in dims:
+            raise err("is required", f"dims.{name}")
+        _positive_int(dims[name], err, f"dims.{name}")
+    if kind == "gemm":
+        for flag in ("transpose_a", "transpose_b"):
+            if not isinstance(dims.get(flag, False), bool):
+                raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
+        return Gemm(**dims)
+    spec = dict(dims)
+    spec["stride"] = _pair(dims.get("stride", 1), err, "dims.stride", 1)
+    spec["dilation"] = _pair(dims.get("dilation", 1), err, "dims.dilation", 1)
+    spec["padding"] = _padding(dims.get("padding", 0), err)
+    spec["groups"] = _positive_int(dims.get("groups", 1), err, "dims.groups")
+    try:
+        return Conv2d(**spec)
+    except ValueError as exc:  # geometry that cannot exist (filter larger than input, groups not dividing c)
+        raise err(str(exc), "dims") from None
+
+
+def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, Any]) -> Case:
+    label = f"entry {index}"
+    if isinstance(raw, Mapping) and isinstance(raw.get("id"), str):
+        label += f" (id '{raw['id']}')"
+
+    def err(problem: str, field_name: str | None = None) -> CatalogError:
+        return CatalogError(file, problem, label, field_name)
+
+    if not isinstance(raw, Mapping):
+        raise err(f"must be a mapping with keys {', '.join(sorted(ENTRY_KEYS))}, got {type(raw).__name__}")
+    _unknown_keys(raw, ENTRY_KEYS, err)
+    for key in ("id", "op", "dims", "provenance"):
+        if key not in raw and not (key == "provenance" and "provenance" in defaults):
+            raise err("is required", key)
+    if not isinstance(raw["id"], str) or not raw["id"].strip() or any(ch.isspace() for ch in raw["id"]):
+        raise err(f"must be a non-empty string without spaces, got {raw['id']!r}", "id")
+    if raw["op"] not in OP_KINDS:
+        raise err(f"unknown op {raw['op']!r}{_suggest(str(raw['op']), OP_KINDS)}; known: {', '.join(OP_KINDS)}",
+                  "op")
+    op = build_op(raw["op"], raw["dims"], err)
+
+    prov = {**defaults.get("provenance", {}), **(raw.get("provenance") or {})}
+    if not isinstance(raw.get("provenance", {}), Mapping):
+        raise err("must be a mapping with network, layer, source (and optionally derivation)", "provenance")
+    _unknown_keys(prov, PROVENANCE_KEYS, err, "provenance.")
+    for key in PROVENANCE_KEYS:
+        if key in REQUIRED_PROVENANCE and key not in prov:
+            raise err("is required", f"provenance.{key}")
+        if key in prov and (not isinstance(prov[key], str) or not prov[key].strip()):
+            raise err(f"must be a non-empty string, got {prov[key]!r}", f"provenance.{key}")
+
+    count = _positive_int(raw.get("count", 1), err, "count")
+    tags = list(defaults.get("tags", [])) + list(raw.get("tags") or [])
+    if not isinstance(raw.get("tags", []), list) or not all(isinstance(t, str) and t for t in tags):
+        raise err(f"must be a list of non-empty strings, got {raw.get('tags')!r}", "tags")
+    return Case(id=raw["id"], op=op, provenance=Provenance(**prov), count=count,
+                tags=tuple(dict.fromkeys(tags)), file=str(file))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(path, f"cannot read file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CatalogError(path, f"not valid YAML{where}: {problem}") from None
+
+
+def load_file(path: str | Path) -> list[Case]:
+    """Load and validate one catalog file."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping) or "cases" not in data:
+        raise CatalogError(path, "must be a mapping with a 'cases:' list (and optionally 'defaults:')")
+    _unknown_keys(data, {"cases", "defaults", "description"}, lambda p, f: CatalogError(path, p, None, f))
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise CatalogError(path, "must be a mapping with provenance and/or tags", None, "defaults")
+    _unknown_keys(defaults, {"provenance", "tags"}, lambda p, f: CatalogError(path, p, "defaults", f))
+    if not isinstance(data["cases"], list):
+        raise CatalogError(path, "must be a list of entries", None, "cases")
+    return [parse_entry(raw, path, i, defaults) for i, raw in enumerate(data["cases"], start=1)]
+
+
+def load_subsets(path: Path) -> dict[str, Subset]:
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("subsets"), Mapping):
+        raise CatalogError(path, "must be a mapping with a 'subsets:' mapping of name → {description, tags}")
+    subsets = {}
+    for name, spec in data["subsets"].items():
+        def err(problem: str, field_name: str | None = None, name=name) -> CatalogError:
+            return CatalogError(path, problem, f"subset '{name}'", field_name)
+
+        if not isinstance(spec, Mapping):
+            raise err("must be a mapping with description, tags, exclude_tags")
+        _unknown_keys(spec, {"description", "tags", "exclude_tags"}, err)
+        if not isinstance(spec.get("description"), str):
+            raise err("is required (a sentence)", "description")
+        for key in ("tags", "exclude_tags"):
+            if not isinstance(spec.get(key, []), list):
+                raise err("must be a list of tags", key)
+        subsets[name] = Subset(name, spec["description"], tuple(spec.get("tags", [])),
+                               tuple(spec.get("exclude_tags", [])))
+    return subsets
+
+
+def load_catalog(directory: str | Path = SHAPES_DIR) -> Catalog:
+    """Load every ``*.yaml`` catalog file of a directory and its subsets; ids must be unique."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CatalogError(directory, "no such catalog directory")
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name == SUBSETS_FILE:
+            continue
+        for case in load_file(path):
+            if case.id in seen:
+                raise CatalogError(path, f"duplicate id; first defined in {seen[case.id]}", f"id '{case.id}'", "id")
+            seen[case.id] = path.name
+            cases.append(case)
+    subsets_path = directory / SUBSETS_FILE
+    subsets = load_subsets(subsets_path) if subsets_path.exists() else {}
+    subsets.setdefault("all", Subset("all", "every case in the catalog"))
+    return Catalog(tuple(cases), subsets)
