@@ -1,0 +1,140 @@
+"""The backend protocol: what a framework adapter provides, and the framework-free glue around it.
+
+A backend turns (op, pass, dtype, mode, layout) into a zero-argument ``step`` that runs one call of the pass on
+tensors already on the device, plus a ``sync`` that waits for it. Everything else (inputs, blocks, first-call
+timing, output conversion for the numerical check) is written once here. Operands are named generically:
+``x`` is the data operand (GEMM's A, the conv input), ``w`` the weight (GEMM's B, the conv filter), ``dy`` the
+gradient of the output. Logical layouts are row-major A/B, NCHW input and KCRS (OIHW) filter.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from suite.ops import Op, Pass
+
+# Which operands each pass differentiates with respect to, and the output names the check compares.
+WRT: dict[str, tuple[str, ...]] = {"backward_data": ("x",), "backward_weight": ("w",), "backward": ("x", "w")}
+OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx",),
+                                       "backward_weight": ("dw",), "backward": ("dx", "dw")}
+
+
+class Unsupported(Exception):
+    """This backend cannot run this combination; the message says why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-wide settings, applied once per worker before anything is measured."""
+
+    device: str = "cpu"
+    threads: int | None = None  # None: the framework's default
+    math: str = "strict"  # "strict" (IEEE fp32) or "tf32"
+    options: dict[str, str] = field(default_factory=dict)  # backend-specific knobs, recorded with the results
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything about one measurement besides the shape."""
+
+    pass_: Pass
+    dtype: str = "fp32"
+    mode: str = ""  # "" = the backend's default mode
+    layout: str = ""  # "" = the backend's default layout for the op
+
+
+@dataclass
+class Prepared:
+    run_block: Callable[[int], None]  # n calls back to back, then ONE synchronization
+    first_call_s: float  # first call (compilation, autotuning, primitive creation) with its sync
+    outputs: Callable[[], dict[str, np.ndarray]]  # one more call, outputs in logical layout, float64
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. which padding form ran; recorded
+
+
+class Backend(ABC):
+    """One framework. Subclasses import their framework inside methods, never at module top."""
+
+    name: ClassVar[str]
+    modes: ClassVar[tuple[str, ...]]  # the first is the default
+    layouts: ClassVar[dict[str, tuple[str, ...]]]  # op kind -> layouts, the first is the default
+
+    # --- what each framework provides -------------------------------------------------------------
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Framework and library versions (BLAS, oneDNN, CUDA, cuDNN where known)."""
+
+    @abstractmethod
+    def devices(self) -> list[str]:
+        """Devices usable here: "cpu" and, where present, "gpu"."""
+
+    @abstractmethod
+    def configure(self, settings: Settings) -> dict[str, Any]:
+        """Apply threads and math mode for the whole worker; return the flags read back from the framework."""
+
+    @abstractmethod
+    def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        """Put a float32 array in logical layout on the device, in the variant's dtype and native layout."""
+
+    @abstractmethod
+    def step(self, op: Op, variant: Variant, args: dict[str, Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
+        """Build the callable that runs one call of the pass on ``args``; also return details to record."""
+
+    @abstractmethod
+    def sync(self, out: Any) -> None:
+        """Wait until ``out`` (the result of the last call) and everything before it has been computed."""
+
+    @abstractmethod
+    def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
+        """One output of a call as a float64 array in logical layout."""
+
+    # --- written once ----------------------------------------------------------------------------
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+
+    def resolve(self, op: Op, variant: Variant) -> Variant:
+        """Fill in the default mode and layout, and reject what this backend does not offer."""
+        mode = variant.mode or self.modes[0]
+        layouts = self.layouts[op.kind]
+        layout = variant.layout or layouts[0]
+        if mode not in self.modes:
+            raise Unsupported(f"{self.name} has no mode {mode!r}; modes: {', '.join(self.modes)}")
+        if layout not in layouts:
+            raise Unsupported(f"{self.name} has no {op.kind} layout {layout!r}; layouts: {', '.join(layouts)}")
+        return Variant(variant.pass_, variant.dtype, mode, layout)
+
+    def prepare(self, op: Op, variant: Variant, arrays: dict[str, np.ndarray]) -> Prepared:
+        """Place the inputs, build the step, run it once (timed apart), and return the block runner."""
+        variant = self.resolve(op, variant)
+        args = {role: self.tensor(array, role, op, variant) for role, array in arrays.items()}
+        step, details = self.step(op, variant, args)
+        start = time.perf_counter()
+        self.sync(step())
+        first_call_s = time.perf_counter() - start
+
+        def outputs() -> dict[str, np.ndarray]:
+            out = step()
+            self.sync(out)
+            names = OUTPUTS[variant.pass_]
+            parts = out if len(names) > 1 else (out,)
+            return {name: self.to_numpy(part, name, op, variant) for name, part in zip(names, parts, strict=True)}
+
+        details = {"mode": variant.mode, "layout": variant.layout, **details}
+        return Prepared(self.block_runner(step), first_call_s, outputs, details)
+
+    def block_runner(self, step: Callable[[], Any]) -> Callable[[int], None]:
+        """n back-to-back calls closed by one sync of the last output (in-order devices finish the rest first)."""
+
+        def run_block(n: int) -> None:
+            out = None
+            for _ in range(n):
+                out = step()
+            self.sync(out)
+
+        return run_block
+

@@ -1,0 +1,123 @@
+"""PyTorch: eager and torch.compile; conv layouts NCHW and channels_last.
+
+Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
+the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the
+gradients asked for (ConvolutionBackward's output mask follows the requested inputs), so backward_data does not
+compute dW. Under torch.compile the forward is compiled and the backward replays the compiled backward graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backends.base import WRT, Backend, Settings, Unsupported, Variant
+from suite.ops import Conv2d, Op
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    modes = ("eager", "compile")
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last")}
+
+    def __init__(self, settings: Settings | None = None):
+        super().__init__(settings)
+        import torch
+
+        self.torch = torch
+
+    def versions(self) -> dict[str, str]:
+        torch = self.torch
+        out = {"torch": torch.__version__.split("+")[0], "torch_build": torch.__version__}
+        if torch.backends.mkldnn.is_available():
+            out["onednn"] = ".".join(str(v) for v in getattr(torch._C, "_onednn_version", lambda: ())()) or "yes"
+        if torch.cuda.is_available():
+            out["cuda"] = str(torch.version.cuda)
+            out["cudnn"] = str(torch.backends.cudnn.version())
+        return out
+
+    def devices(self) -> list[str]:
+        return ["cpu", "gpu"] if self.torch.cuda.is_available() else ["cpu"]
+
+    def configure(self, settings: Settings) -> dict[str, Any]:
+        torch = self.torch
+        self.settings = settings
+        if settings.device == "gpu" and not torch.cuda.is_available():
+            raise Unsupported("no CUDA device visible to torch")
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        precision = "tf32" if settings.math == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+        torch.backends.mkldnn.matmul.fp32_precision = "ieee" if precision == "ieee" else "tf32"
+        torch.backends.mkldnn.conv.fp32_precision = "ieee" if precision == "ieee" else "tf32"
+        torch.backends.cudnn.benchmark = True  # autotune once per shape; the warm-up absorbs it
+        flags = {
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision,
+            "cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+            "mkldnn.matmul.fp32_precision": torch.backends.mkldnn.matmul.fp32_precision,
+            "mkldnn.conv.fp32_precision": torch.backends.mkldnn.conv.fp32_precision,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+        }
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            flags.update(gpu=props.name, gpu_memory_bytes=props.total_memory,
+                         gpu_capability=f"{props.major}.{props.minor}")
+        return flags
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.settings.device == "gpu" else "cpu"
+
+    def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        torch = self.torch
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[variant.dtype]
+        tensor = torch.from_numpy(array).to(device=self.device, dtype=dtype)
+        if variant.layout == "channels_last" and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor.requires_grad_(role in WRT.get(variant.pass_, ()))
+
+    def _forward(self, op: Op, variant: Variant):
+        torch = self.torch
+        if isinstance(op, Conv2d):
+            pads = op.symmetric_padding
+            if pads is None:
+                raise Unsupported(f"torch conv2d has no asymmetric padding {op.padding} (only F.pad + conv)")
+
+            def conv(x, w):
+                return torch.nn.functional.conv2d(x, w, stride=op.stride, padding=pads, dilation=op.dilation,
+                                                  groups=op.groups)
+
+            return conv
+
+        def gemm(x, w):
+            return torch.matmul(x.t() if op.transpose_a else x, w.t() if op.transpose_b else w)
+
+        return gemm
+
+    def step(self, op: Op, variant: Variant, args: dict[str, Any]):
+        torch = self.torch
+        forward = self._forward(op, variant)
+        if variant.mode == "compile":
+            forward = torch.compile(forward, dynamic=False, fullgraph=True)
+        x, w, dy = args["x"], args["w"], args["dy"]
+        if variant.pass_ == "forward":  # no operand requires grad here, so autograd records nothing
+            return (lambda: forward(x, w)), {}
+        y = forward(x, w)  # once, outside the timed region
+        wrt = tuple(args[name] for name in WRT[variant.pass_])
+
+        def run_backward():
+            grads = torch.autograd.grad(y, wrt, dy, retain_graph=True)
+            return grads if len(grads) > 1 else grads[0]
+
+        return run_backward, {}
+
+    def sync(self, out: Any) -> None:
+        if self.settings.device == "gpu":
+            self.torch.cuda.synchronize()
+
+    def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
+        return out.detach().to("cpu", self.torch.float64).contiguous().numpy()

@@ -1,0 +1,71 @@
+"""Statistics of raw block times: median per call with a 95% CI, spread, and noise flags; ratio CIs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+NOISY_REL_IQR = 0.10  # IQR/median at or above this: flag the result noisy
+SHORT_BLOCK_S = 1e-3  # a block shorter than this is dominated by timer and sync overhead
+OVERHEAD_BOUND_S = 50e-6  # a call this short measures framework dispatch more than the kernel
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float  # seconds per call
+    ci_low: float  # 95% confidence interval of the median (order statistics; NaN with too few blocks)
+    ci_high: float
+    rel_iqr: float  # (Q3 - Q1) / median
+    min: float
+    mean: float
+    blocks: int
+    calls_per_block: int
+    flags: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["flags"] = list(self.flags)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
+
+
+def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free CI of the median from order statistics (NaN when too few values for the level)."""
+    ci = sps.quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(confidence)
+    return float(ci.low), float(ci.high)
+
+
+def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True) -> Summary:
+    per_call = np.asarray(block_times, dtype=float) / calls_per_block
+    median = float(np.median(per_call))
+    low, high = median_ci(per_call)
+    q1, q3 = np.percentile(per_call, [25, 75])
+    rel_iqr = float((q3 - q1) / median) if median > 0 else math.inf
+    flags = []
+    if not stable:
+        flags.append("unstable")
+    if rel_iqr >= NOISY_REL_IQR:
+        flags.append("noisy")
+    if min(block_times) < SHORT_BLOCK_S:
+        flags.append("short_blocks")
+    if median < OVERHEAD_BOUND_S:
+        flags.append("overhead_bound")
+    if math.isnan(low):
+        flags.append("few_blocks")
+    return Summary(median, low, high, rel_iqr, float(per_call.min()), float(per_call.mean()),
+                   len(per_call), calls_per_block, tuple(flags))
+
+
+def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, confidence: float = 0.95,
+             resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Ratio of medians (e.g. time of B / time of A = speedup of A) with a bootstrap percentile CI."""
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    point = float(np.median(num) / np.median(den))
+    if len(num) < 2 or len(den) < 2:
+        return point, math.nan, math.nan
+    result = sps.bootstrap((num, den), lambda a, b, axis=-1: np.median(a, axis=axis) / np.median(b, axis=axis),
+                           confidence_level=confidence, n_resamples=resamples, method="percentile",
+                           vectorized=True, rng=np.random.default_rng(seed))
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)

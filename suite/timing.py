@@ -1,0 +1,102 @@
+"""Framework-free timing: warm-up by time, block-size calibration, adaptive stopping.
+
+A backend hands over ``run_block(n)``: n back-to-back calls closed by ONE device synchronization. This module
+decides how many calls and blocks to run and keeps every block time; it never looks at a framework, and tests
+drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    warmup_s: float = 0.05  # >= 25 ms (triton do_bench) absorbs primitive JIT, allocator growth, autotuning
+    target_block_s: float = 0.025  # blocks of 10-100 ms keep one sync per block negligible
+    min_blocks: int = 7  # fewest blocks that give a 95% order-statistic CI of the median
+    max_blocks: int = 60
+    target_rel_iqr: float = 0.05  # stop once IQR/median of the blocks falls below this
+    max_time_s: float = 10.0  # per-case cap on warm-up + calibration + blocks; hitting it marks the result unstable
+    max_calls_per_block: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Raw timing of one case: every block time, in seconds, of ``calls_per_block`` calls each."""
+
+    block_times: tuple[float, ...]
+    calls_per_block: int
+    warmup_calls: int
+    warmup_s: float
+    stop_reason: str  # "stable", "time_cap" or "max_blocks"
+
+    @property
+    def stable(self) -> bool:
+        return self.stop_reason == "stable"
+
+    @property
+    def per_call(self) -> np.ndarray:
+        return np.asarray(self.block_times) / self.calls_per_block
+
+
+def relative_iqr(values: np.ndarray | list[float]) -> float:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return float((q3 - q1) / median) if median > 0 else math.inf
+
+
+def _timed(run_block: Callable[[int], None], n: int, clock: Clock) -> float:
+    start = clock()
+    run_block(n)
+    return clock() - start
+
+
+def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfig(),
+            clock: Clock = time.perf_counter) -> Samples:
+    """Warm up for ``config.warmup_s``, calibrate the calls per block, then collect blocks adaptively."""
+    began = clock()
+
+    def elapsed() -> float:
+        return clock() - began
+
+    warmup_calls, last = 0, 0.0
+    while warmup_calls == 0 or elapsed() < config.warmup_s:
+        last = _timed(run_block, 1, clock)
+        warmup_calls += 1
+        if elapsed() >= config.max_time_s:
+            break
+    warmup_s = elapsed()
+
+    # Calibrate from the last warm-up call, then once more from a real block, which is less noisy.
+    calls = _calls_for(config, last)
+    probe = _timed(run_block, calls, clock)
+    if probe < config.target_block_s / 2:
+        calls = _calls_for(config, probe / calls)
+
+    blocks: list[float] = []
+    while True:
+        blocks.append(_timed(run_block, calls, clock))
+        enough = len(blocks) >= config.min_blocks
+        if enough and relative_iqr(blocks) <= config.target_rel_iqr:
+            reason = "stable"
+            break
+        if elapsed() >= config.max_time_s:
+            reason = "time_cap"
+            break
+        if len(blocks) >= config.max_blocks:
+            reason = "max_blocks"
+            break
+    return Samples(tuple(blocks), calls, warmup_calls, warmup_s, reason)
+
+
+def _calls_for(config: TimingConfig, seconds_per_call: float) -> int:
+    if seconds_per_call <= 0:
+        return config.max_calls_per_block
+    return int(min(config.max_calls_per_block, max(1, round(config.target_block_s / seconds_per_call))))
