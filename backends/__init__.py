@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from backends.base import Backend, Settings
 
 # name -> (module:Class, the distribution a user installs, the module whose presence means it is installed)
+TOX_ENV = {"torch": "torch-cpu", "tensorflow": "tf-cpu", "jax": "jax-cpu"}
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "torch": ("backends.torch_backend:TorchBackend", "torch", "torch"),
     "tensorflow": ("backends.tf_backend:TensorFlowBackend", "tensorflow", "tensorflow"),
@@ -45,7 +46,7 @@ def load(name: str, settings: Settings | None = None) -> Backend:
     if not is_available(name):
         raise BackendUnavailable(
             f"backend {name!r} needs {dist}, which is not installed in this environment "
-            f"(pip install 'opbench[{name}]', or run it through its tox env, e.g. tox -e {name.replace('tensorflow', 'tf')}-cpu)"
+            f"(pip install 'opbench[{name}]', or run it through its tox env: tox -e {TOX_ENV[name]})"
         )
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)(settings)

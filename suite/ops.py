@@ -112,7 +112,7 @@ class Conv2d:
         if len(self.padding) != 4 or min(self.padding) < 0:
             raise ValueError(f"padding must be four integers >= 0 (top, bottom, left, right), got {self.padding}")
         if self.c % self.groups or self.k % self.groups:
-            raise ValueError(f"channels c={self.c} and filters k={self.k} must both be divisible by groups={self.groups}")
+            raise ValueError(f"channels c={self.c} and filters k={self.k} must be divisible by groups={self.groups}")
         if self.p < 1 or self.q < 1:
             raise ValueError(
                 f"the {self.r}×{self.s} filter (dilation {self.dilation}) does not fit the padded "
