@@ -93,6 +93,13 @@ class Backend(ABC):
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         """One output of a call as a float64 array in logical layout."""
 
+    def free_memory_bytes(self) -> int | None:
+        """Free memory of the device in use, where the framework can tell (GPU); None means ask the host."""
+        return None
+
+    def release(self) -> None:
+        """Return cached device memory between cases (e.g. a caching allocator's pool)."""
+
     # --- written once ----------------------------------------------------------------------------
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()

@@ -119,5 +119,12 @@ class TorchBackend(Backend):
         if self.settings.device == "gpu":
             self.torch.cuda.synchronize()
 
+    def free_memory_bytes(self) -> int | None:
+        return self.torch.cuda.mem_get_info()[0] if self.settings.device == "gpu" else None
+
+    def release(self) -> None:
+        if self.settings.device == "gpu":
+            self.torch.cuda.empty_cache()
+
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         return out.detach().to("cpu", self.torch.float64).contiguous().numpy()
