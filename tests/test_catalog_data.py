@@ -1,0 +1,377 @@
+"""The catalog's data: every shapes/*.yaml file validates, DeepBench matches its CSVs, the networks match their
+published definitions (layer counts, FLOPs, parameter counts), and the named subsets are sane. No framework imports.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from suite.catalog import SHAPES_DIR, SUBSETS_FILE, Case, load_catalog, load_file
+
+# DeepBench's shape lists as CSV (see that folder's README.md); the CSV comparisons skip where it is absent
+DATA_DIR = Path(os.environ.get("OPBENCH_DEEPBENCH_DATA", "/work/shared/data"))
+needs_csv = pytest.mark.skipif(not (DATA_DIR / "deepbench_conv.csv").exists(),
+                               reason=f"DeepBench CSVs not found in {DATA_DIR} (set OPBENCH_DEEPBENCH_DATA)")
+DEEPBENCH_SETS = {
+    "training_set": "deepbench-train",
+    "inference_server_set": "deepbench-inference-server",
+    "inference_device_set": "deepbench-inference-device",
+}
+NETWORK_TAGS = ("resnet50", "mobilenetv2", "vit-b16", "bert-base", "bert-large", "gpt2", "llama3-8b")
+CATALOG_FILES = sorted(p for p in SHAPES_DIR.glob("*.yaml") if p.name != SUBSETS_FILE)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+@pytest.fixture(scope="module")
+def by_id(catalog):
+    return catalog.by_id()
+
+
+def in_file(catalog, name: str) -> list[Case]:
+    return [c for c in catalog.cases if Path(c.file).name == name]
+
+
+def tagged(catalog, *tags: str) -> list[Case]:
+    return [c for c in catalog.cases if set(tags) <= set(c.tags)]
+
+
+# ----------------------------------------------------------------------------------------------- every file, every id
+@pytest.mark.parametrize("path", CATALOG_FILES, ids=lambda p: p.name)
+def test_every_catalog_file_validates_and_is_not_empty(path):
+    cases = load_file(path)
+    assert cases, f"{path.name} has no cases"
+    description = yaml.safe_load(path.read_text(encoding="utf-8")).get("description")
+    assert isinstance(description, str) and len(description) > 40, f"{path.name} needs a description"
+
+
+def test_expected_catalog_files_exist():
+    names = {p.name for p in CATALOG_FILES}
+    assert {"deepbench.yaml", "resnet50.yaml", "mobilenetv2.yaml", "vit.yaml", "bert.yaml", "gpt.yaml", "seed.yaml",
+            "sweeps.yaml", "smoke.yaml"} <= names
+
+
+def test_load_catalog_has_every_file(catalog):
+    assert len(catalog.cases) == sum(len(load_file(p)) for p in CATALOG_FILES)
+
+
+def test_ids_unique_across_files_and_well_formed():
+    ids = [entry["id"] for p in CATALOG_FILES for entry in yaml.safe_load(p.read_text(encoding="utf-8"))["cases"]]
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    assert not dupes
+    bad = [i for i in ids if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", i)]
+    assert not bad, f"ids should be lower-case, digits, '-' and '.': {bad[:5]}"
+
+
+def test_every_entry_has_provenance(catalog):
+    for case in catalog.cases:
+        prov = case.provenance
+        for field in ("network", "layer", "source"):
+            assert getattr(prov, field).strip(), f"{case.id}: empty provenance.{field}"
+        if Path(case.file).name != "smoke.yaml":
+            assert len(prov.derivation) > 15, f"{case.id}: derivation missing or too short"
+
+
+# ----------------------------------------------------------------------------------------------------------- DeepBench
+def _read_csv(name: str) -> list[dict]:
+    with open(DATA_DIR / name, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _gemm_key(case: Case) -> tuple[int, ...]:
+    op = case.op
+    return (op.m, op.n, op.k, int(op.transpose_a), int(op.transpose_b))
+
+
+def _conv_key(case: Case) -> tuple[int, ...]:
+    """DeepBench's column order: W, H, C, N, K, S (filter width), R (filter height), pad_w, pad_h, wstride,
+    hstride."""
+    op = case.op
+    top, bottom, left, right = op.padding
+    assert top == bottom and left == right, f"{case.id}: DeepBench pads symmetrically"
+    assert op.dilation == (1, 1) and op.groups == 1
+    return (op.w, op.h, op.c, op.n, op.k, op.s, op.r, left, top, op.stride[1], op.stride[0])
+
+
+GEMM_COLS = ("M", "N", "K", "a_t", "b_t")
+CONV_COLS = ("W", "H", "C", "N", "K", "S_filter_w", "R_filter_h", "pad_w", "pad_h", "wstride", "hstride")
+
+
+def _csv_sets(rows: list[dict], cols: tuple[str, ...]) -> dict[tuple[int, ...], set[str]]:
+    out: dict[tuple[int, ...], set[str]] = {}
+    for row in rows:
+        if row["set"] in DEEPBENCH_SETS:
+            out.setdefault(tuple(int(row[c]) for c in cols), set()).add(DEEPBENCH_SETS[row["set"]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def deepbench(catalog):
+    cases = in_file(catalog, "deepbench.yaml")
+    assert all("deepbench" in c.tags for c in cases)
+    return [c for c in cases if c.op.kind == "gemm"], [c for c in cases if c.op.kind == "conv2d"]
+
+
+def test_deepbench_counts(deepbench):
+    gemms, convs = deepbench
+    assert len(gemms) == 243
+    assert len(convs) == 191
+
+
+@needs_csv
+@pytest.mark.parametrize("kind", ["gemm", "conv"])
+def test_deepbench_matches_csv_exactly(deepbench, kind):
+    gemms, convs = deepbench
+    if kind == "gemm":
+        expected = _csv_sets(_read_csv("deepbench_gemm.csv"), GEMM_COLS)
+        got = {_gemm_key(c): c for c in gemms}
+    else:
+        expected = _csv_sets(_read_csv("deepbench_conv.csv"), CONV_COLS)
+        got = {_conv_key(c): c for c in convs}
+    assert len(got) == len(expected), "two entries have the same dims"
+    assert set(got) == set(expected)
+    for key, sets in expected.items():
+        case_sets = {t for t in got[key].tags if t in DEEPBENCH_SETS.values()}
+        assert case_sets == sets, f"{got[key].id}: tags {case_sets}, CSV sets {sets}"
+        assert got[key].provenance.source.startswith("DeepBench")
+
+
+def test_deepbench_non_square_filter_not_swapped(by_id):
+    # deepbench_conv.csv line 2: W=700 H=161 C=1 N=4 K=32 S_filter_w=20 R_filter_h=5, no pad, stride 2×2
+    op = by_id["db-conv-161x700-c1-k32-n4-f5x20-s2-p0"].op
+    assert (op.h, op.w, op.r, op.s) == (161, 700, 5, 20)
+    assert (op.p, op.q) == ((161 - 5) // 2 + 1, (700 - 20) // 2 + 1) == (79, 341)
+    assert op.flops() == 2 * 4 * 32 * 79 * 341 * 1 * 5 * 20
+
+
+@needs_csv
+def test_deepbench_skips_commented_out_row(deepbench):
+    _, convs = deepbench
+    commented = [r for r in _read_csv("deepbench_conv.csv") if r["set"] not in DEEPBENCH_SETS]
+    assert len(commented) == 1
+    assert tuple(int(commented[0][c]) for c in CONV_COLS) not in {_conv_key(c) for c in convs}
+
+
+def test_deepbench_transposed_gemm(by_id):
+    op = by_id["db-gemm-2560x64x2560-tn"].op
+    assert op.transpose_a and not op.transpose_b
+    assert op.a_shape == (2560, 2560) and op.out_shape == (2560, 64)
+
+
+# ----------------------------------------------------------------------------------------------------------- networks
+def network(catalog, tag: str, variant: str) -> list[Case]:
+    cases = tagged(catalog, tag, variant)
+    assert cases, f"no {tag} {variant} cases"
+    return cases
+
+
+def total_flops(cases: list[Case]) -> int:
+    return sum(c.count * c.op.flops() for c in cases)
+
+
+def test_known_layer_flops(by_id):
+    assert by_id["resnet50-infer-stem-7x7s2-3x64-224"].op.flops() == 2 * 64 * 112 * 112 * 3 * 7 * 7 == 236_027_904
+    assert by_id["bert-base-train-ffn-up"].op.flops() == 2 * (8 * 512) * 3072 * 768 == 19_327_352_832
+    assert by_id["vit-b16-infer-patch-embed"].op.flops() == 2 * 768 * 14 * 14 * 3 * 16 * 16 == 231_211_008
+    assert by_id["llama3-8b-decode-gate-up-proj"].op.flops() == 2 * 1 * 14336 * 4096
+    assert by_id["mobilenetv2-infer-dw3x3-144-56"].op.flops() == 2 * 144 * 56 * 56 * 1 * 3 * 3 == 8_128_512
+    assert by_id["seed-conv-3x3"].op.flops() == 2 * 64 * 32 * 32 * 3 * 3 * 3 == 3_538_944
+
+
+@pytest.mark.parametrize("variant", ["train", "inference"])
+def test_resnet50_layer_list(catalog, variant):
+    cases = network(catalog, "resnet50", variant)
+    convs = [c for c in cases if c.op.kind == "conv2d"]
+    assert sum(c.count for c in convs) == 53  # 1 stem + 16 blocks × 3 + 4 downsample projections
+    assert len(convs) == len({c.op for c in convs}) == 23  # each distinct shape once
+    assert sum(c.count for c in convs if c.op.r == 3) == 16  # one 3×3 per bottleneck block
+    strided = sorted((c.op.r, c.op.c, c.count) for c in convs if c.op.stride == (2, 2))
+    # v1.5: stride 2 on the stem, on the 3×3 conv of the first block of stages 2-4, and on their projections
+    assert strided == [(1, 256, 1), (1, 512, 1), (1, 1024, 1), (3, 128, 1), (3, 256, 1), (3, 512, 1), (7, 3, 1)]
+    assert all(c.op.p * c.op.stride[0] == c.op.h for c in convs if c.op.r != 7)  # "same" convs / exact halving
+    assert {c.op.q for c in convs} == {112, 56, 28, 14, 7}
+    (fc,) = [c for c in cases if c.op.kind == "gemm"]
+    assert (fc.op.n, fc.op.k) == (1000, 2048)
+    batch = convs[0].op.n
+    # torchvision reports 4.09 GMACs per 224×224 image for resnet50 (conv + fc)
+    assert total_flops(cases) / batch == pytest.approx(2 * 4.09e9, rel=0.01)
+
+
+@pytest.mark.parametrize("variant", ["train", "inference"])
+def test_mobilenetv2_layer_list(catalog, variant):
+    cases = network(catalog, "mobilenetv2", variant)
+    convs = [c for c in cases if c.op.kind == "conv2d"]
+    depthwise = [c for c in convs if c.op.groups > 1]
+    assert all(c.op.depthwise and c.op.k == c.op.c and (c.op.r, c.op.s) == (3, 3) for c in depthwise)
+    assert all("depthwise" in c.tags for c in depthwise)
+    assert sum(c.count for c in depthwise) == 17
+    pointwise = [c for c in convs if c.op.r == 1]
+    assert sum(c.count for c in pointwise) == 16 + 17 + 1  # expand (not in the t=1 block), project, final 1×1
+    assert sum(c.count for c in convs) == 52
+    expand = [c for c in pointwise if c.op.k == 6 * c.op.c]
+    assert sum(c.count for c in expand) == 16
+    assert sorted(c.op.c for c in depthwise if c.op.stride == (2, 2)) == [96, 144, 192, 576]
+    (classifier,) = [c for c in cases if c.op.kind == "gemm"]
+    assert (classifier.op.n, classifier.op.k) == (1000, 1280)
+    batch = convs[0].op.n
+    # torchvision reports 0.30 GMACs per image for mobilenet_v2 (300.8 M multiply-adds)
+    assert total_flops(cases) / batch == pytest.approx(2 * 0.3008e9, rel=0.02)
+
+
+@pytest.mark.parametrize("variant, batch", [("train", 32), ("inference", 1)])
+def test_vit_b16_layer_list(catalog, variant, batch):
+    cases = network(catalog, "vit-b16", variant)
+    gemms = [c for c in cases if c.op.kind == "gemm" and c.count == 12]
+    assert sorted((c.op.n, c.op.k) for c in gemms) == [(768, 768), (768, 3072), (2304, 768), (3072, 768)]
+    assert all(c.op.m == batch * 197 for c in gemms)
+    (patch,) = [c for c in cases if c.op.kind == "conv2d"]
+    assert patch.op.stride == (16, 16) and patch.op.p * patch.op.q + 1 == 197
+    # torchvision reports 17.56 GMACs for vit_b_16; the attention products Q·Kᵀ and softmax·V
+    # (2 × 197² × 768 MACs per layer) are not listed, everything else is
+    attention = 12 * 2 * 197 * 197 * 768
+    assert total_flops(cases) / batch / 2 + attention == pytest.approx(17.56e9, rel=0.005)
+
+
+@pytest.mark.parametrize("tag, hidden, layers", [("bert-base", 768, 12), ("bert-large", 1024, 24)])
+def test_bert_layer_list(catalog, tag, hidden, layers):
+    for variant, tokens in (("train", 8 * 512), ("inference", 128)):
+        cases = network(catalog, tag, variant)
+        assert all(c.op.m == tokens and c.count == layers for c in cases)
+        assert sorted((c.op.n, c.op.k) for c in cases) == sorted(
+            [(3 * hidden, hidden), (hidden, hidden), (4 * hidden, hidden), (hidden, 4 * hidden)])
+        assert sum(c.op.n * c.op.k for c in cases) == 12 * hidden * hidden  # encoder weights per layer
+
+
+def test_gpt2_parameter_count(catalog):
+    cases = network(catalog, "gpt2", "decode")
+    assert all(c.op.m == 1 for c in cases)
+    weights = sum(c.count * c.op.n * c.op.k for c in cases)  # includes lm_head = the tied token embedding
+    per_layer_bias_and_norm = (2304 + 768 + 3072 + 768) + 4 * 768
+    positions, final_norm = 1024 * 768, 2 * 768
+    assert weights + 12 * per_layer_bias_and_norm + positions + final_norm == 124_439_808  # GPT-2 small
+
+
+def test_llama3_8b_parameter_count(catalog):
+    cases = network(catalog, "llama3-8b", "decode")
+    assert sorted((c.op.n, c.op.k, c.count) for c in cases) == [
+        (1024, 4096, 64), (4096, 4096, 64), (4096, 14336, 32), (14336, 4096, 64), (128256, 4096, 1)]
+    linear = sum(c.count * c.op.n * c.op.k for c in cases)
+    embedding, norms = 128256 * 4096, (2 * 32 + 1) * 4096
+    assert linear + embedding + norms == 8_030_261_248  # Meta-Llama-3-8B's parameter count
+
+
+@pytest.mark.parametrize("tag", ["gpt2", "llama3-8b"])
+def test_llm_phases(catalog, tag):
+    train = network(catalog, tag, "train")
+    prefill = network(catalog, tag, "prefill")
+    decode = network(catalog, tag, "decode")
+    assert {c.op.m for c in train} == {8192} and {c.op.m for c in prefill} == {512} and {c.op.m for c in decode} == {1}
+    assert all("inference" in c.tags for c in prefill + decode)
+    shapes = {(c.op.n, c.op.k) for c in decode}
+    assert {(c.op.n, c.op.k) for c in train} == shapes
+    assert {(c.op.n, c.op.k) for c in prefill} < shapes  # lm_head: only the last token at prefill = decode shape
+
+
+def test_modern_entries_are_tagged(catalog):
+    modern = tagged(catalog, "modern")
+    assert modern
+    for case in modern:
+        assert len([t for t in NETWORK_TAGS if t in case.tags]) == 1, case.id
+        assert ("train" in case.tags) != ("inference" in case.tags), case.id
+        assert case.provenance.source and case.provenance.derivation
+    for tag in NETWORK_TAGS:
+        assert tagged(catalog, tag, "train") and tagged(catalog, tag, "inference"), tag
+
+
+@pytest.mark.parametrize("prefix", ["resnet50", "mobilenetv2", "vit-b16", "bert-base", "bert-large"])
+def test_every_training_layer_has_an_inference_twin(by_id, prefix):
+    train = [i for i in by_id if i.startswith(f"{prefix}-train-")]
+    assert train
+    for i in train:
+        twin = by_id.get(i.replace("-train-", "-infer-"))
+        assert twin is not None, i
+        a, b = by_id[i], twin
+        assert a.count == b.count and a.provenance.layer == b.provenance.layer
+
+
+# ------------------------------------------------------------------------------------------------------ seed, sweeps
+def test_seed_examples(catalog, by_id):
+    seeds = tagged(catalog, "seed")
+    assert {c.id for c in seeds} == {"seed-dense-1024x512", "seed-dense-3072x512", "seed-conv-3x3", "seed-conv-7x7"}
+    assert all({"quick", "smoke"} <= set(c.tags) for c in seeds)
+    dense = by_id["seed-dense-1024x512"].op
+    assert (dense.m, dense.n, dense.k) == (1, 512, 1024)
+    conv3, conv7 = by_id["seed-conv-3x3"].op, by_id["seed-conv-7x7"].op
+    assert conv3.out_shape == conv7.out_shape == (1, 64, 32, 32)
+    # the dense layer over the conv's flattened input: same input size exactly
+    assert by_id["seed-dense-3072x512"].op.input_elements == conv3.input_elements == 3 * 32 * 32
+
+
+def test_sweeps(catalog):
+    gemm = sorted(c.op.m for c in tagged(catalog, "sweep-gemm"))
+    assert gemm[0] == 64 and gemm[-1] == 4096 and len(gemm) >= 10
+    assert all(c.op.m == c.op.n == c.op.k for c in tagged(catalog, "sweep-gemm"))
+    spatial = tagged(catalog, "sweep-conv-spatial")
+    assert {c.op.h for c in spatial} >= {7, 14, 28, 56, 112}
+    assert {(c.op.n, c.op.c, c.op.k) for c in spatial} == {(8, 64, 64)}
+    channels = tagged(catalog, "sweep-conv-channels")
+    assert {c.op.c for c in channels} >= {16, 32, 64, 128, 256, 512}
+    assert {(c.op.n, c.op.h, c.op.w) for c in channels} == {(8, 28, 28)}
+    assert all("sweeps" in c.tags and c.provenance.network == "synthetic scaling sweep"
+               for c in spatial + channels + tagged(catalog, "sweep-gemm"))
+
+
+# ------------------------------------------------------------------------------------------------------------ subsets
+def test_every_subset_is_non_empty(catalog):
+    assert {"smoke", "full", "quick", "seed", "deepbench-train", "deepbench-inference", "modern", "sweeps"} <= set(
+        catalog.subsets)
+    for name in catalog.subsets:
+        assert catalog.subset(name), name
+
+
+def test_subset_membership(catalog):
+    assert {c.id for c in catalog.subset("deepbench-train")} == {c.id for c in tagged(catalog, "deepbench-train")}
+    inference = catalog.subset("deepbench-inference")
+    assert all({"deepbench-inference-server", "deepbench-inference-device"} & set(c.tags) for c in inference)
+    assert len(inference) == len(tagged(catalog, "deepbench-inference-server")) + len(
+        tagged(catalog, "deepbench-inference-device")) - len(
+        tagged(catalog, "deepbench-inference-server", "deepbench-inference-device"))
+    assert {c.id for c in catalog.subset("modern")} == {c.id for c in tagged(catalog, "modern")}
+    assert {c.id for c in catalog.subset("sweeps")} == {c.id for c in tagged(catalog, "sweeps")}
+    # full = every real shape: all but the scaled-down smoke file
+    full = {c.id for c in catalog.subset("full")}
+    assert full == {c.id for c in catalog.cases if Path(c.file).name != "smoke.yaml"}
+
+
+QUICK_BUDGET = 40e9  # FLOPs: sum of the forward FLOPs of quick × 4 passes (about 7 GFLOP × 4 today)
+
+
+def test_quick_fits_the_cpu_budget(catalog):
+    quick = catalog.subset("quick")
+    assert 20 <= len(quick) <= 30, len(quick)
+    assert all(c.op.flops("forward") <= 5e9 for c in quick), [c.id for c in quick if c.op.flops() > 5e9]
+    assert sum(c.op.flops("forward") for c in quick) * 4 <= QUICK_BUDGET
+
+
+def test_quick_covers_what_it_should(catalog):
+    quick = catalog.subset("quick")
+    tags = Counter(t for c in quick for t in c.tags)
+    assert {c.op.kind for c in quick} == {"gemm", "conv2d"}
+    assert any(c.op.kind == "conv2d" and c.op.depthwise for c in quick)
+    assert any(c.op.kind == "conv2d" and c.op.r != c.op.s for c in quick)  # a non-square filter
+    assert any(c.op.kind == "gemm" and (c.op.transpose_a or c.op.transpose_b) for c in quick)
+    assert tags["seed"] == 4
+    assert tags["deepbench-train"] >= 2
+    assert tags["deepbench-inference-server"] + tags["deepbench-inference-device"] >= 2
+    assert tags["modern"] >= 5 and tags["inference"] >= 5
+    assert 3 <= tags["sweep-gemm"] <= 4
