@@ -50,3 +50,9 @@ def load(name: str, settings: Settings | None = None) -> Backend:
         )
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)(settings)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend's class, for its modes and layouts; its module imports no framework at top level."""
+    module_name, class_name = REGISTRY[canonical(name)][0].split(":")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -194,3 +194,13 @@ class Conv2d:
 
 Op = Gemm | Conv2d
 OP_KINDS: dict[str, type[Gemm] | type[Conv2d]] = {"gemm": Gemm, "conv2d": Conv2d}
+
+
+def op_to_dict(op: Op) -> dict:
+    """A JSON-ready description: ``{"kind": ..., **dims}``."""
+    return {"kind": op.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(op).items()}}
+
+
+def op_from_dict(data: dict) -> Op:
+    dims = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"}
+    return OP_KINDS[data["kind"]](**dims)

@@ -1,0 +1,1 @@
+"""Turns opbench results into normalized comparisons and a static HTML report."""

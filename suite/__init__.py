@@ -1,0 +1,1 @@
+"""opbench's framework-free harness: catalog, op specs, timing, statistics, results, workers, command line."""

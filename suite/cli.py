@@ -1,0 +1,286 @@
+"""``python -m suite``: one small function per subcommand; user mistakes exit 2 with one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import backends
+from suite.catalog import SHAPES_DIR, Case, CatalogError, load_catalog
+from suite.ops import DTYPES, PASSES
+from suite.results import ResultsError, read_many
+from suite.timing import TimingConfig
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UsageError(ValueError):
+    """A mistake in the command line; printed without a traceback."""
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    values = list(allowed) if text == "all" else _csv(text)
+    for value in values:
+        if value not in allowed:
+            raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)} (or 'all')")
+    return values
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("which cases")
+    group.add_argument("--catalog", default=None, help="named subset of the catalog (see `list --subsets`)")
+    group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
+    group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
+    group.add_argument("--op", choices=("gemm", "conv2d"), help="keep one op kind")
+    group.add_argument("--source", help="keep cases whose network or source contains this text")
+    group.add_argument("--shapes", default=str(SHAPES_DIR), help="catalog folder (default: the bundled one)")
+
+
+def select(args: argparse.Namespace, default_subset: str = "all") -> list[Case]:
+    catalog = load_catalog(args.shapes)
+    cases = catalog.subset(args.catalog or default_subset)
+    if args.id:
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in args.id)]
+    if args.tag:
+        cases = [c for c in cases if set(args.tag) & set(c.tags)]
+    if args.op:
+        cases = [c for c in cases if c.op.kind == args.op]
+    if args.source:
+        needle = args.source.lower()
+        cases = [c for c in cases if needle in f"{c.provenance.network} {c.provenance.source}".lower()]
+    return cases
+
+
+def _gflop(value: float) -> str:
+    return f"{value / 1e9:,.3f}" if value < 1e10 else f"{value / 1e9:,.0f}"
+
+
+# ---------------------------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    """The catalog as a table, or its subsets with counts and total FLOPs."""
+    if args.subsets:
+        catalog = load_catalog(args.shapes)
+        table = Table(title="catalog subsets")
+        for col in ("subset", "cases", "GEMM", "conv2d", "GFLOP fwd", "GFLOP fwd+bwd", "description"):
+            table.add_column(col, justify="right" if col[0] in "cGG" and col != "conv2d" else "left")
+        for name, subset in catalog.subsets.items():
+            cases = catalog.subset(name)
+            fwd = sum(c.op.flops("forward") for c in cases)
+            table.add_row(name, str(len(cases)), str(sum(c.op.kind == "gemm" for c in cases)),
+                          str(sum(c.op.kind == "conv2d" for c in cases)), _gflop(fwd), _gflop(3 * fwd),
+                          subset.description)
+        console.print(table)
+        return 0
+    cases = select(args)
+    table = Table(title=f"{len(cases)} cases ({args.catalog or 'all'}); total forward "
+                        f"{_gflop(sum(c.op.flops() for c in cases))} GFLOP")
+    for col in ("id", "op", "shape", "GFLOP fwd", "count", "network", "layer"):
+        table.add_column(col, justify="right" if col in ("GFLOP fwd", "count") else "left")
+    for case in cases:
+        table.add_row(case.id, case.op.kind, case.op.describe(), _gflop(case.op.flops()), str(case.count),
+                      case.provenance.network, case.provenance.layer)
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- run
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    add_selection(parser)
+    what = parser.add_argument_group("how")
+    what.add_argument("--backend", default="available",
+                      help=f"comma list of {', '.join(backends.REGISTRY)}, or 'available' (default)")
+    what.add_argument("--device", default="cpu", help="cpu or gpu (comma list)")
+    what.add_argument("--dtype", default="fp32", help=f"comma list of {', '.join(DTYPES)}, or all")
+    what.add_argument("--pass", dest="passes", default="all", help=f"comma list of {', '.join(PASSES)}, or all")
+    what.add_argument("--mode", default="default", help="default, all, or names (torch: eager, compile; "
+                      "tensorflow: function, eager, xla; jax: jit)")
+    what.add_argument("--layout", default="default", help="default, all, or names (NCHW, channels_last, NHWC)")
+    what.add_argument("--math", choices=("strict", "tf32"), default="strict",
+                      help="fp32 math: strict IEEE (default) or TF32 tensor cores, set in every framework")
+    what.add_argument("--threads", type=int, default=_usable_cpus(),
+                      help="CPU threads for every framework (default: all usable CPUs, %(default)s here)")
+    what.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="backend knob, recorded with the results (e.g. ynn_conv=off for jax on CPU)")
+    what.add_argument("--no-check", dest="check", action="store_false",
+                      help="skip the numerical check against the float64 reference before timing")
+    what.add_argument("--seed", type=int, default=0)
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s,
+                        help="seconds of timing per measurement before it is called unstable (default %(default)s)")
+    limits.add_argument("--case-timeout", type=float, default=300.0,
+                        help="seconds per measurement, compile included, before its worker is killed")
+    limits.add_argument("--max-run-time", type=float, default=None, help="stop starting measurements after this")
+    parser.add_argument("-o", "--output", default=None, help="results file (.jsonl); default results/<time>.jsonl")
+    parser.add_argument("--resume", action="store_true", help="continue a results file, skipping what it holds")
+    parser.add_argument("--shard", default=None, metavar="I/N", help="run part I of N (whole cases per part)")
+
+
+def _parse_options(items: list[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    return options
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard takes I/N, e.g. 2/4, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: I must be between 1 and N")
+    return index, count
+
+
+def _backend_names(text: str) -> list[str]:
+    if text == "available":
+        names = backends.available()
+        if not names:
+            raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
+        return names
+    names = [backends.canonical(name) for name in _csv(text)]
+    for name in names:
+        if not backends.is_available(name):
+            backends.load(name)  # raises BackendUnavailable with install advice
+    return names
+
+
+def build_plan(args: argparse.Namespace):
+    from suite.runner import plan, shard
+
+    cases = select(args, default_subset="quick")
+    if not cases:
+        raise UsageError("no case matches the selection; see `python -m suite list`")
+    devices = _choices(args.device, ("cpu", "gpu"), "device")
+    tasks = plan(cases, _backend_names(args.backend), devices, _choices(args.dtype, DTYPES, "dtype"),
+                 _choices(args.passes, PASSES, "pass"), _csv(args.mode), _csv(args.layout), args.math,
+                 args.threads, _parse_options(args.option))
+    part = _parse_shard(args.shard)
+    return shard(tasks, *part) if part else tasks
+
+
+def _format_time(seconds: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Measure the selected cases; results go to a JSON Lines file as they finish."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from suite.runner import RunOptions, run
+
+    tasks = build_plan(args)
+    if not tasks:
+        raise UsageError("the selection gives nothing to run (no backend offers that mode or layout)")
+    out = Path(args.output or f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
+    options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
+                         case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console) as progress:
+        bar = progress.add_task("measuring", total=len(tasks))
+
+        def report(task, record) -> None:
+            stats = record.get("stats")
+            time_text = f"{_format_time(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s" if stats else ""
+            check = record.get("check", {}).get("status", "")
+            progress.console.print(f"{record['status']:<11} {task.backend:<10} {task.pass_:<15} {task.dtype} "
+                                   f"{task.mode:<8} {task.case.id:<40} {time_text} {check} "
+                                   f"{record.get('reason') or ''}"[:240], highlight=False)
+            progress.advance(bar)
+
+        try:
+            counts = run(tasks, out, options, report, argv=sys.argv)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: finished measurements are in {out}; continue with --resume")
+            return 130
+        progress.update(bar, completed=len(tasks))
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    console.print(f"{out}: {summary}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- show
+def cmd_show(args: argparse.Namespace) -> int:
+    """A terminal summary of results files: time per call with its CI, throughput, flags."""
+    results = read_many(args.results)
+    for warning in results.warnings:
+        err_console.print(f"warning: {warning}")
+    table = Table(title=f"{len(results.measurements)} measurements")
+    for col in ("case", "backend", "pass", "dtype", "mode", "layout", "status", "median", "95% CI",
+                "GFLOP/s", "check", "flags / reason"):
+        table.add_column(col, justify="right" if col in ("median", "95% CI", "GFLOP/s") else "left")
+    for m in results.measurements:
+        stats = m.get("stats") or {}
+        median = stats.get("median")
+        low, high = stats.get("ci_low"), stats.get("ci_high")
+        ci = f"{_format_time(low)} – {_format_time(high)}" if isinstance(low, float) and isinstance(high, float) \
+            else ""
+        table.add_row(m["case"], m["backend"], m["pass"], m["dtype"], m["mode"], m["layout"], m["status"],
+                      _format_time(median) if median else "", ci,
+                      f"{m['tflops'] * 1e3:,.1f}" if m.get("tflops") else "",
+                      (m.get("check") or {}).get("status", ""),
+                      m.get("reason") or " ".join(stats.get("flags", [])))
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
+    "list": (cmd_list, lambda p: (add_selection(p), p.add_argument("--subsets", action="store_true",
+                                                                      help="list subsets with totals"))),
+    "run": (cmd_run, add_run_options),
+    "show": (cmd_show, lambda p: p.add_argument("results", nargs="+", help="results files or folders")),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m suite", description="opbench: GEMM and conv2d across frameworks")
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, (func, configure) in COMMANDS.items():
+        command = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        configure(command)
+        command.set_defaults(func=func)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        return 2

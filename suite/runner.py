@@ -1,0 +1,285 @@
+"""Plan measurements, run them in one worker process per backend, and append each result as it finishes.
+
+A case that fails is recorded with its reason; a worker that dies is recorded against the case it was running
+and restarted for the rest; a case past its time limit is killed and recorded as a timeout. With ``resume``,
+measurements already in the results file are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import backends
+from backends.base import Settings
+from suite import environment
+from suite.catalog import Case
+from suite.ops import DTYPE_BYTES, op_to_dict
+from suite.results import ResultsWriter, measurement_key, read_results
+from suite.timing import TimingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_START_TIMEOUT_S = 300.0  # importing TensorFlow on a slow disk takes a while
+
+
+@dataclass(frozen=True)
+class Task:
+    """One measurement to make: a case on a backend in one variant, under run-wide settings."""
+
+    case: Case
+    backend: str
+    device: str
+    dtype: str
+    pass_: str
+    mode: str
+    layout: str
+    math: str
+    threads: int | None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def identity(self) -> dict[str, Any]:
+        return {"case": self.case.id, "backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "pass": self.pass_, "mode": self.mode, "layout": self.layout, "math": self.math,
+                "threads": self.threads, "options": dict(self.options)}
+
+    @property
+    def key(self) -> str:
+        return measurement_key(self.identity())
+
+    @property
+    def group(self) -> tuple:
+        """Tasks of one group share a worker process."""
+        return (self.backend, self.device, self.math, self.threads, self.options)
+
+
+def _pick(requested: Iterable[str], offered: tuple[str, ...]) -> list[str]:
+    """'default' is the first offered, 'all' every one; names the backend does not offer are left out."""
+    picked: list[str] = []
+    for name in requested:
+        names = offered[:1] if name == "default" else offered if name == "all" else (name,) if name in offered else ()
+        picked += [n for n in names if n not in picked]
+    return picked
+
+
+def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[str], dtypes: Iterable[str],
+         passes: Iterable[str], modes: Iterable[str] = ("default",), layouts: Iterable[str] = ("default",),
+         math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None) -> list[Task]:
+    """Every combination, ordered so one worker runs a backend's tasks case by case."""
+    opts = tuple(sorted((options or {}).items()))
+    tasks = []
+    cases, modes, layouts = list(cases), list(modes), list(layouts)
+    for name in backend_names:
+        cls = backends.backend_class(name)
+        for device in devices:
+            for case in cases:
+                for mode in _pick(modes, cls.modes):
+                    for layout in _pick(layouts, cls.layouts[case.op.kind]):
+                        for dtype in dtypes:
+                            tasks += [Task(case, cls.name, device, dtype, p, mode, layout, math, threads, opts)
+                                      for p in passes]
+    return tasks
+
+
+def shard(tasks: list[Task], index: int, count: int) -> list[Task]:
+    """Part ``index`` (1-based) of ``count``: whole cases go to one shard, round-robin in catalog order."""
+    case_ids = list(dict.fromkeys(t.case.id for t in tasks))
+    mine = {cid for i, cid in enumerate(case_ids) if i % count == index - 1}
+    return [t for t in tasks if t.case.id in mine]
+
+
+class WorkerProcess:
+    """A ``python -m suite.worker`` child speaking JSON lines; its stderr goes to a log file."""
+
+    def __init__(self, backend: str, settings: Settings, timing: TimingConfig, check: bool, seed: int,
+                 log_path: Path):
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        if settings.threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(settings.threads)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._log = log_path.open("a")
+        self._log.write(f"\n=== {datetime.now(UTC).isoformat()} worker for {backend} ({settings.device})\n")
+        self._log.flush()
+        self.proc = subprocess.Popen([sys.executable, "-m", "suite.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
+                                     start_new_session=True)  # Ctrl-C reaches the parent only; it stops us
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._send({"backend": backend, "settings": dataclasses.asdict(settings),
+                    "timing": dataclasses.asdict(timing), "check": check, "seed": seed})
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, timeout: float) -> dict[str, Any] | None:
+        """The next message; None if the worker died or said nothing within ``timeout`` (then it is killed)."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            return None
+        return json.loads(line) if line else None
+
+    def run(self, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+        try:
+            self._send(task)
+        except (BrokenPipeError, OSError):
+            return self.death_result()
+        began = time.monotonic()
+        message = self.receive(timeout)
+        if message is not None:
+            return message
+        if time.monotonic() - began >= timeout:
+            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s; the worker was killed"}
+        return self.death_result()
+
+    def death_result(self) -> dict[str, Any]:
+        code = self.proc.wait(timeout=30)
+        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return {"status": "crashed", "reason": f"worker process {how}; last log lines: {self.log_tail()}"}
+
+    def log_tail(self, lines: int = 5) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])[-1500:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin:
+            self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        self.kill()
+        self._log.close()
+
+
+@dataclass
+class RunOptions:
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    check: bool = True
+    seed: int = 0
+    case_timeout_s: float = 300.0  # whole case: compile + check + timing; past it the worker is killed
+    run_time_cap_s: float | None = None  # stop starting new measurements after this long
+    resume: bool = False
+
+
+def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any]) -> dict[str, Any]:
+    """A self-contained line: what was measured, where the shape comes from, the raw times and statistics."""
+    op, case = task.case.op, task.case
+    record = {
+        "record": "measurement", "run_id": run_id, **task.identity(),
+        "op": op.kind, "dims": op_to_dict(op), "shape": op.describe(),
+        "provenance": dataclasses.asdict(case.provenance), "count": case.count, "tags": list(case.tags),
+        "flops": op.flops(task.pass_),  # type: ignore[arg-type]
+        "bytes": op.min_bytes(task.pass_, DTYPE_BYTES[task.dtype]),  # type: ignore[arg-type]
+        "versions": worker.get("versions", {}), "flags": worker.get("flags", {}),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    result = {k: v for k, v in result.items() if k not in ("type", "key")}
+    record.update(result)
+    stats = result.get("stats")
+    if stats:
+        record["tflops"] = record["flops"] / stats["median"] / 1e12
+    return record
+
+
+Reporter = Callable[[Task, dict[str, Any]], None]
+
+
+def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | None = None,
+        argv: list[str] | None = None) -> dict[str, int]:
+    """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through."""
+    out = Path(out)
+    done: set[str] = set()
+    if out.exists() and out.stat().st_size and not options.resume:
+        raise FileExistsError(f"{out} already holds results: pass --resume to continue it, or choose another "
+                              "output with -o")
+    if options.resume and out.exists():
+        done = read_results(out).keys()
+    todo = [t for t in tasks if t.key not in done]
+    counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
+    if not todo:
+        return counts
+    run_id = uuid.uuid4().hex[:12]
+    began = time.monotonic()
+    with ResultsWriter(out) as writer:
+        if writer.warning:
+            print(f"warning: {writer.warning}", file=sys.stderr)
+        writer.write({"record": "header", "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                      "command": argv or sys.argv, "environment": environment.capture(),
+                      "timing": dataclasses.asdict(options.timing), "check": options.check, "seed": options.seed})
+        groups: dict[tuple, list[Task]] = {}
+        for task in todo:
+            groups.setdefault(task.group, []).append(task)
+        log_path = out.with_suffix(".worker.log")
+        for (backend, device, math, threads, opts), group in groups.items():
+            settings = Settings(device=device, threads=threads, math=math, options=dict(opts))
+            pending = list(group)
+            while pending:
+                if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
+                    counts["not_started"] = counts.get("not_started", 0) + len(pending)
+                    break
+                worker = WorkerProcess(backend, settings, options.timing, options.check, options.seed, log_path)
+                try:
+                    hello = worker.receive(WORKER_START_TIMEOUT_S)
+                    if hello is None or hello.get("type") != "ready":
+                        why = hello["reason"] if hello else f"worker did not start: {worker.log_tail()}"
+                        for task in pending:
+                            _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report)
+                        break
+                    writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": device,
+                                  **{k: hello[k] for k in ("versions", "flags", "devices")}})
+                    while pending:
+                        if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
+                            break
+                        task = pending.pop(0)
+                        message = {"key": task.key, "op": op_to_dict(task.case.op), "pass": task.pass_,
+                                   "dtype": task.dtype, "mode": task.mode, "layout": task.layout}
+                        result = worker.run(message, options.case_timeout_s)
+                        _finish(writer, task, result, run_id, hello, counts, report)
+                        if result["status"] in ("crashed", "timeout"):
+                            break  # start a fresh worker for the rest
+                except BaseException:  # Ctrl-C: stop now; everything finished is already on disk
+                    worker.kill()
+                    raise
+                finally:
+                    worker.close()
+    return counts
+
+
+def _finish(writer: ResultsWriter, task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any],
+            counts: dict[str, int], report: Reporter | None) -> None:
+    record = measurement_record(task, result, run_id, worker)
+    writer.write(record)
+    counts[record["status"]] = counts.get(record["status"], 0) + 1
+    if report:
+        report(task, record)
