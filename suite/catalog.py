@@ -172,9 +172,9 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
                   "op")
     op = build_op(raw["op"], raw["dims"], err)
 
-    prov = {**defaults.get("provenance", {}), **(raw.get("provenance") or {})}
     if not isinstance(raw.get("provenance", {}), Mapping):
         raise err("must be a mapping with network, layer, source (and optionally derivation)", "provenance")
+    prov = {**defaults.get("provenance", {}), **(raw.get("provenance") or {})}
     _unknown_keys(prov, PROVENANCE_KEYS, err, "provenance.")
     for key in PROVENANCE_KEYS:
         if key in REQUIRED_PROVENANCE and key not in prov:

@@ -16,7 +16,7 @@ import yaml
 from suite.catalog import SHAPES_DIR, SUBSETS_FILE, Case, load_catalog, load_file
 
 # DeepBench's shape lists as CSV (see that folder's README.md); the CSV comparisons skip where it is absent
-DATA_DIR = Path(os.environ.get("OPBENCH_DEEPBENCH_DATA", "/work/shared/data"))
+DATA_DIR = Path(os.environ.get("OPBENCH_DEEPBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 needs_csv = pytest.mark.skipif(not (DATA_DIR / "deepbench_conv.csv").exists(),
                                reason=f"DeepBench CSVs not found in {DATA_DIR} (set OPBENCH_DEEPBENCH_DATA)")
 DEEPBENCH_SETS = {

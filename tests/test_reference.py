@@ -1,0 +1,76 @@
+"""The float64 NumPy reference, checked without any framework: direct loops and adjoint identities."""
+
+import numpy as np
+import pytest
+
+from suite.ops import Conv2d, Gemm
+from suite.reference import compare, make_inputs, reduced, reference, round_to
+
+CONVS = [
+    Conv2d(n=2, c=4, h=7, w=6, k=6, r=3, s=2, stride=(2, 1), padding=(1, 0, 2, 1)),
+    Conv2d(n=1, c=6, h=8, w=8, k=6, r=3, s=3, padding=(1, 1, 1, 1), groups=3, dilation=(2, 1)),
+]
+
+
+def direct_conv(op: Conv2d, x, w):
+    top, _, left, _ = op.padding
+    y = np.zeros(op.out_shape)
+    cg, kg = op.c // op.groups, op.k // op.groups
+    for n in range(op.n):
+        for k in range(op.k):
+            g = k // kg
+            for p in range(op.p):
+                for q in range(op.q):
+                    for c in range(cg):
+                        for r in range(op.r):
+                            for s in range(op.s):
+                                h = p * op.stride[0] - top + r * op.dilation[0]
+                                v = q * op.stride[1] - left + s * op.dilation[1]
+                                if 0 <= h < op.h and 0 <= v < op.w:
+                                    y[n, k, p, q] += x[n, g * cg + c, h, v] * w[k, c, r, s]
+    return y
+
+
+@pytest.mark.parametrize("op", CONVS)
+def test_conv_forward_matches_direct_loops(op):
+    inputs = make_inputs(op)
+    y = reference(op, inputs, "forward")["y"]
+    assert np.allclose(y, direct_conv(op, inputs["x"].astype(float), inputs["w"].astype(float)))
+
+
+@pytest.mark.parametrize("op", [*CONVS, Gemm(5, 3, 4, transpose_a=True), Gemm(2, 6, 3, transpose_b=True)])
+def test_gradients_are_adjoints_of_the_forward(op):
+    """<dy, f(x, w)> = <dx, x> = <dw, w> for a bilinear f, so dx and dw are exact gradients."""
+    inputs = make_inputs(op)
+    x, w, dy = (inputs[k].astype(float) for k in ("x", "w", "dy"))
+    out = reference(op, inputs, "backward")
+    y = reference(op, inputs, "forward")["y"]
+    assert np.vdot(dy, y) == pytest.approx(np.vdot(out["dx"], x)) == pytest.approx(np.vdot(out["dw"], w))
+    assert out["dx"].shape == x.shape and out["dw"].shape == w.shape
+
+
+def test_inputs_are_seeded_random_normal_and_differ_by_shape():
+    a, b = make_inputs(Gemm(64, 64, 64)), make_inputs(Gemm(64, 64, 64))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert abs(a["x"].mean()) < 0.1 and 0.9 < a["x"].std() < 1.1 and a["x"].dtype == np.float32
+    assert not np.array_equal(make_inputs(Gemm(64, 64, 64), seed=1)["x"], a["x"])
+
+
+def test_bf16_rounding_keeps_eight_significant_bits():
+    values = np.array([1.0, 1 + 2**-8, 1 + 2**-7, 3.14159], dtype=np.float32)
+    assert list(round_to(values, "bf16")) == [1.0, 1.0, 1 + 2**-7, 3.140625]
+
+
+def test_compare_flags_a_wrong_result():
+    expected = {"y": np.ones((4, 4))}
+    assert compare({"y": np.ones((4, 4)) * (1 + 1e-6)}, expected, "fp32", "strict")["status"] == "pass"
+    assert compare({"y": np.ones((4, 4)) * 1.01}, expected, "fp32", "strict")["status"] == "fail"
+    assert compare({"y": np.ones((4, 4)) * 1.01}, expected, "bf16", "strict")["status"] == "pass"
+    assert compare({"y": np.ones((4, 5))}, expected, "fp32", "strict")["status"] == "fail"
+
+
+def test_large_cases_are_checked_on_a_reduced_batch():
+    big = Conv2d(n=64, c=256, h=56, w=56, k=256, r=3, s=3, padding=(1, 1, 1, 1))
+    assert reduced(big).n == 1 and reduced(big).c == 256
+    assert reduced(Gemm(8192, 8192, 8192)).flops() <= 2e9
+    assert reduced(Gemm(64, 64, 64)) == Gemm(64, 64, 64)

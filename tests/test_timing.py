@@ -1,0 +1,97 @@
+"""Timing and statistics with a fake clock: exact, no hardware."""
+
+import math
+
+import numpy as np
+import pytest
+
+from suite.stats import median_ci, ratio_ci, summarize
+from suite.timing import TimingConfig, measure, relative_iqr
+
+
+class FakeDevice:
+    """A clock that advances only when the 'device' runs calls, each taking a scripted time."""
+
+    def __init__(self, call_times):
+        self.now = 0.0
+        self.call_times = call_times  # function of the call index -> seconds
+        self.calls = 0
+        self.blocks: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def run_block(self, n: int) -> None:
+        self.blocks.append(n)
+        for _ in range(n):
+            self.now += self.call_times(self.calls)
+            self.calls += 1
+
+
+def test_steady_op_stops_stable_with_calibrated_blocks():
+    device = FakeDevice(lambda i: 1e-3)  # 1 ms per call
+    config = TimingConfig(warmup_s=0.01, target_block_s=0.02, min_blocks=7)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.warmup_calls == 10  # 10 calls of 1 ms reach the 10 ms warm-up
+    assert samples.calls_per_block == 20  # 20 ms blocks of 1 ms calls
+    assert samples.stop_reason == "stable" and len(samples.block_times) == 7
+    assert np.allclose(samples.per_call, 1e-3)
+    summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
+    assert summary.median == pytest.approx(1e-3) and summary.rel_iqr == pytest.approx(0)
+    assert summary.flags == ()
+
+
+def test_warmup_is_kept_out_of_the_samples():
+    # the first 5 calls are slow (allocator growth, primitive caches); steady state is 1 ms
+    device = FakeDevice(lambda i: 3e-3 if i < 5 else 1e-3)
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.025, target_block_s=0.02), device.clock)
+    assert samples.warmup_calls == 15  # 5 × 3 ms + 10 × 1 ms = 25 ms of warm-up
+    assert max(samples.per_call) == pytest.approx(1e-3)
+
+
+def test_noisy_op_hits_the_time_cap_and_is_flagged_unstable():
+    device = FakeDevice(lambda i: 1e-3 if (i // 20) % 2 else 3e-3)  # alternating blocks, never settles
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=1.0, max_blocks=1000)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.stop_reason == "time_cap" and not samples.stable
+    summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
+    assert "unstable" in summary.flags and "noisy" in summary.flags
+
+
+def test_max_blocks_stops_a_noisy_fast_op():
+    device = FakeDevice(lambda i: 1e-3 if (i // 20) % 2 else 3e-3)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=100, max_blocks=9)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.stop_reason == "max_blocks" and len(samples.block_times) == 9
+
+
+def test_slow_op_runs_one_call_per_block():
+    device = FakeDevice(lambda i: 2.0)  # 2 s per call, cap 10 s
+    samples = measure(device.run_block, TimingConfig(max_time_s=10.0), device.clock)
+    assert samples.calls_per_block == 1
+    assert samples.stop_reason == "time_cap"
+    summary = summarize(samples.block_times, 1, samples.stable)
+    assert "few_blocks" in summary.flags  # too few blocks for a 95% CI of the median
+
+
+def test_overhead_bound_and_short_block_flags():
+    summary = summarize([1e-4] * 9, 10)  # 10 µs per call in 0.1 ms blocks
+    assert {"overhead_bound", "short_blocks"} <= set(summary.flags)
+
+
+def test_median_ci_from_order_statistics():
+    values = np.arange(1.0, 12.0)  # 11 values: the 95% CI of the median is (x_2, x_10)
+    assert median_ci(values) == (2.0, 10.0)
+    low, high = median_ci(np.array([1.0, 2.0, 3.0]))
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_relative_iqr():
+    assert relative_iqr([1, 2, 3, 4, 5]) == pytest.approx((4 - 2) / 3)
+
+
+def test_ratio_ci_contains_the_true_ratio():
+    rng = np.random.default_rng(1)
+    slow, fast = 2.0 + rng.normal(0, 0.02, 30), 1.0 + rng.normal(0, 0.01, 30)
+    point, low, high = ratio_ci(slow, fast)
+    assert low < 2.0 < high and low < point < high and high - low < 0.1
