@@ -104,7 +104,7 @@ def shard(tasks: list[Task], index: int, count: int) -> list[Task]:
 class WorkerProcess:
     """A ``python -m suite.worker`` child speaking JSON lines; its stderr goes to a log file."""
 
-    def __init__(self, backend: str, settings: Settings, timing: TimingConfig, check: bool, seed: int,
+    def __init__(self, backend: str, settings: Settings, timing: TimingConfig | None, check: bool, seed: int,
                  log_path: Path):
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -123,7 +123,7 @@ class WorkerProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._send({"backend": backend, "settings": dataclasses.asdict(settings),
-                    "timing": dataclasses.asdict(timing), "check": check, "seed": seed})
+                    "timing": timing and dataclasses.asdict(timing), "check": check, "seed": seed})
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -184,7 +184,7 @@ class WorkerProcess:
 
 @dataclass
 class RunOptions:
-    timing: TimingConfig = field(default_factory=TimingConfig)
+    timing: TimingConfig | None = field(default_factory=TimingConfig)  # None: check only, no timing
     check: bool = True
     seed: int = 0
     case_timeout_s: float = 300.0  # whole case: compile + check + timing; past it the worker is killed
@@ -236,7 +236,8 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
             print(f"warning: {writer.warning}", file=sys.stderr)
         writer.write({"record": "header", "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                       "command": argv or sys.argv, "environment": environment.capture(),
-                      "timing": dataclasses.asdict(options.timing), "check": options.check, "seed": options.seed})
+                      "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
+                      "seed": options.seed})
         groups: dict[tuple, list[Task]] = {}
         for task in todo:
             groups.setdefault(task.group, []).append(task)

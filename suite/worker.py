@@ -38,8 +38,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in text or "resourceexhausted" in text
 
 
-def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig, check: bool, seed: int) -> dict[str, Any]:
-    """Prepare, check against the float64 reference, and time one measurement; never raises."""
+def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, check: bool, seed: int
+             ) -> dict[str, Any]:
+    """Prepare, check against the float64 reference, and time one measurement (unless timing is None)."""
     from backends.base import Unsupported, Variant
 
     op = op_from_dict(task["op"])
@@ -66,6 +67,8 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig, check: bo
             result["check"] = {**compare(outputs, reference(small, small_inputs, variant.pass_, variant.dtype),
                                          variant.dtype, backend.settings.math),
                                "reduced": small != op}
+        if timing is None:  # `suite check`: numerical agreement only
+            return result
         samples = measure(prepared.run_block, timing)
         summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
         result.update(
@@ -108,7 +111,7 @@ def main() -> int:
     except Exception as exc:
         send(channel, {"type": "fatal", "reason": f"{type(exc).__name__}: {exc}"})
         return 1
-    timing = TimingConfig(**setup["timing"])
+    timing = TimingConfig(**setup["timing"]) if setup["timing"] else None
     for line in sys.stdin:
         task = json.loads(line)
         result = run_task(backend, task, timing, setup["check"], setup["seed"])
