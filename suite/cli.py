@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -258,12 +259,133 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- check
+def cmd_check(args: argparse.Namespace) -> int:
+    """Every case through every selected backend on the same seeded inputs, against a float64 reference."""
+    import tempfile
+
+    from suite.runner import RunOptions, run
+
+    tasks = build_plan(args)
+    if not tasks:
+        raise UsageError("the selection gives nothing to check")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.output or Path(tmp) / "check.jsonl")
+        run(tasks, out, RunOptions(timing=None, check=True, seed=args.seed, case_timeout_s=args.case_timeout))
+        records = read_many([out]).measurements
+    backends_seen = list(dict.fromkeys(r["backend"] for r in records))
+    table = Table(title="relative Frobenius error against float64 NumPy (same seeded inputs)")
+    for col in ("case", "pass", "dtype", "layout", *backends_seen):
+        table.add_column(col)
+    rows: dict[tuple, dict[str, str]] = {}
+    failed = 0
+    for r in records:
+        check = r.get("check") or {}
+        if r["status"] == "ok" and check.get("status") == "pass":
+            cell = f"{max(check['errors'].values()):.1e} ✓"
+        elif r["status"] == "ok":
+            failed += 1
+            cell = f"[red]{max(float(e) for e in check['errors'].values()):.1e} > {check['tolerance']:.0e} ✗[/red]"
+        elif r["status"] == "unsupported":
+            cell = "unsupported"
+        else:
+            failed += 1
+            cell = f"[red]{r['status']}[/red]"
+        rows.setdefault((r["case"], r["pass"], r["dtype"], r["layout"]), {})[r["backend"]] = cell
+    for (case, pass_, dtype, layout), cells in rows.items():
+        table.add_row(case, pass_, dtype, layout, *(cells.get(b, "") for b in backends_seen))
+    console.print(table)
+    for r in records:
+        if r["status"] not in ("ok", "unsupported"):
+            err_console.print(f"{r['backend']} {r['case']} {r['pass']}: {r['status']}: {r.get('reason')}",
+                              markup=False, highlight=False)
+    console.print(f"{len(records) - failed} of {len(records)} agree (unsupported counted as agreeing); "
+                  f"{failed} mismatched or failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    """Build the static HTML report (figures, tables, normalized data) from results files or folders."""
+    from reports.site import build_site
+
+    index = build_site(args.results, Path(args.output), baseline=args.baseline)
+    console.print(f"report written: {index} (open it in a browser, or publish the folder {index.parent})")
+    return 0
+
+
+def cmd_peak(args: argparse.Namespace) -> int:
+    """Measure achievable GEMM throughput per dtype (large square GEMMs, forward) for the report's % of peak."""
+    args.catalog = "peak"
+    args.passes = "forward"
+    if args.output is None:
+        args.output = f"results/peak-{args.device}.jsonl"
+    return cmd_run(args)
+
+
+# ---------------------------------------------------------------------------------------------- merge
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Combine results files (e.g. shards of one run) into one, refusing mixed versions or flags."""
+    from suite.results import ResultsWriter, measurement_key
+
+    results = read_many(args.results)
+    for warning in results.warnings:
+        err_console.print(f"warning: {warning}")
+    configs: dict[tuple[str, str], dict[str, str]] = {}
+    for worker in results.workers:
+        config = json.dumps({"versions": worker["versions"], "flags": worker["flags"]}, sort_keys=True)
+        configs.setdefault((worker["backend"], worker["device"]), {})[config] = worker["run_id"]
+    mixed = {k: v for k, v in configs.items() if len(v) > 1}
+    if mixed and not args.allow_mixed:
+        details = "; ".join(f"{b} on {d}: {len(v)} different version/flag sets (runs {', '.join(v.values())})"
+                            for (b, d), v in mixed.items())
+        raise UsageError(f"these results were not measured under one configuration: {details}. "
+                         "Compare them in a report instead, or pass --allow-mixed")
+    seen: set[str] = set()
+    duplicates = 0
+    out = Path(args.output)
+    if out.exists():
+        raise UsageError(f"{out} exists; choose a new output file")
+    with ResultsWriter(out) as writer:
+        for record in results.headers + results.workers:
+            writer.write(record)
+        for record in results.measurements:
+            key = measurement_key(record)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            writer.write(record)
+    console.print(f"{out}: {len(seen)} measurements from {len(results.headers)} runs"
+                  + (f"; {duplicates} duplicates dropped (kept the first)" if duplicates else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- selfcheck
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    """Time a few ops with opbench and with torch.utils.benchmark in one process, and measure machine noise."""
+    from backends.selfcheck import selfcheck
+
+    return selfcheck(console, threads=args.threads)
+
+
 # ---------------------------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "list": (cmd_list, lambda p: (add_selection(p), p.add_argument("--subsets", action="store_true",
                                                                       help="list subsets with totals"))),
     "run": (cmd_run, add_run_options),
     "show": (cmd_show, lambda p: p.add_argument("results", nargs="+", help="results files or folders")),
+    "check": (cmd_check, add_run_options),
+    "report": (cmd_report, lambda p: (
+        p.add_argument("results", nargs="+", help="results files or folders (searched for *.jsonl)"),
+        p.add_argument("-o", "--output", default="build/report", help="report folder (default %(default)s)"),
+        p.add_argument("--baseline", default="torch", help="backend the speedups are relative to"))),
+    "peak": (cmd_peak, add_run_options),
+    "merge": (cmd_merge, lambda p: (
+        p.add_argument("results", nargs="+", help="results files or folders"),
+        p.add_argument("-o", "--output", required=True, help="merged results file"),
+        p.add_argument("--allow-mixed", action="store_true", help="merge even if versions or flags differ"))),
+    "selfcheck": (cmd_selfcheck, lambda p: p.add_argument("--threads", type=int, default=_usable_cpus())),
 }
 
 
