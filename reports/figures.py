@@ -1,0 +1,393 @@
+"""Pure functions: normalized DataFrames (from ``reports.frame``) → matplotlib Figures, or None when there is nothing
+to draw. Each framework has ONE colour everywhere (Okabe-Ito, colour-blind safe); every axis says its unit.
+
+Comparisons use each framework's fastest variant (``best`` rows); all variants are in the report's tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # explicit: figures are rendered to files, never to a screen
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
+
+from reports.frame import BACKENDS, PASS_LABELS, PASSES, SWEEPS
+
+# Okabe & Ito (2008) colour-blind-safe palette; one fixed colour per framework in every figure.
+COLORS = {"torch": "#D55E00", "tensorflow": "#0072B2", "jax": "#009E73"}
+_SPARE = ["#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+MARKERS = {"gemm": "o", "conv2d": "s", "depthwise": "D"}
+sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
+
+
+def color(backend: str) -> str:
+    return COLORS.get(backend) or _SPARE[sum(map(ord, backend)) % len(_SPARE)]
+
+
+def backend_order(backends: pd.Series) -> list[str]:
+    present = set(backends.dropna())
+    return [b for b in BACKENDS if b in present] + sorted(present - set(BACKENDS))
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def tidy_log_ticks(fig: Figure) -> Figure:
+    """Label only the decades of log axes (minor labels such as 3×10¹ overlap)."""
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_minor_formatter(NullFormatter())
+    return fig
+
+
+def _best(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each framework's fastest ok variant per comparison key."""
+    if frame.empty or "best" not in frame:
+        return frame.iloc[0:0]
+    return frame[frame["best"] & frame["status"].eq("ok")].copy()
+
+
+def panel_labels(frame: pd.DataFrame) -> pd.Series:
+    """machine / device / dtype / math, naming only what varies; a single panel is called ''."""
+    parts = [c for c in ("machine", "device", "dtype", "math") if c in frame and frame[c].nunique() > 1]
+    if not parts:
+        return pd.Series("", index=frame.index)
+    return frame[parts].astype(str).agg(" · ".join, axis=1)
+
+
+def flop_unit(tflops: pd.Series) -> tuple[float, str]:
+    """Scale factor from TFLOP/s and the unit name: GFLOP/s when everything is below 1 TFLOP/s."""
+    return (1e3, "GFLOP/s") if tflops.max(skipna=True) < 1 else (1.0, "TFLOP/s")
+
+
+def time_unit(seconds: pd.Series) -> tuple[float, str]:
+    top = seconds.max(skipna=True)
+    for scale, unit in ((1.0, "s"), (1e-3, "ms")):
+        if top >= 10 * scale:
+            return 1 / scale, unit
+    return 1e6, "µs"
+
+
+def _legend(fig: Figure, backends: list[str], extra: list[Line2D] | None = None) -> None:
+    handles = [Line2D([], [], color=color(b), marker="o", linestyle="", label=b) for b in backends]
+    fig.legend(handles=handles + (extra or []), loc="outside lower center", ncols=min(6, len(handles) + 3),
+               frameon=False)
+
+
+def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low: str, high: str,
+            backends: list[str], horizontal: bool = True) -> None:
+    """One point with its CI per category and framework, frameworks side by side."""
+    width = 0.7 / max(len(backends), 1)
+    for i, backend in enumerate(backends):
+        part = data[data["backend"] == backend]
+        pos = np.array([categories.index(c) for c in part["category"]], dtype=float) + (i - (len(backends) - 1) / 2) \
+            * width
+        err = np.vstack([(part[value] - part[low]).clip(lower=0).fillna(0),
+                         (part[high] - part[value]).clip(lower=0).fillna(0)])
+        kwargs = {"fmt": "o", "color": color(backend), "markersize": 4, "elinewidth": 1, "capsize": 2}
+        if horizontal:
+            ax.errorbar(part[value], pos, xerr=err, **kwargs)
+        else:
+            ax.errorbar(pos, part[value], yerr=err, **kwargs)
+
+
+def _passes(frame: pd.DataFrame) -> list[str]:
+    return [p for p in PASSES if p in set(frame["pass"])]
+
+
+def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
+    """(a) Achieved FLOP/s per case by framework (95% CI), one column per pass, one row per machine/device/dtype.
+
+    With more than ``max_cases`` cases, FLOP/s is plotted against the case's FLOPs instead of one row per case.
+    """
+    best = _best(frame)
+    if best.empty:
+        return None
+    best["panel"] = panel_labels(best)
+    scale, unit = flop_unit(best["tflops_high"].fillna(best["tflops"]))
+    passes, panels, backends = _passes(best), sorted(best["panel"].unique()), backend_order(best["backend"])
+    cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
+    per_case = len(cases) <= max_cases
+    height = (0.22 * len(cases) + 1.2) if per_case else 3.2
+    fig = _figure(3.2 * len(passes) + (2.5 if per_case else 0.5), height * len(panels) + 0.8)
+    axes = fig.subplots(len(panels), len(passes), squeeze=False, sharex=True, sharey=True)
+    for r, panel in enumerate(panels):
+        for c, pass_ in enumerate(passes):
+            ax, data = axes[r][c], best[(best["panel"] == panel) & (best["pass"] == pass_)].copy()
+            for column in ("tflops", "tflops_low", "tflops_high"):
+                data[column] = data[column] * scale
+            if per_case:
+                data["category"] = data["case"]
+                _dodged(ax, data, cases, "tflops", "tflops_low", "tflops_high", backends)
+                ax.set_yticks(range(len(cases)), cases)
+                ax.set_ylim(len(cases) - 0.5, -0.5)
+                ax.set_xlabel(f"achieved {unit} (log)")
+            else:
+                for backend in backends:
+                    part = data[data["backend"] == backend]
+                    ax.scatter(part["flops"], part["tflops"], s=12, color=color(backend), alpha=0.8)
+                ax.set_xscale("log")
+                ax.set_xlabel("FLOPs per call (log)")
+                ax.set_ylabel(f"achieved {unit}")
+            ax.set_xscale("log") if per_case else ax.set_yscale("log")
+            ax.set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
+    _legend(fig, backends)
+    fig.suptitle("Achieved throughput per case (fastest mode/layout of each framework; bars: 95% CI)")
+    return fig
+
+
+def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | None:
+    """(b) Speedup over the baseline (time of baseline / time of framework): cases × frameworks, one panel per pass.
+
+    Cells read "1.23×"; a trailing "≈" marks a CI that does not exclude 1 ± 3% (no clear difference).
+    """
+    best = _best(frame).dropna(subset=["speedup"])
+    if best.empty or best["backend"].nunique() < 2:
+        return None
+    best["panel"] = panel_labels(best)
+    best["text"] = best["speedup"].map("{:.2f}×".format) + best["speedup_verdict"].map({"same": "≈"}).fillna("")
+    passes, panels, backends = _passes(best), sorted(best["panel"].unique()), backend_order(best["backend"])
+    cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
+    row_h = 0.24 if len(cases) <= 60 else 0.16
+    fig = _figure(1.1 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), len(passes), squeeze=False)
+    limit = max(float(np.abs(np.log2(best["speedup"])).max()), 0.1)
+    for r, panel in enumerate(panels):
+        for c, pass_ in enumerate(passes):
+            data = best[(best["panel"] == panel) & (best["pass"] == pass_)]
+            values = np.log2(data.pivot_table(index="case", columns="backend", values="speedup")
+                             .reindex(index=cases, columns=backends))
+            text = data.pivot_table(index="case", columns="backend", values="text", aggfunc="first") \
+                .reindex(index=cases, columns=backends).fillna("")
+            sns.heatmap(values, ax=axes[r][c], cmap="vlag_r", center=0, vmin=-limit, vmax=limit,
+                        annot=text if len(cases) <= 60 else False, fmt="", annot_kws={"fontsize": 7},
+                        cbar=c == len(passes) - 1, yticklabels=c == 0,
+                        cbar_kws={"label": f"log₂ speedup over {baseline} (blue: faster)"})
+            axes[r][c].set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
+            axes[r][c].set_xlabel("framework")
+            axes[r][c].set_ylabel("case" if c == 0 else "")
+    fig.suptitle(f"Speedup over {baseline} (×, >1 = faster than {baseline}; ≈ = 95% CI within 1 ± 3%)")
+    return fig
+
+
+def roofline(frame: pd.DataFrame) -> Figure | None:
+    """(c) Achieved FLOP/s against arithmetic intensity (FLOPs / minimum bytes), with the peak roofs."""
+    best = _best(frame).dropna(subset=["tflops", "intensity"])
+    if best.empty:
+        return None
+    best["panel"] = panel_labels(best)
+    panels, backends = sorted(best["panel"].unique()), backend_order(best["backend"])
+    tops = pd.concat([best["tflops"], best.get("peak_theoretical_tflops", pd.Series(dtype=float))])
+    scale, unit = flop_unit(tops)
+    fig = _figure(6.0 * len(panels), 4.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    xs = np.logspace(math.log10(best["intensity"].min() / 2), math.log10(best["intensity"].max() * 2), 100)
+    for ax, panel in zip(axes, panels, strict=True):
+        data = best[best["panel"] == panel]
+        for (backend, kind), part in data.groupby(["backend", "kind"]):
+            ax.scatter(part["intensity"], part["tflops"] * scale, color=color(backend), marker=MARKERS.get(kind, "o"),
+                       s=18, alpha=0.8)
+        theo, gbps = data["peak_theoretical_tflops"].max(), data["peak_theoretical_gbps"].max()
+        measured = data["measured_tflops"].max() if "measured_tflops" in data else math.nan
+        notes = []
+        if np.isfinite(theo):
+            roof = np.minimum(theo, xs * gbps / 1e3) if np.isfinite(gbps) else np.full_like(xs, theo)
+            ax.plot(xs, roof * scale, color="0.3", linestyle="--", linewidth=1)
+            notes.append(f"theoretical peak {theo * scale:.3g} {unit}")
+            if not np.isfinite(gbps):
+                notes.append("no bandwidth roof (memory bandwidth unknown)")
+        else:
+            notes.append("theoretical peak unknown")
+        if np.isfinite(measured):
+            ax.axhline(measured * scale, color="0.3", linestyle=":", linewidth=1)
+            notes.append(f"measured peak {measured * scale:.3g} {unit}")
+        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7, color="0.25")
+        ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, minimum bytes; log)",
+               ylabel=f"achieved {unit} (log)", title=panel or "all passes")
+    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items()
+             if k in set(best["kind"])]
+    extra += [Line2D([], [], color="0.3", linestyle="--", label="theoretical roof"),
+              Line2D([], [], color="0.3", linestyle=":", label="measured peak")]
+    _legend(fig, backends, extra)
+    fig.suptitle("Roofline: every pass of every case (fastest variant of each framework)")
+    return fig
+
+
+def pass_ratio(ratios: pd.DataFrame) -> Figure | None:
+    """(d) Backward time / forward time per case (dots) and their geometric mean (bar: 95% CI over cases)."""
+    data = ratios[ratios["best"]].copy() if not ratios.empty else ratios
+    if data.empty:
+        return None
+    data["panel"] = panel_labels(data)
+    panels, backends = sorted(data["panel"].unique()), backend_order(data["backend"])
+    dodge = (0.8 - 0.8 / len(backends)) if len(backends) > 1 else False  # the stripplot's hue offsets
+    whiches = [w for w in ("backward_data", "backward_weight", "backward") if w in set(data["which"])]
+    fig = _figure(max(4.5, 1.4 * len(whiches) * len(backends)) * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        part = data[data["panel"] == panel].assign(label=lambda d: d["which"].map(PASS_LABELS))
+        order = [PASS_LABELS[w] for w in whiches]
+        sns.stripplot(part, x="label", y="ratio", hue="backend", order=order, hue_order=backends,
+                      palette=COLORS | {b: color(b) for b in backends}, dodge=True, alpha=0.45, size=4, ax=ax,
+                      legend=False, log_scale=True)
+        sns.pointplot(part, x="label", y="ratio", hue="backend", order=order, hue_order=backends,
+                      palette=COLORS | {b: color(b) for b in backends}, dodge=dodge, linestyle="none",
+                      estimator=lambda v: float(np.exp(np.mean(np.log(v)))), errorbar=("ci", 95), markers="_",
+                      markersize=14, ax=ax, legend=False)
+        for i, which in enumerate(whiches):
+            flop = part.loc[part["which"] == which, "flop_ratio"].median()
+            ax.hlines(flop, i - 0.45, i + 0.45, color="0.3", linestyle="--", linewidth=1)
+        ax.set(xlabel="", ylabel="time of pass / time of forward (×, log)", title=panel or None)
+    _legend(fig, backends, [Line2D([], [], color="0.3", linestyle="--", label="FLOP ratio (same FLOP/s)"),
+                            Line2D([], [], color="0.3", marker="_", markersize=12, linestyle="",
+                                   label="geometric mean, 95% CI")])
+    fig.suptitle("Backward vs forward: dots are cases, bars the geometric mean over cases")
+    return fig
+
+
+def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
+    """(e) Why is a conv slower than a dense layer of the same input size? Forward pass only.
+
+    Left: FLOPs per input element (a dense layer does 2·N; a conv about 2·K·R·S: R·S·K/N times more). Middle: time
+    per call of the seed cases. Right: every forward case's FLOP/s against its FLOPs, GEMM vs conv.
+    """
+    fwd = _best(frame)
+    fwd = fwd[fwd["pass"] == "forward"]
+    seed = fwd[fwd["tags"].map(lambda t: "seed" in t).astype(bool)].copy()
+    both = fwd["kind"].isin(["gemm"]).any() and fwd["kind"].isin(["conv2d", "depthwise"]).any()
+    if seed.empty and not both:
+        return None
+    backends = backend_order(fwd["backend"])
+    panels = (2 if not seed.empty else 0) + (1 if both else 0)
+    fig = _figure(5.0 * panels, 4.4)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    if not seed.empty:
+        cases = seed.sort_values("flops")["case"].drop_duplicates().tolist()
+        facts = seed.drop_duplicates("case").set_index("case").loc[cases]
+        per_input = facts["flops"] / facts["input_elements"]
+        ax = axes.pop(0)
+        ax.barh(cases, per_input, color=["0.55" if k == "gemm" else "0.25" for k in facts["kind"]])
+        for y, (value, flops) in enumerate(zip(per_input, facts["flops"], strict=True)):
+            ax.text(value, y, f" {value:,.0f}  ({flops / 1e6:.2f} MFLOP)", va="center", fontsize=7)
+        ax.set(xlabel="forward FLOPs per input element", title="work per input value (dark: conv)")
+        ax.invert_yaxis()
+        ax.set_xlim(0, per_input.max() * 1.6)
+        ax = axes.pop(0)
+        scale, unit = time_unit(seed["ci_high_s"].fillna(seed["median_s"]))
+        seed = seed.assign(category=seed["case"], t=seed["median_s"] * scale, lo=seed["ci_low_s"] * scale,
+                           hi=seed["ci_high_s"] * scale)
+        _dodged(ax, seed, cases, "t", "lo", "hi", backends)
+        ax.set_yticks(range(len(cases)), cases)
+        ax.set_ylim(len(cases) - 0.5, -0.5)
+        ax.set(xscale="log", xlabel=f"time per call ({unit}, log; 95% CI)", title="seed cases: time per call")
+    if both:
+        ax = axes.pop(0)
+        scale, unit = flop_unit(fwd["tflops"])
+        for (backend, kind), part in fwd.groupby(["backend", "kind"]):
+            ax.scatter(part["flops"], part["tflops"] * scale, color=color(backend), marker=MARKERS.get(kind, "o"),
+                       s=20, alpha=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="forward FLOPs per call (log)", ylabel=f"achieved {unit} (log)",
+               title="same work, different speed: GEMM vs conv")
+    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items()]
+    _legend(fig, backends, extra if both else None)
+    fig.suptitle("Conv vs dense (GEMM) layer, forward")
+    return fig
+
+
+def scaling(frame: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
+    """(f) Time per call against the swept size on log-log axes, with each framework's fitted slope (forward)."""
+    best = _best(frame)
+    best = best[best["pass"] == "forward"]
+    sweeps = [t for t in SWEEPS if best["tags"].map(lambda tags, t=t: t in tags).astype(bool).any()]
+    if not sweeps:
+        return None
+    best = best.assign(panel=panel_labels(best))
+    panels, backends = sorted(best["panel"].unique()), backend_order(best["backend"])
+    fig = _figure(4.6 * len(sweeps), 4.0 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), len(sweeps), squeeze=False)
+    scale, unit = time_unit(best["median_s"])
+    for r, panel in enumerate(panels):
+        for c, tag in enumerate(sweeps):
+            dim, label, flop_slope = SWEEPS[tag]
+            ax = axes[r][c]
+            data = best[(best["panel"] == panel) & best["tags"].map(lambda t, tag=tag: tag in t).astype(bool)]
+            data = data.assign(size=data["dims"].map(lambda d, dim=dim: d[dim]))
+            for backend in backends:
+                part = data[data["backend"] == backend].sort_values("size")
+                if part.empty:
+                    continue
+                fit = fits[(fits["sweep"] == tag) & (fits["backend"] == backend) & (fits["pass"] == "forward")] \
+                    if not fits.empty else fits
+                slope = f" (slope {fit['slope'].iloc[0]:.2f})" if len(fit) else ""
+                ax.errorbar(part["size"], part["median_s"] * scale,
+                            yerr=[(part["median_s"] - part["ci_low_s"]).clip(lower=0).fillna(0) * scale,
+                                  (part["ci_high_s"] - part["median_s"]).clip(lower=0).fillna(0) * scale],
+                            color=color(backend), marker="o", markersize=4, label=backend + slope)
+            if not data.empty:
+                x0, x1 = data["size"].min(), data["size"].max()
+                y1 = data["median_s"].max() * scale
+                ax.plot([x0, x1], [y1 * (x0 / x1) ** flop_slope, y1], color="0.5", linestyle="--", linewidth=1,
+                        label=f"FLOPs ∝ size^{flop_slope:.0f}")
+            ax.set(xscale="log", yscale="log", xlabel=f"{label} (log)", ylabel=f"time per call ({unit}, log)",
+                   title=" · ".join(filter(None, [tag, panel])))
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("Scaling: time vs size, forward (fitted log-log slope = empirical exponent)")
+    return fig
+
+
+def network_rollup(networks: pd.DataFrame) -> Figure | None:
+    """(g) Per real network: Σ time × count over its layers, inference forward and training forward + backward."""
+    if networks.empty:
+        return None
+    data = networks.assign(panel=panel_labels(networks), category=networks["network"] + " (" +
+                           networks["layers"].astype(str) + "/" + networks["layers_total"].astype(str) + " layers)")
+    phases, backends = list(dict.fromkeys(data["phase"])), backend_order(data["backend"])
+    scale, unit = time_unit(data["time_s"])
+    data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale)
+    fig = _figure(5.2 * len(phases), 0.5 * data["category"].nunique() + 2.2)
+    axes = fig.subplots(1, len(phases), squeeze=False)[0]
+    for ax, phase in zip(axes, phases, strict=True):
+        part = data[data["phase"] == phase]
+        cats = sorted(part["category"].unique())
+        _dodged(ax, part, cats, "t", "lo", "hi", backends)
+        ax.set_yticks(range(len(cats)), cats)
+        ax.set_ylim(len(cats) - 0.5, -0.5)
+        ax.set(xscale="log", xlabel=f"Σ layer time × count ({unit}, log)", title=phase)
+    _legend(fig, backends)
+    fig.suptitle("Per-network rollup of the GEMM/conv layers (no other ops)")
+    return fig
+
+
+def first_call(frame: pd.DataFrame) -> Figure | None:
+    """(h) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
+    data = frame.dropna(subset=["first_call_s"]) if "first_call_s" in frame else frame.iloc[0:0]
+    data = data[data["first_call_s"] > 0]
+    if data.empty:
+        return None
+    data = data.assign(label=data["backend"] + "\n" + data["mode"].astype(str))
+    backends = backend_order(data["backend"])
+    order = [lab for b in backends for lab in sorted(data.loc[data["backend"] == b, "label"].unique())]
+    fig = _figure(max(4.5, 1.1 * len(order)) + 1, 4.2)
+    ax = fig.subplots()
+    palette = {lab: color(lab.split("\n")[0]) for lab in order}
+    sns.stripplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, alpha=0.5, size=3,
+                  ax=ax, legend=False, log_scale=True)
+    sns.pointplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, estimator="median",
+                  errorbar=None, markers="_", markersize=18, linestyle="none", ax=ax, legend=False)
+    ax.set(xlabel="framework and mode", ylabel="compile + first call (s, log)")
+    fig.suptitle("First-call time (tracing, compilation, kernel selection): dots are measurements, bar the median")
+    return fig

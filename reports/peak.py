@@ -1,0 +1,126 @@
+"""Peak throughput: theoretical (GPU datasheets, a CPU estimate) and measured (the best GEMM in the results).
+
+Theoretical peaks are labelled "theoretical (estimate)" for CPUs and "theoretical (datasheet)" for GPUs; the measured
+peak is labelled "measured (best GEMM in these results)". The report shows both and says which is which.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+# Dense (no 2:4 sparsity) peak TFLOP/s and memory bandwidth in GB/s, from NVIDIA's datasheets:
+#   H100 SXM5 / PCIe: "NVIDIA H100 Tensor Core GPU" datasheet (2023): FP32 67 / 51 TFLOPS, TF32 494.7 / 378,
+#     BF16/FP16 989.4 / 756.5 (the datasheet's figures "with sparsity" halved), 3.35 / 2.0 TB/s.
+#   H200 SXM: "NVIDIA H200 Tensor Core GPU" datasheet (2024): same compute as H100 SXM, 4.8 TB/s.
+#   A100 SXM4 80GB: "NVIDIA A100 Tensor Core GPU" datasheet (2021): FP32 19.5, TF32 156, BF16/FP16 312, 2039 GB/s.
+#   L4: "NVIDIA L4 Tensor Core GPU" datasheet (2023): FP32 30.3, TF32 60, BF16/FP16 121, 300 GB/s.
+#   V100 SXM2: "NVIDIA V100 Tensor Core GPU" datasheet (2020): FP32 15.7, FP16 tensor 125, no TF32/BF16, 900 GB/s.
+#   RTX 4090: "NVIDIA Ada GPU Architecture" whitepaper (2023) Table 2: FP32 82.6, TF32 82.6, FP16/BF16 with FP32
+#     accumulate 165.2, 1008 GB/s.
+# A missing dtype (V100 has no TF32 or BF16 tensor cores) falls back to the FP32 figure.
+GPU_PEAKS: dict[str, dict[str, float]] = {
+    "H100 SXM": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "gbps": 3350.0},
+    "H100 PCIe": {"fp32": 51.2, "tf32": 378.0, "fp16": 756.5, "bf16": 756.5, "gbps": 2000.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "gbps": 4800.0},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0, "gbps": 2039.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0, "gbps": 300.0},
+    "V100": {"fp32": 15.7, "fp16": 125.0, "gbps": 900.0},
+    "RTX 4090": {"fp32": 82.6, "tf32": 82.6, "fp16": 165.2, "bf16": 165.2, "gbps": 1008.0},
+}
+# nvidia-smi names (e.g. "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB"), first match wins.
+_GPU_PATTERNS = [(r"H200", "H200"), (r"H100.*PCIe", "H100 PCIe"), (r"H100", "H100 SXM"), (r"A100", "A100"),
+                 (r"\bL4\b", "L4"), (r"V100", "V100"), (r"RTX 4090", "RTX 4090")]
+
+# CPU estimate: FMA units per core and fp32 lanes per vector. Assumption: server AVX-512 parts have 2 FMA units
+# (Skylake-SP Gold/Platinum and later); AVX2 cores have 2 (Haswell and later, Zen 2 and later); otherwise SSE, 1.
+THEORETICAL_CPU = "theoretical (estimate)"
+THEORETICAL_GPU = "theoretical (datasheet)"
+MEASURED = "measured (best GEMM in these results)"
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A peak throughput (TFLOP/s), optionally a memory bandwidth (GB/s), and how it was obtained."""
+
+    tflops: float | None
+    gbps: float | None
+    label: str
+    basis: str
+
+
+def gpu_key(name: str) -> str | None:
+    """The GPU_PEAKS key for an nvidia-smi or framework device name, or None when the GPU is not in the table."""
+    return next((key for pattern, key in _GPU_PATTERNS if re.search(pattern, name, re.I)), None)
+
+
+def gpu_peak(name: str, dtype: str, math: str = "strict") -> Peak:
+    key = gpu_key(name)
+    if key is None:
+        return Peak(None, None, THEORETICAL_GPU, f"{name!r} is not in opbench's datasheet table (reports/peak.py)")
+    table = GPU_PEAKS[key]
+    column = "tf32" if dtype == "fp32" and math == "tf32" else dtype
+    tflops = table.get(column, table["fp32"])
+    fallback = "" if column in table else f" ({column} not supported: the FP32 figure)"
+    return Peak(tflops, table["gbps"], THEORETICAL_GPU, f"NVIDIA {key} datasheet, dense {column}{fallback}")
+
+
+def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
+    """usable CPUs × clock × FMA units × fp32 lanes × 2 FLOPs per FMA; bf16/fp16 doubled where the ISA has them.
+
+    The clock is /proc/cpuinfo's "cpu MHz" at capture time (on VMs usually the nominal clock, not the all-core
+    turbo), and every usable logical CPU is counted: when they are SMT siblings sharing FMA units the true peak is
+    about half. Memory bandwidth is not estimated (no reliable source in the header), so the roofline for CPUs has
+    no bandwidth roof.
+    """
+    flags = set(cpu.get("vector_flags") or [])
+    cores, mhz = cpu.get("usable_cpus") or cpu.get("logical_cpus"), cpu.get("mhz")
+    if not cores or not mhz:
+        return Peak(None, None, THEORETICAL_CPU, "the header has no CPU count or clock")
+    if "avx512f" in flags:
+        units, lanes, isa = 2, 16, "AVX-512, 2 FMA units (assumed for server parts)"
+    elif "avx2" in flags and "fma" in flags:
+        units, lanes, isa = 2, 8, "AVX2, 2 FMA units"
+    else:
+        units, lanes, isa = 1, 4, "SSE, 1 FMA unit (no AVX2/AVX-512 flag)"
+    factor, extra = 1.0, ""
+    if dtype == "bf16" and flags & {"amx_bf16", "avx512_bf16"}:
+        factor, extra = 2.0, " × 2 for bf16 (AVX512_BF16/AMX; AMX tiles can do far more)"
+    elif dtype == "fp16" and "avx512_fp16" in flags:
+        factor, extra = 2.0, " × 2 for fp16 (AVX512_FP16)"
+    tflops = cores * mhz * 1e6 * units * lanes * 2 * factor / 1e12
+    basis = (f"{cores} usable CPUs × {mhz / 1e3:.2f} GHz × {units} FMA × {lanes} fp32 lanes × 2 FLOPs{extra}; "
+             f"{isa}; SMT siblings would halve it")
+    return Peak(tflops, None, THEORETICAL_CPU, basis)
+
+
+def theoretical(environment: dict[str, Any], device: str, dtype: str, math: str = "strict") -> Peak:
+    """The theoretical peak of the device a measurement ran on, from a results header's environment."""
+    if device == "gpu":
+        gpus = environment.get("gpus") or []
+        if not gpus:
+            return Peak(None, None, THEORETICAL_GPU, "the header lists no GPU")
+        return gpu_peak(gpus[0].get("name", ""), dtype, math)
+    return cpu_peak(environment.get("cpu") or {}, dtype)
+
+
+def measured(frame: pd.DataFrame) -> pd.DataFrame:
+    """Best TFLOP/s per machine × device × dtype × math on a GEMM tagged ``peak``, else on any forward GEMM."""
+    ok = frame[(frame["status"] == "ok") & (frame["op"] == "gemm") & frame["tflops"].notna()]
+    rows = []
+    for key, group in ok.groupby(["machine", "device", "dtype", "math"], sort=True):
+        tagged = group.loc[group["tags"].map(lambda tags: "peak" in tags).astype(bool)]
+        pool, basis = (tagged, "GEMM tagged peak") if len(tagged) else \
+            (group[group["pass"] == "forward"], "best forward GEMM (no GEMM tagged peak)")
+        if pool.empty:
+            continue
+        best = pool.loc[pool["tflops"].idxmax()]
+        rows.append(dict(zip(["machine", "device", "dtype", "math"], key, strict=True),
+                         measured_tflops=best["tflops"], measured_case=best["case"],
+                         measured_backend=best["backend"], measured_basis=basis))
+    columns = ["machine", "device", "dtype", "math", "measured_tflops", "measured_case", "measured_backend",
+               "measured_basis"]
+    return pd.DataFrame(rows, columns=columns)
