@@ -1,0 +1,174 @@
+"""JAX: jax.jit, compiled ahead of time; conv in logical NCHW/OIHW (default) or NHWC/HWIO dimension numbers.
+
+Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both, so the forward's output is dead code
+that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and the compile time is
+recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the logical dimension
+order the operands are handed over in.
+
+XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
+narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from backends.base import WRT, Backend, Settings, Unsupported, Variant
+from suite.ops import Conv2d, Op
+
+# jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
+# option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
+YNN_OFF_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+_DIMENSIONS = {"NCHW": ("NCHW", "OIHW", "NCHW"), "NHWC": ("NHWC", "HWIO", "NHWC")}
+_TO_NHWC = {"x": (0, 2, 3, 1), "w": (2, 3, 1, 0), "dy": (0, 2, 3, 1)}  # from logical NCHW / KCRS / NKPQ
+_ROLE = {"dx": "x", "dw": "w", "y": "dy"}
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    modes = ("jit",)
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC")}
+
+    def __init__(self, settings: Settings | None = None):
+        super().__init__(settings)
+        self._xla_flags(self.settings)  # before jax is imported, so before its backend can start
+        import jax
+
+        self.jax = jax
+
+    @staticmethod
+    def _xla_flags(settings: Settings) -> None:
+        """Append the flags that settings.options ask for to XLA_FLAGS (idempotent)."""
+        flags = os.environ.get("XLA_FLAGS", "")
+        if settings.options.get("ynn_conv") == "off" and YNN_OFF_FLAG not in flags.split():
+            os.environ["XLA_FLAGS"] = f"{flags} {YNN_OFF_FLAG}".strip()
+
+    def versions(self) -> dict[str, str]:
+        import jaxlib
+
+        out = {"jax": self.jax.__version__, "jaxlib": jaxlib.__version__}
+        if "gpu" in self.devices():
+            out["gpu_platform_version"] = self.jax.devices("gpu")[0].client.platform_version
+        return out
+
+    def devices(self) -> list[str]:
+        try:
+            self.jax.devices("gpu")
+        except RuntimeError:  # no GPU plugin or no device
+            return ["cpu"]
+        return ["cpu", "gpu"]
+
+    def configure(self, settings: Settings) -> dict[str, Any]:
+        from jax._src import xla_bridge
+
+        jax = self.jax
+        self.settings = settings
+        started = xla_bridge.backends_are_initialized()
+        before = os.environ.get("XLA_FLAGS", "")
+        self._xla_flags(settings)
+        if started and os.environ.get("XLA_FLAGS", "") != before:
+            raise RuntimeError("JAX's backend already started; XLA_FLAGS from settings.options would be ignored")
+        if settings.threads:
+            if started:
+                raise RuntimeError("JAX's backend already started; its CPU thread pool is sized, set threads first")
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, cpus[: settings.threads])
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if settings.math == "tf32" else "float32")
+        if settings.device not in self.devices():
+            raise Unsupported(f"no {settings.device} device visible to JAX")
+        self.device = jax.devices(settings.device)[0]
+        flags: dict[str, Any] = {
+            "threads": len(os.sched_getaffinity(0)),  # XLA:CPU sizes its pool from the affinity; no getter
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),
+            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "ynn_conv": settings.options.get("ynn_conv", "default"),
+            "device_kind": self.device.device_kind,
+        }
+        return flags
+
+    def _dtype(self, variant: Variant) -> Any:
+        jnp = self.jax.numpy
+        return {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}[variant.dtype]
+
+    def _perm(self, role: str, op: Op, variant: Variant) -> tuple[int, ...] | None:
+        return _TO_NHWC[_ROLE.get(role, role)] if op.kind == "conv2d" and variant.layout == "NHWC" else None
+
+    def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        perm = self._perm(role, op, variant)
+        native = np.ascontiguousarray(array if perm is None else array.transpose(perm))
+        # The cast runs on the device (round to nearest even, as suite.reference.round_to assumes).
+        return self.jax.block_until_ready(self.jax.device_put(native, self.device).astype(self._dtype(variant)))
+
+    def _forward(self, op: Op, variant: Variant) -> Callable[[Any, Any], Any]:
+        lax = self.jax.lax
+        # Explicit precision from the configured math mode: "float32" -> HIGHEST, "tensorfloat32" -> HIGH.
+        precision = lax.Precision(self.jax.config.jax_default_matmul_precision)
+        if isinstance(op, Conv2d):
+            top, bottom, left, right = op.padding
+
+            def conv(x, w):
+                return lax.conv_general_dilated(
+                    x, w, op.stride, [(top, bottom), (left, right)], rhs_dilation=op.dilation,
+                    dimension_numbers=_DIMENSIONS[variant.layout], feature_group_count=op.groups,
+                    precision=precision)
+
+            return conv
+        # Contract A's K dim with B's K dim wherever the stored layout puts them (no transpose op).
+        contract = ((0 if op.transpose_a else 1,), (1 if op.transpose_b else 0,))
+
+        def gemm(x, w):
+            return lax.dot_general(x, w, (contract, ((), ())), precision=precision)
+
+        return gemm
+
+    def step(self, op: Op, variant: Variant, args: dict[str, Any]):
+        jax = self.jax
+        forward = self._forward(op, variant)
+        wrt = WRT.get(variant.pass_, ())
+
+        def run(x, w, dy):  # vjp w.r.t. only the wanted operands; the primal output is unused, so DCE'd
+            if not wrt:
+                return forward(x, w)
+            if wrt == ("x",):
+                return jax.vjp(lambda x_: forward(x_, w), x)[1](dy)[0]
+            if wrt == ("w",):
+                return jax.vjp(lambda w_: forward(x, w_), w)[1](dy)[0]
+            return jax.vjp(forward, x, w)[1](dy)
+
+        operands = (args["x"], args["w"], args["dy"])
+        start = time.perf_counter()
+        try:
+            compiled = jax.jit(run).lower(*operands).compile()
+        except (jax.errors.JaxRuntimeError, TypeError, NotImplementedError) as error:  # no kernel or lowering
+            raise Unsupported(f"XLA could not compile {op.kind} {variant.pass_} {variant.dtype} on "
+                              f"{self.settings.device}: {type(error).__name__}: {error}") from None
+        compile_s = time.perf_counter() - start
+        return (lambda: compiled(*operands)), {"compile_s": compile_s}
+
+    def block_runner(self, step: Callable[[], Any]) -> Callable[[int], None]:
+        """Keep every output of the block and block on all of them.
+
+        The PjRt CPU client runs executions asynchronously and, for calls that share only inputs, was seen here to
+        complete them out of order, so the last output being ready does not prove the earlier ones are. Holding n
+        outputs costs at most about (block time x memory bandwidth) of memory.
+        """
+        block_until_ready = self.jax.block_until_ready
+
+        def run_block(n: int) -> None:
+            block_until_ready([step() for _ in range(n)])
+
+        return run_block
+
+    def sync(self, out: Any) -> None:
+        self.jax.block_until_ready(out)
+
+    def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
+        array = np.asarray(out).astype(np.float64)
+        perm = self._perm(name, op, variant)
+        return array if perm is None else array.transpose(np.argsort(perm))

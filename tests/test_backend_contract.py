@@ -1,0 +1,150 @@
+"""One contract for every registered backend: smoke cases × passes × layouts agree with the float64 reference,
+blocks run, settings read back, impossible combinations raise Unsupported with a reason.
+
+Each backend is created and configured ONCE per test session (module-scoped fixture), with threads=1 and strict
+math: TensorFlow's threads can be set only before its runtime starts, and XLA sizes its CPU pool from the CPU
+affinity when its backend starts, so a second configure() in the same process could not take effect. The JAX
+fixture narrows the process's affinity to one CPU and restores it afterwards. A framework already started by
+another test in this process makes its backend skip with that reason. Non-default modes (torch.compile, TF eager
+and XLA) run on one case each to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import pytest
+
+from backends import REGISTRY, is_available, load
+from backends.base import Backend, Settings, Unsupported, Variant
+from suite.catalog import load_catalog
+from suite.ops import PASSES, Conv2d, Op
+from suite.reference import compare, make_inputs, reference
+
+SETTINGS = Settings(device="cpu", threads=1, math="strict")
+SMOKE = load_catalog().subset("smoke")
+ASYMMETRIC = Conv2d(n=2, c=4, h=9, w=11, k=6, r=3, s=3, stride=(2, 1), padding=(0, 1, 2, 0))
+ASYMMETRIC_GAPS = {"torch"}  # backends without asymmetric conv padding
+# Flags that configure(SETTINGS) must read back, per backend.
+EXPECTED_FLAGS: dict[str, dict[str, Any]] = {
+    "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee"},
+    "tensorflow": {"intra_op_threads": 1, "inter_op_threads": 1, "tensor_float_32_execution": False},
+    "jax": {"threads": 1, "jax_default_matmul_precision": "float32"},
+}
+# Combinations each backend must reject, as (why, op, variant); the message must say why.
+GEMM = next(case.op for case in SMOKE if case.op.kind == "gemm")
+CONV = next(case.op for case in SMOKE if case.op.kind == "conv2d")
+IMPOSSIBLE: dict[str, list[tuple[str, Op, Variant]]] = {
+    "torch": [("asymmetric padding", ASYMMETRIC, Variant("forward"))],
+    "tensorflow": [("NCHW conv on CPU outside XLA", CONV, Variant("backward_data", mode="function", layout="NCHW"))],
+    "jax": [],
+}
+COMMON_IMPOSSIBLE = [("unknown mode", GEMM, Variant("forward", mode="no-such-mode")),
+                     ("unknown layout", CONV, Variant("forward", layout="NCWH"))]
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class without creating it (backend modules import their framework only when instantiated)."""
+    module, cls = REGISTRY[name][0].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def params() -> list[Any]:
+    return [pytest.param(name, marks=pytest.mark.skipif(not is_available(name), reason=f"{name} is not installed"))
+            for name in REGISTRY]
+
+
+@pytest.fixture(scope="module", params=params())
+def configured(request) -> tuple[Backend, dict[str, Any]]:
+    affinity = os.sched_getaffinity(0)
+    backend = load(request.param, SETTINGS)
+    try:
+        flags = backend.configure(SETTINGS)
+    except RuntimeError as error:  # the framework's runtime was started earlier in this process
+        pytest.skip(f"{request.param} cannot be configured in this process: {error}")
+    yield backend, flags
+    os.sched_setaffinity(0, affinity)  # jax narrows it; keep it from slowing the other backends' tests
+
+
+def check(backend: Backend, op: Op, variant: Variant) -> dict[str, Any]:
+    """Prepare, compare with the reference, run a block of 3; returns the prepared details."""
+    inputs = make_inputs(op)
+    prepared = backend.prepare(op, variant, inputs)
+    result = compare(prepared.outputs(), reference(op, inputs, variant.pass_, variant.dtype), variant.dtype,
+                     SETTINGS.math)
+    assert result["status"] == "pass", (backend.name, op, variant, result)
+    prepared.run_block(3)
+    assert prepared.first_call_s > 0
+    return prepared.details
+
+
+def test_configure_reads_back_threads_and_strict_math(configured):
+    backend, flags = configured
+    for key, value in EXPECTED_FLAGS[backend.name].items():
+        assert flags[key] == value, (backend.name, key, flags)
+
+
+@pytest.mark.parametrize("case", SMOKE, ids=lambda case: case.id)
+@pytest.mark.parametrize("pass_", PASSES)
+def test_smoke_cases_match_reference(configured, case, pass_):
+    backend, _ = configured
+    for layout in backend_class(backend.name).layouts[case.op.kind]:
+        variant = Variant(pass_, "fp32", layout=layout)
+        try:
+            details = check(backend, case.op, variant)
+        except Unsupported as reason:  # e.g. TF's NCHW conv on CPU: recorded as a gap, must say why
+            assert str(reason), (backend.name, case.id, layout)
+            continue
+        assert details["layout"] == layout and details["mode"] == backend.modes[0]
+
+
+def test_other_modes_on_one_case(configured):
+    backend, _ = configured
+    case = next(case for case in SMOKE if case.id == "smoke-conv-strided")
+    for mode in backend.modes[1:]:
+        check(backend, case.op, Variant("backward", mode=mode))
+
+
+def test_asymmetric_padding_runs_or_is_unsupported(configured):
+    backend, _ = configured
+    for pass_ in PASSES:
+        try:
+            details = check(backend, ASYMMETRIC, Variant(pass_))
+        except Unsupported:
+            assert backend.name in ASYMMETRIC_GAPS
+            continue
+        assert backend.name not in ASYMMETRIC_GAPS
+        if backend.name == "tensorflow":
+            assert details["padding_form"] == "explicit"
+
+
+def test_impossible_combinations_raise_unsupported(configured):
+    backend, _ = configured
+    for why, op, variant in COMMON_IMPOSSIBLE + IMPOSSIBLE[backend.name]:
+        with pytest.raises(Unsupported) as raised:
+            backend.prepare(op, variant, make_inputs(op))
+        assert len(str(raised.value)) > 10, (backend.name, why)
+
+
+def test_bf16_gemm_forward_within_tolerance_or_unsupported(configured):
+    backend, _ = configured
+    try:
+        check(backend, GEMM, Variant("forward", dtype="bf16"))
+    except Unsupported as reason:
+        assert str(reason)
+
+
+@pytest.mark.parametrize(("op", "form"), [
+    (Conv2d(1, 1, 8, 8, 1, 3, 3, padding=(1, 1, 1, 1)), "SAME"),  # stride 1, pad (R-1)/2
+    (Conv2d(1, 1, 8, 8, 1, 3, 3), "VALID"),
+    (Conv2d(1, 1, 15, 15, 1, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1)), "SAME"),  # odd size: SAME pads 1 + 1
+    (Conv2d(1, 1, 16, 16, 1, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1)), "explicit"),  # SAME would pad 0 + 1
+    (Conv2d(1, 1, 8, 8, 1, 3, 3, padding=(2, 2, 2, 2), dilation=(2, 2)), "SAME"),
+    (Conv2d(1, 1, 8, 8, 1, 5, 5, padding=(1, 1, 1, 1)), "explicit"),  # output size differs from SAME's
+])
+def test_tf_padding_form(op, form):  # framework-free: tf_backend imports TF only when instantiated
+    from backends.tf_backend import padding_form
+
+    assert padding_form(op) == form
