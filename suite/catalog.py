@@ -167,14 +167,14 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
             raise err("is required", key)
     if not isinstance(raw["id"], str) or not raw["id"].strip() or any(ch.isspace() for ch in raw["id"]):
         raise err(f"must be a non-empty string without spaces, got {raw['id']!r}", "id")
-    if raw["op"] not in OP_KINDS:
+    if not isinstance(raw["op"], str) or raw["op"] not in OP_KINDS:
         raise err(f"unknown op {raw['op']!r}{_suggest(str(raw['op']), OP_KINDS)}; known: {', '.join(OP_KINDS)}",
                   "op")
     op = build_op(raw["op"], raw["dims"], err)
 
-    if not isinstance(raw.get("provenance", {}), Mapping):
+    if not isinstance(raw.get("provenance") or {}, Mapping):
         raise err("must be a mapping with network, layer, source (and optionally derivation)", "provenance")
-    prov = {**defaults.get("provenance", {}), **(raw.get("provenance") or {})}
+    prov = {**(defaults.get("provenance") or {}), **(raw.get("provenance") or {})}
     _unknown_keys(prov, PROVENANCE_KEYS, err, "provenance.")
     for key in PROVENANCE_KEYS:
         if key in REQUIRED_PROVENANCE and key not in prov:
@@ -183,23 +183,31 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
             raise err(f"must be a non-empty string, got {prov[key]!r}", f"provenance.{key}")
 
     count = _positive_int(raw.get("count", 1), err, "count")
-    tags = list(defaults.get("tags", [])) + list(raw.get("tags") or [])
-    if not isinstance(raw.get("tags", []), list) or not all(isinstance(t, str) and t for t in tags):
+    if not _is_tags(raw.get("tags") or []):
         raise err(f"must be a list of non-empty strings, got {raw.get('tags')!r}", "tags")
+    tags = list(defaults.get("tags") or []) + list(raw.get("tags") or [])
     return Case(id=raw["id"], op=op, provenance=Provenance(**prov), count=count,
                 tags=tuple(dict.fromkeys(tags)), file=str(file))
+
+
+def _is_tags(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, str) and t for t in value)
 
 
 def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise CatalogError(path, f"cannot read file: {exc.strerror}") from None
+        raise CatalogError(path, f"cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(path, f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise CatalogError(path, f"not valid YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as exc:  # PyYAML builds dates like 2024-13-45 and fails
+        raise CatalogError(path, f"not valid YAML: {type(exc).__name__}: {exc}") from None
 
 
 def load_file(path: str | Path) -> list[Case]:
@@ -213,6 +221,10 @@ def load_file(path: str | Path) -> list[Case]:
     if not isinstance(defaults, Mapping):
         raise CatalogError(path, "must be a mapping with provenance and/or tags", None, "defaults")
     _unknown_keys(defaults, {"provenance", "tags"}, lambda p, f: CatalogError(path, p, "defaults", f))
+    if not isinstance(defaults.get("provenance") or {}, Mapping):
+        raise CatalogError(path, "must be a mapping of provenance fields", "defaults", "provenance")
+    if not _is_tags(defaults.get("tags") or []):
+        raise CatalogError(path, "must be a list of non-empty strings", "defaults", "tags")
     if not isinstance(data["cases"], list):
         raise CatalogError(path, "must be a list of entries", None, "cases")
     return [parse_entry(raw, path, i, defaults) for i, raw in enumerate(data["cases"], start=1)]
@@ -227,16 +239,18 @@ def load_subsets(path: Path) -> dict[str, Subset]:
         def err(problem: str, field_name: str | None = None, name=name) -> CatalogError:
             return CatalogError(path, problem, f"subset '{name}'", field_name)
 
+        if not isinstance(name, str) or not name:
+            raise CatalogError(path, f"subset names must be non-empty strings, got {name!r}")
         if not isinstance(spec, Mapping):
             raise err("must be a mapping with description, tags, exclude_tags")
         _unknown_keys(spec, {"description", "tags", "exclude_tags"}, err)
         if not isinstance(spec.get("description"), str):
             raise err("is required (a sentence)", "description")
         for key in ("tags", "exclude_tags"):
-            if not isinstance(spec.get(key, []), list):
+            if not _is_tags(spec.get(key) or []):
                 raise err("must be a list of tags", key)
-        subsets[name] = Subset(name, spec["description"], tuple(spec.get("tags", [])),
-                               tuple(spec.get("exclude_tags", [])))
+        subsets[name] = Subset(name, spec["description"], tuple(spec.get("tags") or []),
+                               tuple(spec.get("exclude_tags") or []))
     return subsets
 
 

@@ -36,18 +36,54 @@ MIGRATIONS: dict[int, Any] = {}
 
 
 def migrate(record: dict[str, Any], where: str) -> dict[str, Any]:
-    version = record.get("schema")
-    if not isinstance(version, int):
+    """Bring a record to SCHEMA_VERSION; a migrated one keeps its original version in ``migrated_from``."""
+    version = original = record.get("schema")
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ResultsError(f"{where}: record has no integer 'schema' version; not an opbench results line")
     if version > SCHEMA_VERSION:
         raise ResultsError(f"{where}: written by a newer opbench (schema {version}, this one reads up to "
                            f"{SCHEMA_VERSION}); upgrade opbench to read it")
     while version < SCHEMA_VERSION:
         if version not in MIGRATIONS:
-            raise ResultsError(f"{where}: schema {version} has no migration to {version + 1}")
-        record = MIGRATIONS[version](record)
+            raise ResultsError(f"{where}: schema {version} has no migration to {version + 1}; this opbench "
+                               f"reads schemas {min(MIGRATIONS, default=SCHEMA_VERSION)} to {SCHEMA_VERSION}")
+        try:
+            record = MIGRATIONS[version](dict(record))
+        except Exception as exc:  # a damaged old record: say so rather than crash
+            raise ResultsError(f"{where}: cannot migrate this schema {version} record: "
+                               f"{type(exc).__name__}: {exc}") from None
         version = record["schema"] = version + 1
+    if original != SCHEMA_VERSION:
+        record["migrated_from"] = original
     return record
+
+
+# Fields every record of a kind must have, with their JSON types (what readers index without checking).
+_TEXT = (str,)
+REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "header": {},
+    "worker": {"backend": _TEXT, "device": _TEXT},
+    "measurement": {**{name: _TEXT for name in KEY_FIELDS[:8]}, "status": _TEXT},
+}
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {  # measurement fields that must have this type when present
+    "stats": (dict, type(None)), "tflops": (int, float, type(None)), "check": (dict, type(None)),
+    "reason": (str, type(None)), "threads": (int, type(None)), "options": (dict,),
+}
+
+
+def validate(record: dict[str, Any], where: str) -> None:
+    kind = record["record"]
+    for name, types in REQUIRED_FIELDS[kind].items():
+        if not isinstance(record.get(name), types):
+            raise ResultsError(f"{where}: {kind} record has no valid {name!r} field; the file is damaged or not "
+                               "opbench results")
+    if kind == "measurement":
+        for name, types in OPTIONAL_FIELDS.items():
+            if name in record and not isinstance(record[name], types):
+                raise ResultsError(f"{where}: measurement field {name!r} has the wrong type "
+                                   f"({type(record[name]).__name__})")
+        if record["status"] not in STATUSES:
+            raise ResultsError(f"{where}: unknown status {record['status']!r}; expected one of {', '.join(STATUSES)}")
 
 
 @dataclass
@@ -72,35 +108,51 @@ class Results:
 def read_results(path: str | Path) -> Results:
     """Read, validate and migrate one results file."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"{path}: is a folder, not a results file")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        data.decode("utf-8")  # opbench writes ASCII, so even a cut-off line decodes
     except OSError as exc:
         raise ResultsError(f"{path}: cannot read results file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ResultsError(f"{path}: not a text file; expected opbench JSON Lines results") from None
     results = Results()
-    lines = text.split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    lines = data.split(b"\n")
+    migrated: dict[int, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        record, problem = _parse_line(raw)
+        if problem:
             if number == len(lines):  # no newline after it: the write of this line was cut off
                 results.warnings.append(f"{where}: skipped a partial last line (a run was interrupted while "
                                         "writing it); --resume will measure it again")
                 continue
-            raise ResultsError(f"{where}: not valid JSON ({exc.msg}); the file is damaged or not opbench "
-                               "results") from None
+            raise ResultsError(f"{where}: {problem}; the file is damaged or not opbench results")
         if not isinstance(record, dict) or record.get("record") not in RECORD_KINDS:
             raise ResultsError(f"{where}: not an opbench record (expected an object with 'record' in "
                                f"{', '.join(RECORD_KINDS)})")
+        if record["record"] != "header" and not results.headers:
+            raise ResultsError(f"{where}: no header record before this {record['record']} record; not a complete "
+                               "opbench results file (a run writes its header first)")
         record = migrate(record, where)
+        validate(record, where)
+        if "migrated_from" in record:
+            migrated[record["migrated_from"]] = migrated.get(record["migrated_from"], 0) + 1
         getattr(results, record["record"] + "s").append(record)
-    if not results.headers and (results.measurements or results.workers):
-        raise ResultsError(f"{path}: has measurements but no header record; not a complete opbench results file")
+    for version, n in sorted(migrated.items()):
+        results.warnings.append(f"{path}: migrated {n} records from results schema {version} to {SCHEMA_VERSION}")
     return results
+
+
+def _parse_line(raw: bytes) -> tuple[Any, str | None]:
+    """The JSON value of a line and None, or None and why it is not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8", errors="replace")), None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, absurd nesting
+        return None, f"not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})"
 
 
 def result_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -131,18 +183,30 @@ class ResultsWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.warning = self._drop_partial_line()
-        self._file = self.path.open("a", encoding="utf-8")
+        if self.path.is_dir():
+            raise ResultsError(f"{self.path}: is a folder; give a results file (e.g. {self.path / 'run.jsonl'})")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.warning = self._drop_partial_line()
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise ResultsError(f"{self.path}: cannot write results here: {exc.strerror or exc}") from None
 
     def _drop_partial_line(self) -> str | None:
-        """Cut off a last line that a crash left half-written, so appending starts on a fresh line."""
+        """Cut off a last line that a crash left half-written, so appending starts on a fresh line.
+
+        A last line that is a whole JSON object (only its newline was lost) is kept, as read_results reads it.
+        """
         if not self.path.exists() or not self.path.stat().st_size:
             return None
         data = self.path.read_bytes()
         if data.endswith(b"\n"):
             return None
         keep = data.rfind(b"\n") + 1
+        if isinstance(_parse_line(data[keep:])[0], dict):
+            with self.path.open("ab") as handle:
+                handle.write(b"\n")
+            return None
         with self.path.open("rb+") as handle:
             handle.truncate(keep)
         return (f"{self.path}: dropped a partial last line ({len(data) - keep} bytes) left by an interrupted "

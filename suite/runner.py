@@ -26,10 +26,10 @@ from typing import Any
 
 import backends
 from backends.base import Settings
-from suite import environment
+from suite import environment, results
 from suite.catalog import Case
 from suite.ops import DTYPE_BYTES, op_to_dict
-from suite.results import ResultsWriter, measurement_key, read_results
+from suite.results import ResultsError, ResultsWriter, measurement_key, read_results
 from suite.timing import TimingConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +143,10 @@ class WorkerProcess:
         except queue.Empty:
             self.kill()
             return None
-        return json.loads(line) if line else None
+        try:
+            return json.loads(line) if line else None
+        except ValueError:  # a line cut off by the worker's death
+            return None
 
     def run(self, task: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
@@ -159,8 +162,18 @@ class WorkerProcess:
         return self.death_result()
 
     def death_result(self) -> dict[str, Any]:
-        code = self.proc.wait(timeout=30)
-        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # it closed its output but hangs: end it
+            self.kill()
+            code = self.proc.returncode
+        if code < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
         return {"status": "crashed", "reason": f"worker process {how}; last log lines: {self.log_tail()}"}
 
     def log_tail(self, lines: int = 5) -> str:
@@ -220,11 +233,19 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
     """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through."""
     out = Path(out)
     done: set[str] = set()
+    if out.is_dir():
+        raise ResultsError(f"{out}: is a folder; -o takes a results file, e.g. {out / 'run.jsonl'}")
     if out.exists() and out.stat().st_size and not options.resume:
         raise FileExistsError(f"{out} already holds results: pass --resume to continue it, or choose another "
                               "output with -o")
     if options.resume and out.exists():
-        done = read_results(out).keys()
+        existing = read_results(out)  # refuses a newer schema; marks migrated records with their old one
+        schemas = sorted({h["migrated_from"] for h in existing.headers if "migrated_from" in h})
+        if schemas:
+            raise ResultsError(f"{out}: written with results schema {', '.join(map(str, schemas))}; this opbench "
+                               f"writes schema {results.SCHEMA_VERSION} and will not mix them in one file. Resume "
+                               "with the opbench that started it, or write a new file with -o (old files still read)")
+        done = existing.keys()
     todo = [t for t in tasks if t.key not in done]
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
     if not todo:
@@ -258,7 +279,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                             _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report)
                         break
                     writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": device,
-                                  **{k: hello[k] for k in ("versions", "flags", "devices")}})
+                                  **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}})
                     while pending:
                         if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
                             break

@@ -49,11 +49,15 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     started = time.perf_counter()
     prepared = None
     try:
-        free = backend.free_memory_bytes() or available_memory_bytes()
+        free = backend.free_memory_bytes()  # the device's own count (GPU); 0 means full, not unknown
+        source = "free on the device"
+        if free is None:
+            free, source = available_memory_bytes(), "available on the host (MemAvailable)"
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if free is not None and need > free:
-            return {"status": "skipped", "reason": f"needs about {need / 2**30:.1f} GiB, only "
-                    f"{free / 2**30:.1f} GiB free on the {backend.settings.device}"}
+            return {"status": "skipped", "reason": f"memory guard: needs about {need / 2**30:.1f} GiB, only "
+                    f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
+                    "memory": {"need_bytes": need, "free_bytes": free}}
         inputs = make_inputs(op, seed)
         prepared = backend.prepare(op, variant, inputs)
         result.update(first_call_s=prepared.first_call_s, details=prepared.details)
