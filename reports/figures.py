@@ -246,7 +246,7 @@ def pass_ratio(ratios: pd.DataFrame) -> Figure | None:
                       legend=False, log_scale=True)
         sns.pointplot(part, x="label", y="ratio", hue="backend", order=order, hue_order=backends,
                       palette=COLORS | {b: color(b) for b in backends}, dodge=dodge, linestyle="none",
-                      estimator=lambda v: float(np.exp(np.mean(np.log(v)))), errorbar=("ci", 95), markers="_",
+                      estimator="mean", errorbar=("ci", 95), markers="_",
                       markersize=14, ax=ax, legend=False)
         for i, which in enumerate(whiches):
             flop = part.loc[part["which"] == which, "flop_ratio"].median()

@@ -148,7 +148,7 @@ def add_speedups(frame: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
 
 def pass_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """time(backward pass) / time(forward) per case and framework variant, with bootstrap CIs."""
-    variant_key = [k for k in COMPARE_KEY if k != "pass"] + ["backend", "variant"]
+    variant_key = [k for k in COMPARE_KEY if k != "pass"] + ["backend", "variant", "run_id"]  # same run: a pair
     ok = frame[frame["status"].eq("ok")] if not frame.empty else frame
     rows = []
     for key, group in ok.groupby(variant_key, dropna=False) if not ok.empty else []:
