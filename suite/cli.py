@@ -203,9 +203,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from suite.runner import RunOptions, run
 
+    _parse_limits(args)
     tasks = build_plan(args)
     if not tasks:
-        raise UsageError("the selection gives nothing to run (no backend offers that mode or layout)")
+        offered = "; ".join(f"{cls.name}: modes {', '.join(cls.modes)}, layouts "
+                            f"{', '.join(dict.fromkeys(sum(cls.layouts.values(), ())))}"
+                            for cls in map(backends.backend_class, _backend_names(args.backend)))
+        raise UsageError(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
+                         f"with --layout {args.layout} ({offered})")
     out = Path(args.output or f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume)
@@ -226,12 +231,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             counts = run(tasks, out, options, report, argv=sys.argv)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: finished measurements are in {out}; continue with --resume")
+            err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
+                              "--resume to continue", highlight=False, markup=False)
             return 130
         progress.update(bar, completed=len(tasks))
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-    console.print(f"{out}: {summary}")
+    console.print(f"{out}: {summary}", highlight=False, markup=False)
+    if counts.get("not_started"):
+        err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "
+                          f"measurements not started; run the same command with --resume to continue",
+                          highlight=False, markup=False)
     return 0
+
+
+def _parse_limits(args: argparse.Namespace) -> None:
+    """Limits must be positive: a zero or negative one would time out or skip every measurement."""
+    for flag, value in (("--time-cap", args.time_cap), ("--case-timeout", args.case_timeout),
+                        ("--max-run-time", args.max_run_time), ("--threads", args.threads)):
+        if value is not None and not value > 0:  # also refuses nan
+            raise UsageError(f"{flag} must be a positive number, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------- show
