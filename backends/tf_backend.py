@@ -1,10 +1,12 @@
 """TensorFlow: tf.function (default), eager, and XLA (tf.function(jit_compile=True)); conv layouts NHWC and NCHW.
 
-Backward: in "function" and "xla" modes one traced function records the forward on a GradientTape and returns
-``tape.gradient(y, wrt, output_gradients=dy)``; the forward's output feeds nothing returned, so the function
-runtime prunes it (stateless ops unreachable from the outputs are removed) and XLA eliminates it as dead code.
-In "eager" mode a persistent tape records the forward ONCE outside the timed region and each call replays
-``tape.gradient`` (like torch's retain_graph), so no call runs the forward.
+Backward. Conv calls the backprop ops themselves (Conv2DBackpropInput/Filter, their depthwise twins) in every
+mode: TF's registered Conv2D gradient computes BOTH dX and dW, which graph mode prunes but eager mode does not
+(an eager tape.gradient for dX alone would also compute dW). GEMM uses a GradientTape with ``output_gradients=dy``:
+in "function"/"xla" one traced function records the forward and returns the gradient (the unused forward is
+pruned by the function runtime, dead code for XLA); in "eager" a persistent tape records the forward ONCE outside
+the timed region and each call replays ``tape.gradient`` (like torch's retain_graph); MatMul's gradient honours
+the skipped input, so dA alone does not compute dB.
 
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
@@ -13,7 +15,6 @@ Placement: configure() hides the GPUs of a CPU run, so no op needs a device scop
 Sync: sync_devices() waits for GPU streams and any async executor; on CPU TF runs ops synchronously by default
 (``synchronous_execution`` is recorded in the flags), so results are ready when a call returns.
 """
-
 from __future__ import annotations
 
 import math
@@ -120,13 +121,9 @@ class TensorFlowBackend(Backend):
         with tf.device("/GPU:0" if self.settings.device == "gpu" else "/CPU:0"):
             return tf.identity(tf.cast(tf.constant(native), self._dtype(variant)))
 
-    def _forward(self, op: Op, variant: Variant) -> tuple[Any, dict[str, Any]]:
-        tf = self.tf
-        if not isinstance(op, Conv2d):
-            def gemm(x, w):
-                return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
-
-            return gemm, {}
+    def _conv(self, op: Conv2d, variant: Variant) -> tuple[dict[str, Any], dict[str, Any]]:
+        """pass -> (x, w, dy) -> output(s), through the forward and backprop ops themselves; and the details."""
+        raw = self.tf.raw_ops
         nchw = variant.layout == "NCHW"
         if nchw and self.settings.device == "cpu" and variant.mode != "xla":
             # oneDNN runs an NCHW forward, but Conv2DBackpropInput on CPU is NHWC-only: reject every pass alike.
@@ -134,22 +131,29 @@ class TensorFlowBackend(Backend):
         form = padding_form(op)
         if self.settings.options.get("conv_padding") == "explicit" and form != "VALID":
             form = "explicit"  # a knob to measure the explicit-padding penalty itself
-        top, bottom, left, right = op.padding
-        spatial = [[top, bottom], [left, right]]
-        padding = form if form != "explicit" else ([[0, 0], [0, 0], *spatial] if nchw else [[0, 0], *spatial, [0, 0]])
-        fmt = "NCHW" if nchw else "NHWC"
-        if op.depthwise:  # TF's native depthwise kernel, as Keras DepthwiseConv2D uses; strides are 4-D here
-            strides = [1, 1, *op.stride] if nchw else [1, *op.stride, 1]
+        spatial = list(op.padding)  # (top, bottom, left, right), as TF's flat explicit_paddings want them
+        pads = ([0, 0, 0, 0, *spatial] if nchw else [0, 0, *spatial, 0, 0]) if form == "explicit" else []
+        attrs = {"strides": [1, 1, *op.stride] if nchw else [1, *op.stride, 1],
+                 "dilations": [1, 1, *op.dilation] if nchw else [1, *op.dilation, 1],
+                 "padding": form.upper(), "explicit_paddings": pads, "data_format": "NCHW" if nchw else "NHWC"}
+        x_shape = [op.n, op.c, op.h, op.w] if nchw else [op.n, op.h, op.w, op.c]
+        if op.depthwise:  # TF's native depthwise kernels, as Keras DepthwiseConv2D uses
+            forward, data, weight = (raw.DepthwiseConv2dNative, raw.DepthwiseConv2dNativeBackpropInput,
+                                     raw.DepthwiseConv2dNativeBackpropFilter)
+            w_shape = [op.r, op.s, op.c, op.k // op.c]
+        else:  # groups > 1 follow from the filter's input depth C/g
+            forward, data, weight = raw.Conv2D, raw.Conv2DBackpropInput, raw.Conv2DBackpropFilter
+            w_shape = [op.r, op.s, op.c // op.groups, op.k]
 
-            def depthwise(x, w):
-                return tf.nn.depthwise_conv2d(x, w, strides, padding, data_format=fmt, dilations=op.dilation)
+        def dx(x, w, dy):
+            return data(input_sizes=x_shape, filter=w, out_backprop=dy, **attrs)
 
-            return depthwise, {"padding_form": form, "kernel": "depthwise_conv2d"}
+        def dw(x, w, dy):
+            return weight(input=x, filter_sizes=w_shape, out_backprop=dy, **attrs)
 
-        def conv(x, w):  # groups > 1 follow from the filter's input depth C/g
-            return tf.nn.conv2d(x, w, op.stride, padding, data_format=fmt, dilations=op.dilation)
-
-        return conv, {"padding_form": form, "kernel": "conv2d"}
+        passes = {"forward": lambda x, w, dy: forward(input=x, filter=w, **attrs), "backward_data": dx,
+                  "backward_weight": dw, "backward": lambda x, w, dy: (dx(x, w, dy), dw(x, w, dy))}
+        return passes, {"padding_form": form, "kernel": "depthwise" if op.depthwise else "conv2d"}
 
     def _unsupported(self, error: Exception, op: Op, variant: Variant) -> Unsupported:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -157,34 +161,38 @@ class TensorFlowBackend(Backend):
                            f"{variant.layout} in mode {variant.mode!r} on {self.settings.device}: "
                            f"{type(error).__name__}: {message}")
 
-    def _gradients(self, forward: Any, wrt_names: tuple[str, ...]) -> Any:
-        """(x, w, dy) -> the gradients of ``forward`` w.r.t. ``wrt_names``, one tensor or a tuple."""
-        tf = self.tf
-
-        def gradients(x, w, dy):
-            with tf.GradientTape() as tape:
-                wrt = [{"x": x, "w": w}[name] for name in wrt_names]
-                tape.watch(wrt)
-                y = forward(x, w)
-            grads = tape.gradient(y, wrt, output_gradients=dy)
-            return tuple(grads) if len(grads) > 1 else grads[0]
-
-        return gradients
-
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         tf = self.tf
-        forward, details = self._forward(op, variant)
         x, w, dy = args["x"], args["w"], args["dy"]
         wrt_names = WRT.get(variant.pass_, ())
         errors = self.kernel_errors
+        details: dict[str, Any] = {}
+        if isinstance(op, Conv2d):
+            passes, details = self._conv(op, variant)
+            body = passes[variant.pass_]
+        else:
+            def forward(x, w):
+                return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
+
+            def body(x, w, dy):
+                if not wrt_names:
+                    return forward(x, w)
+                with tf.GradientTape() as tape:
+                    wrt = [{"x": x, "w": w}[name] for name in wrt_names]
+                    tape.watch(wrt)
+                    y = forward(x, w)
+                grads = tape.gradient(y, wrt, output_gradients=dy)
+                return tuple(grads) if len(grads) > 1 else grads[0]
 
         if variant.mode != "eager":  # tensors enter as arguments, not as captured constants
-            body = self._gradients(forward, wrt_names) if wrt_names else (lambda x, w, dy: forward(x, w))
             traced = tf.function(body, jit_compile=variant.mode == "xla", autograph=False)
 
             def run():
                 return traced(x, w, dy)
-        elif wrt_names:
+        elif isinstance(op, Conv2d) or not wrt_names:
+            def run():
+                return body(x, w, dy)
+        else:
             wrt = [args[name] for name in wrt_names]
             try:  # record the forward ONCE; each call only replays the backward (torch's retain_graph)
                 with tf.GradientTape(persistent=True) as tape:
@@ -196,9 +204,6 @@ class TensorFlowBackend(Backend):
             def run():
                 grads = tape.gradient(y, wrt, output_gradients=dy)
                 return tuple(grads) if len(grads) > 1 else grads[0]
-        else:
-            def run():
-                return forward(x, w)
 
         def call():
             try:  # zero-cost unless raised; a missing kernel surfaces on the first call, inside prepare
