@@ -84,8 +84,8 @@ def time_unit(seconds: pd.Series) -> tuple[float, str]:
 
 def _legend(fig: Figure, backends: list[str], extra: list[Line2D] | None = None) -> None:
     handles = [Line2D([], [], color=color(b), marker="o", linestyle="", label=b) for b in backends]
-    fig.legend(handles=handles + (extra or []), loc="outside lower center", ncols=min(6, len(handles) + 3),
-               frameon=False)
+    handles += extra or []
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(8, len(handles)), frameon=False)
 
 
 def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low: str, high: str,
@@ -215,7 +215,8 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
         if np.isfinite(measured):
             ax.axhline(measured * scale, color="0.3", linestyle=":", linewidth=1)
             notes.append(f"measured peak {measured * scale:.3g} {unit}")
-        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7, color="0.25")
+        ax.text(0.98, 0.02, "\n".join(notes), transform=ax.transAxes, va="bottom", ha="right", fontsize=7,
+                color="0.25", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, minimum bytes; log)",
                ylabel=f"achieved {unit} (log)", title=panel or "all passes")
     extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from reports import figures, peak
@@ -50,8 +49,11 @@ def fmt_flops(tflops: float) -> str:
     return f"{tflops:.3g} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.3g} GFLOP/s"
 
 
-def _panel(row: pd.Series | dict) -> str:
-    return f"{row['machine']} · {row['device']} · {row['dtype']}"
+def _where(report: Report, *key: str) -> str:
+    """'machine · device · dtype: ' when the results hold more than one such combination, else ''."""
+    frame = report.measurements
+    single = frame.empty or len(frame.groupby(["machine", "device", "dtype"])) == 1
+    return "" if single else " · ".join(map(str, key)) + ": "
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -77,7 +79,8 @@ def summary_speed(report: Report) -> list[str]:
                          f"(geometric mean over {row.cases} cases, {fmt_ci(row.low, row.high)})")
         verdicts = group[group["backend"] != base]["speedup_verdict"].value_counts()
         clear = ", ".join(f"{n} {v}" for v, n in verdicts.items() if v in ("faster", "slower", "same"))
-        lines.append(f"{machine} · {device} · {dtype}, {PASS_LABELS[pass_]}: fastest framework per case — {wins}. "
+        where = _where(report, machine, device, dtype)
+        lines.append(f"{where}{PASS_LABELS[pass_]}: fastest framework per case — {wins}. "
                      + ("; ".join(parts) + ". " if parts else "")
                      + (f"Per case against {base} (95% CI outside 1 ± 3%): {clear}." if clear else ""))
     return lines
@@ -97,7 +100,7 @@ def summary_backward(report: Report) -> list[str]:
             parts.append(f"{PASS_LABELS[row.which]} takes {row.geomean:.2f}× the forward time "
                          f"({fmt_ci(row.low, row.high)}, {row.cases} cases; the FLOP ratio is {flop:.0f}×, so it "
                          f"runs at {100 * flop / row.geomean:.0f}% of the forward's FLOP/s)")
-        lines.append(f"{backend} on {machine} · {device} · {dtype}: " + "; ".join(parts) + ".")
+        lines.append(f"{_where(report, machine, device, dtype)}{backend}: " + "; ".join(parts) + ".")
     return lines
 
 
@@ -117,7 +120,7 @@ def summary_conv(report: Report) -> list[str]:
             ratio, low, high = ratio_ci(c["samples"], d["samples"])
             gemm = _conv_gemm_text(c["dims"])
             lines.append(
-                f"{backend} on {machine} · {device} · {dtype}: {conv} takes {fmt_time(c['median_s'])} vs "
+                f"{_where(report, machine, device, dtype)}{backend}: {conv} takes {fmt_time(c['median_s'])} vs "
                 f"{fmt_time(d['median_s'])} for {dense} — {ratio:.2f}× the time ({fmt_ci(low, high)}) for the same "
                 f"{int(d['input_elements']):,} input values. It does {c['flops'] / d['flops']:.2f}× the FLOPs "
                 f"({c['flops'] / c['input_elements']:,.0f} vs {d['flops'] / d['input_elements']:,.0f} per input "
@@ -131,7 +134,7 @@ def summary_conv(report: Report) -> list[str]:
         gm = kinds.apply(lambda v: float(np.exp(np.log(v).mean()))).unstack("kind")
         if {"gemm", "conv2d"} <= set(gm.columns):
             for key, row in gm.dropna(subset=["gemm", "conv2d"]).iterrows():
-                lines.append(f"{key[3]} on {key[0]} · {key[1]} · {key[2]}, all forward cases: GEMMs reach "
+                lines.append(f"{_where(report, *key[:3])}{key[3]}, all forward cases: GEMMs reach "
                              f"{fmt_flops(row['gemm'])} and convs {fmt_flops(row['conv2d'])} (geometric means; the "
                              "cases differ in size, see the conv-vs-GEMM figure for FLOP/s at equal FLOPs).")
     return lines
@@ -142,8 +145,9 @@ def _conv_gemm_text(dims: dict[str, Any]) -> str:
 
     op = op_from_dict(dims)
     g = op.equivalent_gemm()
-    return (f"as an im2col GEMM it is M={g.m:,} × N={g.n} × K={g.k}: a reduction depth of only {g.k} "
-            f"(C·R·S with C={op.c}) keeps vector units and caches poorly used") if op.kind == "conv2d" else ""
+    return (f"as an im2col GEMM it is M={g.m:,} × N={g.n} × K={g.k}, a reduction depth of only {g.k} "
+            f"(C·R·S with C={op.c} input channels), which typically uses vector units less well than the dense "
+            "layer's long reduction") if op.kind == "conv2d" else ""
 
 
 def summary_scaling(report: Report) -> list[str]:
@@ -154,10 +158,31 @@ def summary_scaling(report: Report) -> list[str]:
     lines = []
     for row in fits[fits["pass"] == "forward"].itertuples():
         lines.append(f"{row.sweep} ({row.dimension} = {row.min_size:.0f}…{row.max_size:.0f}, {row.points} sizes), "
-                     f"{row.backend} on {row.machine} · {row.device}: time grows as size^{row.slope:.2f} "
+                     f"{_where(report, row.machine, row.device, row.dtype)}{row.backend}: "
+                     f"time grows as size^{row.slope:.2f} "
                      f"(± {row.slope_stderr:.2f}); FLOPs grow as size^{row.flop_slope:.0f}"
                      + (" — below the FLOP exponent: small sizes are overhead-bound or throughput still rises "
                         "with size." if row.slope < row.flop_slope - 0.3 else "."))
+    return lines
+
+
+def summary_quality(report: Report) -> list[str]:
+    """How far the numbers can be trusted: flagged, failed and check-failed measurements, load at start."""
+    frame = report.measurements
+    if frame.empty:
+        return []
+    ok = frame[frame["status"].eq("ok")]
+    flagged = ok["flags"].map(lambda f: bool(set(f) & {"unstable", "noisy"})).sum()
+    lines = [f"{flagged} of {len(ok)} successful measurements are flagged unstable or noisy, "
+             f"{ok['flags'].map(lambda f: 'overhead_bound' in f).sum()} overhead-bound (< 50 µs per call), "
+             f"{(frame['check'] == 'fail').sum()} failed the numerical check and {len(frame) - len(ok)} did not run "
+             "(see Warnings). Treat differences whose CI is wide, or that rest on flagged measurements, with care."]
+    for h in report.results.headers:
+        env = h.get("environment") or {}
+        load, cpus = env.get("load_average") or [], (env.get("cpu") or {}).get("usable_cpus")
+        if load and cpus and load[0] > 0.5 * cpus:
+            lines.append(f"Run {h.get('run_id')} started with load average {load[0]:.2f} on {cpus} usable CPUs: "
+                         "other work was competing for the CPU, which inflates and scatters times.")
     return lines
 
 
@@ -366,7 +391,8 @@ def build_site(result_paths: Iterable[str | Path], out_dir: str | Path, baseline
         machines=sorted(frame["machine"].unique()) if not frame.empty else [],
         backends=sorted(frame["backend"].unique()) if not frame.empty else [],
         cases=frame["case"].nunique() if not frame.empty else 0,
-        summary={"Which framework is fastest, where, and by how much?": summary_speed(report),
+        summary={"How reliable are these numbers?": summary_quality(report),
+                 "Which framework is fastest, where, and by how much?": summary_speed(report),
                  "How does backward compare with forward?": summary_backward(report),
                  "Why is a conv layer slower than a dense layer of the same input size?": summary_conv(report),
                  "How does cost grow with size?": summary_scaling(report),
