@@ -85,7 +85,8 @@ def time_unit(seconds: pd.Series) -> tuple[float, str]:
 def _legend(fig: Figure, backends: list[str], extra: list[Line2D] | None = None) -> None:
     handles = [Line2D([], [], color=color(b), marker="o", linestyle="", label=b) for b in backends]
     handles += extra or []
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(8, len(handles)), frameon=False)
+    columns = max(1, min(len(handles), int(fig.get_figwidth() // 1.5)))  # fit the legend to the figure width
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
 
 
 def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low: str, high: str,
