@@ -102,6 +102,9 @@ class TorchBackend(Backend):
         torch = self.torch
         forward = self._forward(op, variant)
         if variant.mode == "compile":
+            # Every case compiles the same closure code; dynamo caches per code object and stops recompiling
+            # after a few shapes, so start each case from an empty cache.
+            torch._dynamo.reset()
             forward = torch.compile(forward, dynamic=False, fullgraph=True)
         x, w, dy = args["x"], args["w"], args["dy"]
         if variant.pass_ == "forward":  # no operand requires grad here, so autograd records nothing

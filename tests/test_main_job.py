@@ -1,0 +1,64 @@
+"""The README's main job, end to end, on the tiny smoke catalog: tox installs each framework in its own env,
+measures every pass on the CPU, and builds the HTML report. This is the command a new user runs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.catalog import load_catalog
+from suite.ops import PASSES
+from suite.results import read_many
+
+REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ("torch", "tensorflow", "jax")
+
+
+def _readme_command(kind: str) -> str:
+    """The README's set-up command for the main job or the tests (the lines inside its first two bash blocks)."""
+    text = (REPO / "README.md").read_text()
+    blocks = [b.split("```")[0].strip() for b in text.split("```bash\n")[1:3]]
+    return next(b.split("#")[0].strip() for b in blocks if b.split("#")[0].strip().endswith(kind))
+
+
+def test_readme_has_exactly_the_two_commands_and_ci_runs_the_test_one():
+    assert _readme_command("tox -m cpu") == "pip install tox && tox -m cpu"
+    assert _readme_command("tox -m test") == "pip install tox && tox -m test"
+    assert "python3 -m pip install -q tox && tox -m test" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_on_smoke(tmp_path):
+    tox = shutil.which("tox") or (Path(sys.executable).parent / "tox")
+    if not Path(tox).exists():
+        pytest.skip("tox is not installed in this environment (pip install tox)")
+    env = {**os.environ, "OPBENCH_RESULTS": str(tmp_path / "results"), "OPBENCH_REPORT": str(tmp_path / "report")}
+    env.pop("TOX_ENV_NAME", None)
+    done = subprocess.run([str(tox), "-m", "cpu", "--", "--catalog", "smoke", "--time-cap", "0.3"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    results = read_many([tmp_path / "results" / "cpu"])
+    smoke = {case.id for case in load_catalog().subset("smoke")}
+    for backend in BACKENDS:
+        mine = [m for m in results.measurements if m["backend"] == backend]
+        assert {(m["case"], m["pass"]) for m in mine} == {(c, p) for c in smoke for p in PASSES}, backend
+        for m in mine:
+            assert m["status"] in ("ok", "unsupported"), (backend, m["case"], m["pass"], m.get("reason"))
+            if m["status"] == "ok":
+                assert m["check"]["status"] == "pass", (backend, m["case"], m["pass"], m["check"])
+                assert m["stats"]["median"] > 0 and len(m["block_times"]) >= 1
+    assert {w["backend"] for w in results.workers} == set(BACKENDS)
+    assert all(w["flags"].get("threads") or w["flags"].get("intra_op_threads") or w["flags"].get("affinity")
+               for w in results.workers)
+
+    index = tmp_path / "report" / "index.html"
+    assert index.exists()
+    html = index.read_text()
+    for backend in BACKENDS:
+        assert backend in html
+    for img in (tmp_path / "report").rglob("*.png"):
+        assert img.stat().st_size > 1000
