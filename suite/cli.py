@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from suite.runner import RunOptions, run
+    from suite.runner import RunOptions, check_output, run
 
     _parse_limits(args)
     tasks = build_plan(args)
@@ -212,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
                          f"with --layout {args.layout} ({offered})")
     out = Path(args.output or f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
+    check_output(out, args.resume)  # before the progress display, so a refusal is the only output
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -232,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             counts = run(tasks, out, options, report, argv=sys.argv)
         except KeyboardInterrupt:
             err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
-                              "--resume to continue", highlight=False, markup=False)
+                              "--resume to continue", highlight=False, markup=False, soft_wrap=True)
             return 130
         progress.update(bar, completed=len(tasks))
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -240,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if counts.get("not_started"):
         err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "
                           f"measurements not started; run the same command with --resume to continue",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -422,5 +423,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2

@@ -228,24 +228,34 @@ def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: 
 Reporter = Callable[[Task, dict[str, Any]], None]
 
 
-def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | None = None,
-        argv: list[str] | None = None) -> dict[str, int]:
-    """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through."""
-    out = Path(out)
-    done: set[str] = set()
+def check_output(out: Path, resume: bool) -> set[str]:
+    """Refuse an output that would lose or mix results; return the keys it already holds (with ``resume``)."""
     if out.is_dir():
         raise ResultsError(f"{out}: is a folder; -o takes a results file, e.g. {out / 'run.jsonl'}")
-    if out.exists() and out.stat().st_size and not options.resume:
+    if out.exists() and out.stat().st_size and not resume:
         raise FileExistsError(f"{out} already holds results: pass --resume to continue it, or choose another "
                               "output with -o")
-    if options.resume and out.exists():
+    if resume and out.exists():
         existing = read_results(out)  # refuses a newer schema; marks migrated records with their old one
         schemas = sorted({h["migrated_from"] for h in existing.headers if "migrated_from" in h})
         if schemas:
             raise ResultsError(f"{out}: written with results schema {', '.join(map(str, schemas))}; this opbench "
                                f"writes schema {results.SCHEMA_VERSION} and will not mix them in one file. Resume "
                                "with the opbench that started it, or write a new file with -o (old files still read)")
-        done = existing.keys()
+        return existing.keys()
+    try:  # find out now, not after the first measurement
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.open("a").close()
+    except OSError as exc:
+        raise ResultsError(f"{out}: cannot write results here: {exc.strerror or exc}") from None
+    return set()
+
+
+def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | None = None,
+        argv: list[str] | None = None) -> dict[str, int]:
+    """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through."""
+    out = Path(out)
+    done = check_output(out, options.resume)
     todo = [t for t in tasks if t.key not in done]
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
     if not todo:

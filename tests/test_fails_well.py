@@ -1,0 +1,390 @@
+"""Fails well, without frameworks: every user mistake gets one clear message and exit 2, the catalog loader and
+results reader never raise anything but their own errors, crashes mid-write lose nothing, schemas migrate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import suite.results as results_mod
+from suite.catalog import CatalogError, load_catalog, load_file
+from suite.cli import main
+from suite.ops import Conv2d, Gemm
+from suite.results import Results, ResultsError, ResultsWriter, read_results
+from suite.timing import TimingConfig
+from suite.worker import run_task
+
+REPO = Path(__file__).resolve().parent.parent
+PROV = {"network": "Net", "layer": "fc", "source": "paper"}
+GEMM = {"id": "g", "op": "gemm", "dims": {"m": 4, "n": 8, "k": 16}, "provenance": PROV}
+CONV = {"id": "c", "op": "conv2d", "provenance": PROV,
+        "dims": {"n": 1, "c": 4, "h": 9, "w": 7, "k": 8, "r": 3, "s": 3, "stride": 1, "padding": 1, "groups": 2}}
+HEADER = {"record": "header", "run_id": "r1"}
+
+
+def measurement(case: str = "c1", **extra: Any) -> dict[str, Any]:
+    return {"record": "measurement", "run_id": "r1", "case": case, "backend": "torch", "device": "cpu",
+            "dtype": "fp32", "pass": "forward", "mode": "eager", "layout": "NCHW", "math": "strict",
+            "threads": 2, "options": {}, "status": "ok", **extra}
+
+
+def catalog_dir(tmp_path: Path, *entries: dict[str, Any], text: str | None = None) -> Path:
+    folder = tmp_path / "shapes"
+    folder.mkdir(exist_ok=True)
+    (folder / "cases.yaml").write_text(text if text is not None else yaml.safe_dump({"cases": list(entries)}))
+    return folder
+
+
+def one_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
+    """The run exited 2 with exactly one `error:` message and no traceback; the message, whitespace joined."""
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("error:") == 1 and "Traceback" not in out + err, err
+    return " ".join(err.split())
+
+
+# ---------------------------------------------------------------------------------------------- command line
+@pytest.mark.parametrize("argv, expected", [
+    (["--backend", "nope"], "unknown backend 'nope'; known: torch"),
+    (["--dtype", "fp64"], "unknown dtype 'fp64'; choose from fp32"),
+    (["--pass", "sideways"], "unknown pass 'sideways'; choose from forward"),
+    (["--device", "tpu"], "unknown device 'tpu'; choose from cpu, gpu"),
+    (["--catalog", "nope"], "unknown subset 'nope'"),
+    (["--id", "no-such-case*"], "no case matches the selection"),
+    (["--mode", "sideways"], "torch: modes eager, compile"),
+    (["--time-cap", "0"], "--time-cap must be a positive number"),
+    (["--case-timeout", "-1"], "--case-timeout must be a positive number"),
+    (["--max-run-time", "0"], "--max-run-time must be a positive number"),
+    (["--threads", "0"], "--threads must be a positive number"),
+    (["--shard", "3/2"], "I must be between 1 and N"),
+    (["--option", "novalue"], "--option takes KEY=VALUE"),
+])
+def test_run_mistakes_exit_2_with_one_message(tmp_path, capsys, argv, expected):
+    code = main(["run", "--catalog", "smoke", "--backend", "torch", "-o", str(tmp_path / "r.jsonl"), *argv])
+    assert expected in one_error(capsys, code)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_output_that_is_a_folder_or_unwritable(tmp_path, capsys):
+    code = main(["run", "--catalog", "smoke", "--backend", "torch", "-o", str(tmp_path)])
+    assert "is a folder" in one_error(capsys, code)
+    (tmp_path / "file").write_text("")
+    code = main(["run", "--catalog", "smoke", "--backend", "torch", "-o", str(tmp_path / "file" / "r.jsonl")])
+    assert "cannot write results here" in one_error(capsys, code)
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({**GEMM, "dims": {"m": 0, "n": 8, "k": 16}}, "field 'dims.m': must be an integer >= 1, got 0"),
+    ({**GEMM, "dims": {"m": -3, "n": 8, "k": 16}}, "field 'dims.m': must be an integer >= 1, got -3"),
+    ({**GEMM, "dims": {"m": "4", "n": 8, "k": 16}}, "field 'dims.m': must be an integer >= 1, got '4'"),
+    ({**GEMM, "dims": [4, 8, 16]}, "field 'dims': must be a mapping"),
+    ({**GEMM, "op": "matmul"}, "unknown op 'matmul'"),
+    ({**GEMM, "op": ["gemm"]}, "unknown op ['gemm']"),  # was a TypeError: unhashable list
+    ({**GEMM, "flops": 3}, "field 'flops': unknown key"),
+    ({**GEMM, "dims": {"m": 4, "n": 8, "k": 16, "batch": 2}}, "field 'dims.batch': unknown key"),
+    ({**GEMM, "tags": 5}, "field 'tags': must be a list of non-empty strings"),  # was a TypeError
+    ({**GEMM, "tags": "abc"}, "field 'tags': must be a list of non-empty strings"),
+    ({**CONV, "dims": {**CONV["dims"], "r": 30}}, "does not fit the padded"),
+    ({**CONV, "dims": {**CONV["dims"], "stride": 0}}, "field 'dims.stride': must be an integer >= 1"),
+    ({**CONV, "dims": {**CONV["dims"], "groups": 3}}, "must be divisible by groups=3"),
+    ({**CONV, "dims": {**CONV["dims"], "padding": -1}}, "field 'dims.padding': must be an integer >= 0"),
+])
+def test_catalog_mistakes_through_the_cli(tmp_path, capsys, entry, expected):
+    folder = catalog_dir(tmp_path, entry)
+    for command in (["list"], ["run", "--backend", "torch", "--catalog", "all", "-o", str(tmp_path / "r.jsonl")]):
+        message = one_error(capsys, main([*command, "--shapes", str(folder)]))
+        assert str(folder / "cases.yaml") in message and "entry 1" in message and expected in message
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("cases:\n  - id: x\n    dims: {m: 1\n", "not valid YAML at line"),
+    ("cases: [{id: x, op: gemm, dims: {m: 2024-13-45}}]\n", "not valid YAML"),  # PyYAML's ValueError on a date
+    ("- just\n- a list\n", "must be a mapping with a 'cases:' list"),
+    ("", "must be a mapping with a 'cases:' list"),
+    ("cases: {a: 1}\n", "field 'cases': must be a list"),
+    ("defaults: {provenance: [1]}\ncases: []\n", "defaults, field 'provenance'"),  # was a TypeError
+    ("defaults: {tags: 7}\ncases: []\n", "defaults, field 'tags'"),  # was a TypeError
+])
+def test_malformed_catalog_files(tmp_path, capsys, content, expected):
+    folder = catalog_dir(tmp_path, text=content)
+    message = one_error(capsys, main(["list", "--shapes", str(folder)]))
+    assert str(folder / "cases.yaml") in message and expected in message
+
+
+def test_catalog_not_utf8_or_not_a_folder(tmp_path, capsys):
+    folder = catalog_dir(tmp_path)
+    (folder / "cases.yaml").write_bytes(b"cases: [\xff\xfe]\n")  # was a UnicodeDecodeError traceback
+    assert "not UTF-8" in one_error(capsys, main(["list", "--shapes", str(folder)]))
+    assert "no such catalog directory" in one_error(capsys, main(["list", "--shapes", str(tmp_path / "nope")]))
+
+
+def write_lines(path: Path, *records: dict[str, Any] | str) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: d / "missing.jsonl", "no such results file"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no *.jsonl results files"),
+    (lambda d: write_lines(d / "f.jsonl", {"name": "foreign"}), "not an opbench record"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, "garbage", measurement()), "line 2: not valid JSON"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 99}), "written by a newer opbench (schema 99"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measurement(), "schema": 1, "case": None}),
+     "measurement record has no valid 'case' field"),  # `show` indexed it: was a KeyError/TypeError
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measurement(), "schema": 1, "stats": 3}),
+     "field 'stats' has the wrong type"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measurement(), "schema": 1, "status": "meh"}),
+     "unknown status 'meh'"),
+    (lambda d: (d / "f.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff") and d / "f.jsonl", "not a text file"),
+])
+def test_show_damaged_or_foreign_results(tmp_path, capsys, make, expected):
+    assert expected in one_error(capsys, main(["show", str(make(tmp_path))]))
+
+
+def test_show_warns_about_a_partial_last_line_and_shows_the_rest(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path) as writer:
+        writer.write(HEADER)
+        writer.write(measurement("c1"))
+    with path.open("a") as handle:
+        handle.write(json.dumps(measurement("c2"))[:50])
+    assert main(["show", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "partial last line" in err and "1 measurements" in out and "Traceback" not in out + err
+
+
+def test_a_real_subprocess_gives_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "suite", "run", "--backend", "nope", "-o", str(tmp_path / "r")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: unknown backend 'nope'") and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- properties
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**20), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.sampled_from(["gemm", "conv2d", "m", "dims", "", " ", "a b"]))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                      max_leaves=12)
+FIELDS = ["id", "op", "dims", "provenance", "count", "tags", "extra", "dims.m", "dims.k", "dims.h", "dims.r",
+          "dims.stride", "dims.padding", "dims.groups", "dims.dilation", "dims.transpose_a", "provenance.layer"]
+
+
+def mutate(entry: dict[str, Any], field: str, value: Any, delete: bool) -> dict[str, Any]:
+    entry = json.loads(json.dumps(entry))
+    *parents, last = field.split(".")
+    target = entry
+    for name in parents:
+        if not isinstance(target.get(name), dict):
+            return entry
+        target = target[name]
+    if delete:
+        target.pop(last, None)
+    else:
+        target[last] = value
+    return entry
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from([GEMM, CONV]), st.lists(
+    st.tuples(st.sampled_from(FIELDS), VALUES, st.booleans()), max_size=3)), max_size=4),
+    st.one_of(st.none(), VALUES))
+def test_catalog_loader_gives_cases_or_a_catalog_error(tmp_path, entries, defaults):
+    cases = []
+    for i, (base, changes) in enumerate(entries):
+        entry = {**base, "id": f"{base['id']}{i}"}
+        for field, value, delete in changes:
+            entry = mutate(entry, field, value, delete)
+        cases.append(entry)
+    path = tmp_path / "prop.yaml"
+    path.write_text(yaml.safe_dump({"cases": cases, **({"defaults": defaults} if defaults is not None else {})}))
+    try:
+        loaded = load_file(path)
+    except CatalogError as exc:
+        assert exc.file == str(path) and str(path) in str(exc)
+        return
+    assert len(loaded) == len(cases) and all(isinstance(c.op, Gemm | Conv2d) for c in loaded)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+def test_catalog_loader_on_any_text(tmp_path, text):
+    path = tmp_path / "any.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+    try:
+        load_file(path)
+    except CatalogError as exc:
+        assert exc.file == str(path)
+
+
+def read_or_error(path: Path) -> Results | None:
+    try:
+        return read_results(path)
+    except ResultsError as exc:
+        assert str(path) in str(exc)
+        return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_results_reader_on_any_bytes(tmp_path, data):
+    path = tmp_path / "any.jsonl"
+    path.write_bytes(data)
+    read_or_error(path)
+
+
+RECORDISH = st.one_of(
+    VALUES,
+    st.builds(lambda kind, schema, extra: {"record": kind, "schema": schema, **extra},
+              st.sampled_from(["header", "worker", "measurement", "other"]), st.sampled_from([0, 1, 2, True, "1"]),
+              st.dictionaries(st.sampled_from(["case", "status", "stats", "backend", "options", "tflops"]), VALUES)),
+    st.builds(lambda extra: {**measurement(), "schema": 1, **extra},
+              st.dictionaries(st.sampled_from(["case", "status", "stats", "threads", "options", "check"]), VALUES)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(RECORDISH, max_size=6), st.integers(0, 10**6))
+def test_results_reader_on_any_json_lines_and_truncations(tmp_path, records, cut):
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in [{**HEADER, "schema": 1}, *records])
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(data[:cut])
+    read_or_error(path)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=10), min_size=1, max_size=5), st.data())
+def test_a_written_file_cut_at_any_byte_keeps_every_complete_record(tmp_path, cases, data):
+    path = tmp_path / "cut.jsonl"
+    path.unlink(missing_ok=True)
+    with ResultsWriter(path) as writer:
+        writer.write(HEADER)
+        for case in cases:
+            writer.write(measurement(case, stats={"median": float("inf")}, reason="×✓\n\"quoted\""))
+    full = path.read_bytes()
+    cut = data.draw(st.integers(len(full.split(b"\n")[0]) + 1, len(full)))
+    path.write_bytes(full[:cut])
+    complete = full[:cut].count(b"\n") + (full[cut - 1:cut + 1] == b"}\n")  # the newline alone may be cut off
+    results = read_results(path)
+    assert [m["case"] for m in results.measurements] == cases[:complete - 1]
+    assert bool(results.warnings) == (cut not in (len(full), len(full) - 1) and full[cut - 1:cut] != b"\n")
+    with ResultsWriter(path) as writer:  # a resumed run appends after exactly those records
+        writer.write(measurement("after"))
+    assert [m["case"] for m in read_results(path).measurements] == [*cases[:complete - 1], "after"]
+
+
+# ---------------------------------------------------------------------------------------------- durability, schemas
+def test_each_record_is_flushed_and_fsynced_before_write_returns(tmp_path, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(results_mod.os, "fsync", lambda fd: synced.append(fd))
+    path = tmp_path / "r.jsonl"
+    writer = ResultsWriter(path)
+    writer.write(HEADER)
+    assert synced == [writer._file.fileno()] and len(read_results(path).headers) == 1  # readable before close
+    writer.write(measurement())
+    assert len(synced) == 2 and len(read_results(path).measurements) == 1
+    writer.close()
+
+
+def rename_case_to_shape_id(record: dict[str, Any]) -> dict[str, Any]:
+    """A test-only migration 1 → 2: 'case' became 'shape_id'... then the reader's field list follows."""
+    if record["record"] == "measurement":
+        record["shape_id"] = record["case"]
+    return record
+
+
+def test_old_schema_is_migrated_and_marked_and_a_resume_into_it_refused(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "old.jsonl"
+    with ResultsWriter(path) as writer:  # schema 1
+        writer.write(HEADER)
+        writer.write(measurement("c1"))
+    monkeypatch.setattr(results_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(results_mod, "MIGRATIONS", {1: rename_case_to_shape_id})
+    with ResultsWriter(path) as writer:  # schema 2 appended: now the file mixes two schemas
+        writer.write({**HEADER, "run_id": "r2"})
+        writer.write(measurement("c2"))
+    results = read_results(path)
+    assert [m["schema"] for m in results.measurements] == [2, 2]
+    assert [m.get("shape_id") for m in results.measurements] == ["c1", None]  # only the old one went through it
+    assert [m.get("migrated_from") for m in results.measurements] == [1, None]
+    assert "migrated 2 records from results schema 1 to 2" in " ".join(results.warnings)
+    code = main(["run", "--catalog", "smoke", "--backend", "torch", "--resume", "-o", str(path)])
+    assert "written with results schema 1; this opbench writes schema 2" in one_error(capsys, code)
+
+
+def test_a_missing_or_failing_migration_is_a_results_error(tmp_path, monkeypatch):
+    path = write_lines(tmp_path / "old.jsonl", {**HEADER, "schema": 1}, {**measurement(), "schema": 1})
+    monkeypatch.setattr(results_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(results_mod, "MIGRATIONS", {1: lambda r: r})
+    with pytest.raises(ResultsError, match="schema 2 has no migration to 3"):
+        read_results(path)
+    monkeypatch.setattr(results_mod, "MIGRATIONS", {1: lambda r: r, 2: lambda r: r["missing"]})
+    with pytest.raises(ResultsError, match="cannot migrate this schema 2 record: KeyError"):
+        read_results(path)
+
+
+def test_resume_into_a_newer_schema_is_refused(tmp_path, capsys):
+    path = write_lines(tmp_path / "new.jsonl", {**HEADER, "schema": results_mod.SCHEMA_VERSION + 1})
+    code = main(["run", "--catalog", "smoke", "--backend", "torch", "--resume", "-o", str(path)])
+    assert "written by a newer opbench" in one_error(capsys, code)
+    assert path.read_text().count("\n") == 1  # untouched
+
+
+# ---------------------------------------------------------------------------------------------- memory guard
+class FakeBackend:
+    """Only what the guard looks at; preparing would be a bug (the guard must answer first)."""
+
+    def __init__(self, free: int | None):
+        self.free = free
+        self.settings = type("S", (), {"device": "gpu" if free is not None else "cpu", "math": "strict"})()
+
+    def free_memory_bytes(self) -> int | None:
+        return self.free
+
+    def prepare(self, *args: Any) -> Any:
+        raise AssertionError("allocated despite the memory guard")
+
+    def release(self) -> None:
+        pass
+
+
+TASK = {"key": "k", "op": {"kind": "gemm", "m": 2**20, "n": 2**20, "k": 2**20}, "pass": "forward",
+        "dtype": "fp32", "mode": "", "layout": ""}
+
+
+@pytest.mark.parametrize("free, words", [(0, "free on the device (gpu)"), (2**30, "1.0 GiB free on the device"),
+                                         (None, "available on the host (MemAvailable) (cpu)")])
+def test_memory_guard_skips_before_allocating(free, words):
+    result = run_task(FakeBackend(free), TASK, TimingConfig(), check=True, seed=0)
+    assert result["status"] == "skipped" and words in result["reason"] and "not allocated" in result["reason"]
+
+
+def test_memory_guard_uses_memavailable_on_cpu(monkeypatch):
+    import suite.worker
+
+    monkeypatch.setattr(suite.worker, "available_memory_bytes", lambda: 5 * 2**30)
+    small = {**TASK, "op": {"kind": "gemm", "m": 2**14, "n": 2**14, "k": 2**14}}  # about 6 GiB with headroom
+    result = run_task(FakeBackend(None), small, TimingConfig(), check=True, seed=0)
+    assert result["status"] == "skipped" and "only 5.0 GiB available on the host" in result["reason"]
+    assert result["memory"]["free_bytes"] == 5 * 2**30
+
+
+def test_catalog_folder_checks_stay_ahead_of_frameworks(tmp_path):
+    """Loading a whole folder with a broken file names that file (not the first good one)."""
+    folder = catalog_dir(tmp_path, GEMM)
+    (folder / "z.yaml").write_text(textwrap.dedent("""
+        cases:
+          - {id: z, op: gemm, dims: {m: 1, n: 1, k: 0}, provenance: {network: a, layer: b, source: c}}
+    """))
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(folder)
+    assert caught.value.file == str(folder / "z.yaml") and caught.value.field == "dims.k"
