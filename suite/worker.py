@@ -55,9 +55,10 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
             free, source = available_memory_bytes(), "available on the host (MemAvailable)"
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if free is not None and need > free:
-            return {"status": "skipped", "reason": f"memory guard: needs about {need / 2**30:.1f} GiB, only "
-                    f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
-                    "memory": {"need_bytes": need, "free_bytes": free}}
+            result.update(status="skipped", reason=f"memory guard: needs about {need / 2**30:.1f} GiB, only "
+                          f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
+                          memory={"need_bytes": need, "free_bytes": free})
+            return result  # the finally below still adds wall_s
         inputs = make_inputs(op, seed)
         prepared = backend.prepare(op, variant, inputs)
         result.update(first_call_s=prepared.first_call_s, details=prepared.details)
