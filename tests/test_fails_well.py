@@ -282,6 +282,20 @@ def test_a_written_file_cut_at_any_byte_keeps_every_complete_record(tmp_path, ca
     assert [m["case"] for m in read_results(path).measurements] == [*cases[:complete - 1], "after"]
 
 
+def test_a_last_record_that_lost_only_its_newline_is_kept_by_reader_and_writer(tmp_path):
+    """Both must agree: the reader counts it as done, so a resumed run must not drop it (it was lost before)."""
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path) as writer:
+        writer.write(HEADER)
+        writer.write(measurement("c1"))
+    path.write_bytes(path.read_bytes()[:-1])
+    assert [m["case"] for m in read_results(path).measurements] == ["c1"]
+    with ResultsWriter(path) as writer:
+        assert writer.warning is None
+        writer.write(measurement("c2"))
+    assert [m["case"] for m in read_results(path).measurements] == ["c1", "c2"]
+
+
 # ---------------------------------------------------------------------------------------------- durability, schemas
 def test_each_record_is_flushed_and_fsynced_before_write_returns(tmp_path, monkeypatch):
     synced: list[int] = []
