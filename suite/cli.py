@@ -20,8 +20,9 @@ from suite.ops import DTYPES, PASSES
 from suite.results import ResultsError, read_many
 from suite.timing import TimingConfig
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable in logs and pipes, where rich would otherwise wrap at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class UsageError(ValueError):
@@ -293,10 +294,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         run(tasks, out, RunOptions(timing=None, check=True, seed=args.seed, case_timeout_s=args.case_timeout))
         records = read_many([out]).measurements
     backends_seen = list(dict.fromkeys(r["backend"] for r in records))
-    table = Table(title="relative Frobenius error against float64 NumPy (same seeded inputs)")
-    for col in ("case", "pass", "dtype", "layout", *backends_seen):
+    table = Table(title="relative Frobenius error against float64 NumPy (same seeded inputs; layout named "
+                        "where a backend ran several)")
+    for col in ("case", "pass", "dtype", *backends_seen):
         table.add_column(col)
-    rows: dict[tuple, dict[str, str]] = {}
+    rows: dict[tuple, dict[str, list[tuple[str, str]]]] = {}
     failed = 0
     for r in records:
         check = r.get("check") or {}
@@ -310,9 +312,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             failed += 1
             cell = f"[red]{r['status']}[/red]"
-        rows.setdefault((r["case"], r["pass"], r["dtype"], r["layout"]), {})[r["backend"]] = cell
-    for (case, pass_, dtype, layout), cells in rows.items():
-        table.add_row(case, pass_, dtype, layout, *(cells.get(b, "") for b in backends_seen))
+        rows.setdefault((r["case"], r["pass"], r["dtype"]), {}).setdefault(r["backend"], []).append(
+            (r["layout"], cell))
+    for (case, pass_, dtype), cells in rows.items():
+        table.add_row(case, pass_, dtype, *(
+            " · ".join(f"{layout}: {cell}" if len(cells.get(b, [])) > 1 else cell for layout, cell in cells.get(b, []))
+            for b in backends_seen))
     console.print(table)
     for r in records:
         if r["status"] not in ("ok", "unsupported"):
