@@ -66,16 +66,17 @@ def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfi
     def elapsed() -> float:
         return clock() - began
 
-    warmup_calls, last = 0, 0.0
+    warmup_calls, fastest = 0, float("inf")
     while warmup_calls == 0 or elapsed() < config.warmup_s:
-        last = _timed(run_block, 1, clock)
+        fastest = min(fastest, _timed(run_block, 1, clock))
         warmup_calls += 1
         if elapsed() >= config.max_time_s:
             break
     warmup_s = elapsed()
 
-    # Calibrate from the last warm-up call, then once more from a real block, which is less noisy.
-    calls = _calls_for(config, last)
+    # Calibrate from the fastest warm-up call (one stalled call must not shrink every block to a single call),
+    # then once more from a real block, which is less noisy.
+    calls = _calls_for(config, fastest)
     probe = _timed(run_block, calls, clock)
     if probe < config.target_block_s / 2:
         calls = _calls_for(config, probe / calls)

@@ -95,3 +95,10 @@ def test_ratio_ci_contains_the_true_ratio():
     slow, fast = 2.0 + rng.normal(0, 0.02, 30), 1.0 + rng.normal(0, 0.01, 30)
     point, low, high = ratio_ci(slow, fast)
     assert low < 2.0 < high and low < point < high and high - low < 0.1
+
+
+def test_one_stalled_call_does_not_shrink_the_blocks():
+    # 1 ms calls, but the last warm-up call and the first real call stall for 30 ms (a descheduled thread)
+    device = FakeDevice(lambda i: 30e-3 if i in (9, 10) else 1e-3)
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.01, target_block_s=0.02), device.clock)
+    assert samples.warmup_calls == 10 and samples.calls_per_block == 20
