@@ -353,12 +353,12 @@ def test_subset_membership(catalog):
     assert full == {c.id for c in catalog.cases if Path(c.file).name != "smoke.yaml"}
 
 
-QUICK_BUDGET = 40e9  # FLOPs: sum of the forward FLOPs of quick × 4 passes (about 7 GFLOP × 4 today)
+QUICK_BUDGET = 60e9  # FLOPs of quick × 4 passes: seconds of compute per framework at ~100 GFLOP/s on 2 cores
 
 
 def test_quick_fits_the_cpu_budget(catalog):
     quick = catalog.subset("quick")
-    assert 20 <= len(quick) <= 30, len(quick)
+    assert 20 <= len(quick) <= 40, len(quick)
     assert all(c.op.flops("forward") <= 5e9 for c in quick), [c.id for c in quick if c.op.flops() > 5e9]
     assert sum(c.op.flops("forward") for c in quick) * 4 <= QUICK_BUDGET
 
@@ -374,4 +374,5 @@ def test_quick_covers_what_it_should(catalog):
     assert tags["deepbench-train"] >= 2
     assert tags["deepbench-inference-server"] + tags["deepbench-inference-device"] >= 2
     assert tags["modern"] >= 5 and tags["inference"] >= 5
-    assert 3 <= tags["sweep-gemm"] <= 4
+    assert 4 <= tags["sweep-gemm"] <= 6  # enough sizes to fit a log-log slope
+    assert tags["sweep-conv-spatial"] >= 3 and tags["sweep-conv-channels"] >= 3
