@@ -65,6 +65,10 @@ def test_page_loads_images_links_numbers(site: Path, tmp_path: Path) -> None:
                   and r["pass"] == "forward" and r["status"] == "ok")  # tensorflow ran one variant: the one shown
     assert fmt_time(record["stats"]["median"]) in dom  # a median from the golden data, as the tables print it
     assert "Which framework is fastest" in dom and "HAND-MADE" in dom
+    summary = dom.split('id="summary"', 1)[1].split("</section>", 1)[0]
+    assert summary.count('class="headline"') == 6 and summary.count('<table class="summary') >= 6
+    assert "is fastest in 13 of 26 case×pass comparisons" in summary  # the headline, computed from the golden data
+    assert fmt_time(record["stats"]["median"]) in summary  # the conv-vs-dense table shows the seed case's time
 
 
 def test_screenshot(site: Path, tmp_path: Path) -> None:

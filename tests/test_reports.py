@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from reports import figures, frame, peak
-from reports.site import FIGURES, build_site
+from reports.site import FIGURES, build_site, fmt_time
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 FILES = sorted(GOLDEN.glob("*.jsonl"))
@@ -150,3 +150,50 @@ def test_build_site_with_only_failures(tmp_path: Path) -> None:
     index = build_site([GOLDEN / "handmade_failures.jsonl"], tmp_path / "site")
     html = index.read_text()
     assert "No successful measurement" in html and "HAND-MADE" in html
+
+
+def _summary_html(html: str) -> str:
+    return html.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+
+
+def test_summary_tables_hold_the_frame_numbers(report: frame.Report, tmp_path: Path) -> None:
+    html = build_site(FILES, tmp_path / "site").read_text()
+    summary = _summary_html(html)
+    assert summary.count('<table class="summary') >= 6 and "<ul>" not in summary  # tables, not run-on bullets
+    headlines = re.findall(r'<p class="headline">(.*?)</p>', summary, flags=re.S)
+    assert len(headlines) == 6
+    # Q1: geomean speedup with its CI, per op kind × pass, and the case wins
+    kinds = report.speedups_by_kind
+    tf = kinds[(kinds["backend"] == "tensorflow") & (kinds["pass"] == "forward") & (kinds["kind"] == "conv2d")].iloc[0]
+    assert f"{tf['geomean']:.2f}×" in summary and f"{tf['low']:.2f}–{tf['high']:.2f}" in summary
+    assert "torch is fastest in 13 of 26 case×pass comparisons (tensorflow 13)" in headlines[0]
+    assert f"and {tf['geomean']:.2f}× on convs" in headlines[0]
+    assert "eager · channels_last vs eager · NCHW" in summary  # the variant effect table (torch layouts)
+    # Q2: backward / forward time ratio with CI and the % of forward FLOP/s
+    rs = report.ratio_summary
+    row = rs[(rs["backend"] == "tensorflow") & (rs["which"] == "backward")].iloc[0]
+    assert f"{row['geomean']:.2f}×" in summary and f"{row['low']:.2f}–{row['high']:.2f}" in summary
+    assert f"tensorflow {100 * 2 / row['geomean']:.0f}%" in headlines[1]
+    # Q3: the seed cases with input values, FLOPs per input value and forward times
+    df = report.measurements
+    conv = df[df["best"] & (df["case"] == "seed-conv-3x3") & (df["pass"] == "forward")
+              & (df["backend"] == "torch")].iloc[0]
+    assert "seed-dense-1024x512" in summary and "3,072" in summary and "1,152" in summary
+    assert fmt_time(conv["median_s"]) in summary
+    assert "is faster than seed-dense-3072x512 with every framework" in headlines[2]
+    assert "27 and 147" in summary and "6.3 MB" in summary
+    # Q4: fitted slope with its standard error and the FLOP exponent
+    fit = report.scaling[(report.scaling["sweep"] == "sweep-gemm") & (report.scaling["backend"] == "torch")].iloc[0]
+    assert f"{fit['slope']:.2f}" in summary and f"± {fit['slope_stderr']:.2f}" in summary
+    # peak and reliability
+    assert "95.3 GFLOP/s" in headlines[4] and "29%" in headlines[4]
+    assert "39 of 68 successful measurements" in headlines[5] and 'href="#warnings"' in summary
+    assert summary.count("load average") == 1  # once, not per run
+
+
+def test_environment_one_block_per_machine(tmp_path: Path) -> None:
+    html = build_site(FILES, tmp_path / "site").read_text()
+    env = html.split('<section id="environment">', 1)[1].split("</section>", 1)[0]
+    assert env.count("<details") == 1 and "4 runs" in env
+    assert all(run in env for run in ("fbc6eb96abd8", "9308660af4af", "80bc5ab4ea84", "handmade0000"))
+    assert env.count("<th>CPU</th>") == 1
