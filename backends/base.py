@@ -135,13 +135,17 @@ class Backend(ABC):
         return Prepared(self.block_runner(step), first_call_s, outputs, details)
 
     def block_runner(self, step: Callable[[], Any]) -> Callable[[int], None]:
-        """n back-to-back calls closed by one sync of the last output (in-order devices finish the rest first)."""
+        """n back-to-back calls closed by one sync of the last output (in-order devices finish the rest first).
+
+        Each output but the last is dropped at once, as a training step drops a consumed gradient: keeping it
+        alive while the next call allocates makes the allocator hand out fresh pages every call (measured here:
+        conv dX 2.1 ms instead of 1.5 ms, the figure torch.utils.benchmark gives).
+        """
 
         def run_block(n: int) -> None:
-            out = None
-            for _ in range(n):
-                out = step()
-            self.sync(out)
+            for _ in range(n - 1):
+                step()
+            self.sync(step())
 
         return run_block
 

@@ -151,20 +151,6 @@ class JaxBackend(Backend):
         compile_s = time.perf_counter() - start
         return (lambda: compiled(*operands)), {"compile_s": compile_s}
 
-    def block_runner(self, step: Callable[[], Any]) -> Callable[[int], None]:
-        """Keep every output of the block and block on all of them.
-
-        The PjRt CPU client runs executions asynchronously and, for calls that share only inputs, was seen here to
-        complete them out of order, so the last output being ready does not prove the earlier ones are. Holding n
-        outputs costs at most about (block time x memory bandwidth) of memory.
-        """
-        block_until_ready = self.jax.block_until_ready
-
-        def run_block(n: int) -> None:
-            block_until_ready([step() for _ in range(n)])
-
-        return run_block
-
     def sync(self, out: Any) -> None:
         self.jax.block_until_ready(out)
 

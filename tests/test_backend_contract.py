@@ -11,13 +11,12 @@ and XLA) run on one case each to keep the file fast.
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
 import pytest
 
-from backends import REGISTRY, is_available, load
+from backends import REGISTRY, backend_class, is_available, load
 from backends.base import Backend, Settings, Unsupported, Variant
 from suite.catalog import load_catalog
 from suite.ops import PASSES, Conv2d, Op
@@ -43,12 +42,6 @@ IMPOSSIBLE: dict[str, list[tuple[str, Op, Variant]]] = {
 }
 COMMON_IMPOSSIBLE = [("unknown mode", GEMM, Variant("forward", mode="no-such-mode")),
                      ("unknown layout", CONV, Variant("forward", layout="NCWH"))]
-
-
-def backend_class(name: str) -> type[Backend]:
-    """The class without creating it (backend modules import their framework only when instantiated)."""
-    module, cls = REGISTRY[name][0].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def params() -> list[Any]:
@@ -148,3 +141,20 @@ def test_tf_padding_form(op, form):  # framework-free: tf_backend imports TF onl
     from backends.tf_backend import padding_form
 
     assert padding_form(op) == form
+
+
+def test_jax_cpu_completes_calls_in_order(configured):
+    """Backend.block_runner syncs only a block's last output; that proves the block done only if calls finish in
+    order. Checked here for JAX's asynchronous CPU client (torch and TF run CPU ops synchronously)."""
+    backend, _ = configured
+    if backend.name != "jax":
+        pytest.skip("only JAX dispatches CPU work asynchronously")
+    jax = pytest.importorskip("jax")
+    for op, pass_ in ((GEMM, "forward"), (CONV, "backward_data")):
+        variant = backend.resolve(op, Variant(pass_))
+        args = {role: backend.tensor(a, role, op, variant) for role, a in make_inputs(op).items()}
+        step, _ = backend.step(op, variant, args)
+        for _ in range(20):
+            outputs = [step() for _ in range(8)]
+            jax.block_until_ready(outputs[-1])
+            assert all(out.is_ready() for out in outputs), "an earlier call finished after the last one"
