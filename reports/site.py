@@ -317,11 +317,15 @@ def summary_conv(report: Report) -> list[dict[str, Any]]:
     return blocks
 
 
-def _conv_pairs(group: Any, backends: list[str]) -> list[tuple[Any, Any, dict[str, tuple[float, float, float]]]]:
-    """(dense row, conv row, backend → time ratio conv/dense with CI) for the seed conv cases against the dense
-    layer of the same input size (seed-dense-3072x512)."""
+SAME_VALUES, SAME_PIXELS = "seed-dense-3072x512", "seed-dense-1024x512"
+
+
+def _conv_pairs(group: Any, backends: list[str], dense_name: str = SAME_VALUES
+                ) -> list[tuple[Any, Any, dict[str, tuple[float, float, float]]]]:
+    """(dense row, conv row, backend → time ratio conv/dense with CI) for the seed conv cases against a dense layer:
+    by default the one reading the same 3,072 input values; SAME_PIXELS is the seed question's own 1024 → 512 layer,
+    whose 1,024 features match the convs' 32×32 = 1,024 pixels."""
     out = []
-    dense_name = "seed-dense-3072x512"
     for conv_name in ("seed-conv-3x3", "seed-conv-7x7"):
         ratios = {}
         d = c = None
@@ -345,10 +349,18 @@ def _side(ratio: tuple[float, float, float]) -> str:
 
 
 def _conv_headline(group: Any, backends: list[str]) -> str:
-    pairs = _conv_pairs(group, backends)
-    if not pairs:
-        return ("The seed cases here lack a conv and the dense 3072→512 layer measured by the same framework, so "
+    framings = [("Against the seed question's dense layer 1024 → 512 (1,024 features, as the convs' 32×32 = 1,024 "
+                 "pixels)", _conv_pairs(group, backends, SAME_PIXELS)),
+                ("against the dense layer reading the same 3,072 input values",
+                 _conv_pairs(group, backends, SAME_VALUES))]
+    framings = [(label, pairs) for label, pairs in framings if pairs]
+    if not framings:
+        return ("The seed cases here lack a conv and a dense seed layer measured by the same framework, so "
                 "the times cannot be compared directly; see the table.")
+    return "; ".join(f"{label}: {_conv_sentence(pairs)}" for label, pairs in framings) + "."
+
+
+def _conv_sentence(pairs: list[tuple[Any, Any, dict[str, tuple[float, float, float]]]]) -> str:
     parts = []
     for d, c, ratios in pairs:
         sides: dict[str, list[str]] = {}
@@ -365,7 +377,7 @@ def _conv_headline(group: Any, backends: list[str]) -> str:
             parts.append(f"{c.name} ({flops:.1f}× the FLOPs) takes {span} the time of {d.name} (" + "; ".join(
                 f"{side.split()[0] if side != 'as fast as' else 'as fast'} with "
                 f"{', '.join(n.split()[0] for n in names)}" for side, names in sides.items()) + ")")
-    return "For the same input size, " + "; ".join(parts) + "."
+    return ", ".join(parts)
 
 
 def _conv_explanation(group: Any, backends: list[str]) -> list[str]:
