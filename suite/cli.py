@@ -430,3 +430,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # before or after a run (cmd_run handles one in progress): nothing to lose
+        err_console.print("interrupted")
+        return 130

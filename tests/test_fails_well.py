@@ -403,3 +403,14 @@ def test_catalog_folder_checks_stay_ahead_of_frameworks(tmp_path):
     with pytest.raises(CatalogError) as caught:
         load_catalog(folder)
     assert caught.value.file == str(folder / "z.yaml") and caught.value.field == "dims.k"
+
+
+def test_ctrl_c_outside_a_run_exits_130_without_a_traceback(monkeypatch, capsys):
+    import suite.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite.cli, "load_catalog", interrupted)  # e.g. while a large catalog loads
+    assert suite.cli.main(["list"]) == 130
+    assert "interrupted" in capsys.readouterr().err
