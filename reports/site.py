@@ -20,21 +20,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from reports import figures, peak
 from reports.frame import BACKENDS, PASS_LABELS, SAME_BAND, Report, build, export, geomean_ci, machine_name
-from suite.stats import ratio_ci
+from suite.stats import format_seconds, ratio_ci
 
 HERE = Path(__file__).parent
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
                  "noisy": "IQR/median ≥ 10%", "overhead_bound": "median below 50 µs: measures dispatch overhead",
                  "short_blocks": "a block shorter than 1 ms", "few_blocks": "too few blocks for a 95% CI"}
-
-
-def fmt_time(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "–"
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
 
 
 def fmt_ci(low: float, high: float, unit: str = "×") -> str:
@@ -305,8 +296,9 @@ def summary_conv(report: Report) -> list[dict[str, Any]]:
                     row += [_cell("–"), _cell("–")]
                     continue
                 r = cg.loc[b]
-                row += [_cell(fmt_time(r["median_s"]), f"{fmt_time(r['ci_low_s'])}–{fmt_time(r['ci_high_s'])}",
-                              bold=r["median_s"] == fastest), _cell(f"{r['tflops'] * 1e3:.3g}")]
+                ci = f"{format_seconds(r['ci_low_s'])}–{format_seconds(r['ci_high_s'])}"
+                row += [_cell(format_seconds(r["median_s"]), ci, bold=r["median_s"] == fastest),
+                        _cell(f"{r['tflops'] * 1e3:.3g}")]
             rows.append(row)
         columns = ["case", "shape", "input values", "FLOPs", "FLOPs per input value"] + \
             [c for b in backends for c in (f"{b} forward time (95% CI)", f"{b} GFLOP/s")]
@@ -614,8 +606,8 @@ def case_tables(report: Report) -> list[dict[str, Any]]:
                 best = bg[bg["best"]]
                 if len(best):
                     b = best.iloc[0]
-                    cells.append({"time": fmt_time(b["median_s"]), "sort": b["median_s"],
-                                  "ci": f"{fmt_time(b['ci_low_s'])}–{fmt_time(b['ci_high_s'])}",
+                    cells.append({"time": format_seconds(b["median_s"]), "sort": b["median_s"],
+                                  "ci": f"{format_seconds(b['ci_low_s'])}–{format_seconds(b['ci_high_s'])}",
                                   "flops": fmt_flops(b["tflops"]), "variant": b["variant"],
                                   "speedup": f"{b['speedup']:.2f}×" if np.isfinite(b["speedup"]) else "",
                                   "status": "ok", "flags": " ".join(b["flags"])})

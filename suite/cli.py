@@ -18,6 +18,7 @@ import backends
 from suite.catalog import SHAPES_DIR, Case, CatalogError, load_catalog
 from suite.ops import DTYPES, PASSES
 from suite.results import ResultsError, read_many
+from suite.stats import format_seconds
 from suite.timing import TimingConfig
 
 # Tables stay readable in logs and pipes, where rich would otherwise wrap at 80 columns.
@@ -184,13 +185,6 @@ def build_plan(args: argparse.Namespace):
     return shard(tasks, *part) if part else tasks
 
 
-def _format_time(seconds: float) -> str:
-    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Measure the selected cases; results go to a JSON Lines file as they finish."""
     from rich.progress import (
@@ -223,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def report(task, record) -> None:
             stats = record.get("stats")
-            time_text = f"{_format_time(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s" if stats else ""
+            time_text = f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s" if stats else ""
             check = record.get("check", {}).get("status", "")
             progress.console.print(f"{record['status']:<11} {task.backend:<10} {task.pass_:<15} {task.dtype} "
                                    f"{task.mode:<8} {task.case.id:<40} {time_text} {check} "
@@ -268,10 +262,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         stats = m.get("stats") or {}
         median = stats.get("median")
         low, high = stats.get("ci_low"), stats.get("ci_high")
-        ci = f"{_format_time(low)} – {_format_time(high)}" if isinstance(low, float) and isinstance(high, float) \
+        ci = f"{format_seconds(low)} – {format_seconds(high)}" if isinstance(low, float) and isinstance(high, float) \
             else ""
         table.add_row(m["case"], m["backend"], m["pass"], m["dtype"], m["mode"], m["layout"], m["status"],
-                      _format_time(median) if median else "", ci,
+                      format_seconds(median) if median else "", ci,
                       f"{m['tflops'] * 1e3:,.1f}" if m.get("tflops") else "",
                       (m.get("check") or {}).get("status", ""),
                       m.get("reason") or " ".join(stats.get("flags", [])))

@@ -31,6 +31,16 @@ class Summary:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
 
 
+def format_seconds(seconds: float) -> str:
+    """A time with three significant digits in s, ms, µs or ns; "–" when it is not a number."""
+    if not math.isfinite(seconds):
+        return "–"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
 def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free CI of the median from order statistics (NaN when too few values for the level)."""
     ci = sps.quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(confidence)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.site import build_site, fmt_time
+from reports.site import build_site
+from suite.stats import format_seconds as fmt_time
 
 pytestmark = pytest.mark.browser
 GOLDEN = Path(__file__).parent / "data" / "golden"

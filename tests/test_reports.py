@@ -12,7 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from reports import figures, frame, peak
-from reports.site import FIGURES, build_site, fmt_time
+from reports.site import FIGURES, build_site
+from suite.stats import format_seconds as fmt_time
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 FILES = sorted(GOLDEN.glob("*.jsonl"))
