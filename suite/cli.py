@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -16,6 +15,7 @@ from rich.table import Table
 
 import backends
 from suite.catalog import SHAPES_DIR, Case, CatalogError, load_catalog
+from suite.environment import usable_cpus
 from suite.ops import DTYPES, PASSES
 from suite.results import ResultsError, read_many
 from suite.stats import format_seconds
@@ -40,10 +40,6 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
         if value not in allowed:
             raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)} (or 'all')")
     return values
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -118,7 +114,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--layout", default="default", help="default, all, or names (NCHW, channels_last, NHWC)")
     what.add_argument("--math", choices=("strict", "tf32"), default="strict",
                       help="fp32 math: strict IEEE (default) or TF32 tensor cores, set in every framework")
-    what.add_argument("--threads", type=int, default=_usable_cpus(),
+    what.add_argument("--threads", type=int, default=usable_cpus(),
                       help="CPU threads for every framework (default: all usable CPUs, %(default)s here)")
     what.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="backend knob, recorded with the results (e.g. ynn_conv=off for jax on CPU)")
@@ -403,7 +399,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("results", nargs="+", help="results files or folders"),
         p.add_argument("-o", "--output", required=True, help="merged results file"),
         p.add_argument("--allow-mixed", action="store_true", help="merge even if versions or flags differ"))),
-    "selfcheck": (cmd_selfcheck, lambda p: p.add_argument("--threads", type=int, default=_usable_cpus())),
+    "selfcheck": (cmd_selfcheck, lambda p: p.add_argument("--threads", type=int, default=usable_cpus())),
 }
 
 

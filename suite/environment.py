@@ -27,6 +27,11 @@ def _read(path: str) -> str:
         return ""
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity), which is what a framework's thread pool should use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_info() -> dict[str, Any]:
     text = _read("/proc/cpuinfo")
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
@@ -38,7 +43,7 @@ def cpu_info() -> dict[str, Any]:
         "model": model.group(1).strip() if model else platform.processor() or platform.machine(),
         "architecture": platform.machine(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "mhz": float(mhz.group(1)) if mhz else None,
         "vector_flags": vector,
     }
