@@ -17,36 +17,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from suite.ops import Op, Pass
+from suite.ops import OUTPUTS, WRT, Op
+from suite.variant import Settings, Variant
 
-# Which operands each pass differentiates with respect to, and the output names the check compares.
-WRT: dict[str, tuple[str, ...]] = {"backward_data": ("x",), "backward_weight": ("w",), "backward": ("x", "w")}
-OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx",),
-                                       "backward_weight": ("dw",), "backward": ("dx", "dw")}
+__all__ = ["OUTPUTS", "WRT", "Backend", "Prepared", "Settings", "Unsupported", "Variant"]
 
 
 class Unsupported(Exception):
     """This backend cannot run this combination; the message says why."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Run-wide settings, applied once per worker before anything is measured."""
-
-    device: str = "cpu"
-    threads: int | None = None  # None: the framework's default
-    math: str = "strict"  # "strict" (IEEE fp32) or "tf32"
-    options: dict[str, str] = field(default_factory=dict)  # backend-specific knobs, recorded with the results
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Everything about one measurement besides the shape."""
-
-    pass_: Pass
-    dtype: str = "fp32"
-    mode: str = ""  # "" = the backend's default mode
-    layout: str = ""  # "" = the backend's default layout for the op
 
 
 @dataclass

@@ -215,8 +215,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             stats = record.get("stats")
             time_text = f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s" if stats else ""
             check = record.get("check", {}).get("status", "")
-            progress.console.print(f"{record['status']:<11} {task.backend:<10} {task.pass_:<15} {task.dtype} "
-                                   f"{task.mode:<8} {task.case.id:<40} {time_text} {check} "
+            variant = task.variant
+            progress.console.print(f"{record['status']:<11} {task.backend:<10} {variant.pass_:<15} {variant.dtype} "
+                                   f"{variant.mode:<8} {task.case.id:<40} {time_text} {check} "
                                    f"{record.get('reason') or ''}"[:240], highlight=False)
             progress.advance(bar)
 

@@ -13,6 +13,11 @@ from typing import Literal, get_args
 Pass = Literal["forward", "backward_data", "backward_weight", "backward"]
 PASSES: tuple[Pass, ...] = get_args(Pass)
 
+# Which operands each pass differentiates with respect to, and the outputs it returns (what the check compares).
+WRT: dict[str, tuple[str, ...]] = {"backward_data": ("x",), "backward_weight": ("w",), "backward": ("x", "w")}
+OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx",),
+                                       "backward_weight": ("dw",), "backward": ("dx", "dw")}
+
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DTYPES = tuple(DTYPE_BYTES)
 

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from suite.ops import Conv2d, Gemm, Op, Pass
+from suite.ops import OUTPUTS, Conv2d, Gemm, Op, Pass
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
 TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
@@ -91,8 +91,7 @@ def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "
     x, w, dy = (round_to(inputs[name], dtype) for name in ("x", "w", "dy"))
     compute = _gemm if isinstance(op, Gemm) else _conv
     full = compute(op, x, w, dy, pass_)  # type: ignore[arg-type]
-    wanted = {"forward": ("y",), "backward_data": ("dx",), "backward_weight": ("dw",), "backward": ("dx", "dw")}
-    return {name: full[name] for name in wanted[pass_]}
+    return {name: full[name] for name in OUTPUTS[pass_]}
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

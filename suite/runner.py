@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import backends
-from backends.base import Settings
 from suite import environment, results
 from suite.catalog import Case
 from suite.ops import DTYPE_BYTES, op_to_dict
 from suite.results import ResultsError, ResultsWriter, measurement_key, read_results
 from suite.timing import TimingConfig
+from suite.variant import Settings, Variant
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_START_TIMEOUT_S = 300.0  # importing TensorFlow on a slow disk takes a while
@@ -42,19 +42,15 @@ class Task:
 
     case: Case
     backend: str
-    device: str
-    dtype: str
-    pass_: str
-    mode: str
-    layout: str
-    math: str
-    threads: int | None
-    options: tuple[tuple[str, str], ...] = ()
+    variant: Variant
+    settings: Settings
 
     def identity(self) -> dict[str, Any]:
-        return {"case": self.case.id, "backend": self.backend, "device": self.device, "dtype": self.dtype,
-                "pass": self.pass_, "mode": self.mode, "layout": self.layout, "math": self.math,
-                "threads": self.threads, "options": dict(self.options)}
+        """The measurement's key fields, as results records name them."""
+        variant, settings = self.variant, self.settings
+        return {"case": self.case.id, "backend": self.backend, "device": settings.device, "dtype": variant.dtype,
+                "pass": variant.pass_, "mode": variant.mode, "layout": variant.layout, "math": settings.math,
+                "threads": settings.threads, "options": dict(settings.options)}
 
     @property
     def key(self) -> str:
@@ -63,7 +59,7 @@ class Task:
     @property
     def group(self) -> tuple:
         """Tasks of one group share a worker process."""
-        return (self.backend, self.device, self.math, self.threads, self.options)
+        return (self.backend, self.settings)
 
 
 def _pick(requested: Iterable[str], offered: tuple[str, ...]) -> list[str]:
@@ -79,17 +75,17 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
          passes: Iterable[str], modes: Iterable[str] = ("default",), layouts: Iterable[str] = ("default",),
          math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None) -> list[Task]:
     """Every combination, ordered so one worker runs a backend's tasks case by case."""
-    opts = tuple(sorted((options or {}).items()))
     tasks = []
     cases, modes, layouts = list(cases), list(modes), list(layouts)
     for name in backend_names:
         cls = backends.backend_class(name)
         for device in devices:
+            settings = Settings(device=device, threads=threads, math=math, options=dict(options or {}))
             for case in cases:
                 for mode in _pick(modes, cls.modes):
                     for layout in _pick(layouts, cls.layouts[case.op.kind]):
                         for dtype in dtypes:
-                            tasks += [Task(case, cls.name, device, dtype, p, mode, layout, math, threads, opts)
+                            tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings)
                                       for p in passes]
     return tasks
 
@@ -205,6 +201,12 @@ class RunOptions:
     resume: bool = False
 
 
+def is_default_variant(task: Task) -> bool:
+    """Whether a task runs its backend's default mode and layout with no options (recorded for the report)."""
+    cls, who = backends.backend_class(task.backend), task.identity()
+    return who["mode"] == cls.modes[0] and who["layout"] == cls.layouts[task.case.op.kind][0] and not who["options"]
+
+
 def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any]) -> dict[str, Any]:
     """A self-contained line: what was measured, where the shape comes from, the raw times and statistics."""
     op, case = task.case.op, task.case
@@ -212,8 +214,9 @@ def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: 
         "record": "measurement", "run_id": run_id, **task.identity(),
         "op": op.kind, "dims": op_to_dict(op), "shape": op.describe(),
         "provenance": dataclasses.asdict(case.provenance), "count": case.count, "tags": list(case.tags),
-        "flops": op.flops(task.pass_),  # type: ignore[arg-type]
-        "bytes": op.min_bytes(task.pass_, DTYPE_BYTES[task.dtype]),  # type: ignore[arg-type]
+        "flops": op.flops(task.variant.pass_),
+        "bytes": op.min_bytes(task.variant.pass_, DTYPE_BYTES[task.variant.dtype]),
+        "default_variant": is_default_variant(task),
         "versions": worker.get("versions", {}), "flags": worker.get("flags", {}),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -273,8 +276,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
         for task in todo:
             groups.setdefault(task.group, []).append(task)
         log_path = out.with_suffix(".worker.log")
-        for (backend, device, math, threads, opts), group in groups.items():
-            settings = Settings(device=device, threads=threads, math=math, options=dict(opts))
+        for (backend, settings), group in groups.items():
             pending = list(group)
             while pending:
                 if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
@@ -288,14 +290,14 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                         for task in pending:
                             _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report)
                         break
-                    writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": device,
+                    writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": settings.device,
                                   **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}})
                     while pending:
                         if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
                             break
                         task = pending.pop(0)
-                        message = {"key": task.key, "op": op_to_dict(task.case.op), "pass": task.pass_,
-                                   "dtype": task.dtype, "mode": task.mode, "layout": task.layout}
+                        message = {"key": task.key, "op": op_to_dict(task.case.op),
+                                   "variant": dataclasses.asdict(task.variant)}
                         result = worker.run(message, options.case_timeout_s)
                         _finish(writer, task, result, run_id, hello, counts, report)
                         if result["status"] in ("crashed", "timeout"):

@@ -41,6 +41,12 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
+def relative_iqr(values: np.ndarray | list[float] | tuple[float, ...]) -> float:
+    """(Q3 - Q1) / median: the spread the timing loop stops on and the noise flag reads; inf for a zero median."""
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return float((q3 - q1) / median) if median > 0 else math.inf
+
+
 def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free CI of the median from order statistics (NaN when too few values for the level)."""
     ci = sps.quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(confidence)
@@ -51,8 +57,7 @@ def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int
     per_call = np.asarray(block_times, dtype=float) / calls_per_block
     median = float(np.median(per_call))
     low, high = median_ci(per_call)
-    q1, q3 = np.percentile(per_call, [25, 75])
-    rel_iqr = float((q3 - q1) / median) if median > 0 else math.inf
+    rel_iqr = relative_iqr(per_call)
     flags = []
     if not stable:
         flags.append("unstable")

@@ -7,12 +7,13 @@ drive it with a fake clock.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from suite.stats import relative_iqr
 
 Clock = Callable[[], float]
 
@@ -45,11 +46,6 @@ class Samples:
     @property
     def per_call(self) -> np.ndarray:
         return np.asarray(self.block_times) / self.calls_per_block
-
-
-def relative_iqr(values: np.ndarray | list[float]) -> float:
-    q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return float((q3 - q1) / median) if median > 0 else math.inf
 
 
 def _timed(run_block: Callable[[int], None], n: int, clock: Clock) -> float:

@@ -23,6 +23,7 @@ from suite.ops import DTYPE_BYTES, Op, op_from_dict
 from suite.reference import compare, make_inputs, reduced, reference
 from suite.stats import summarize
 from suite.timing import TimingConfig, measure
+from suite.variant import Settings, Variant
 
 MEMORY_HEADROOM = 1.5  # workspaces, allocator slack: a case needs this much more than its tensors
 
@@ -41,10 +42,10 @@ def _is_oom(exc: BaseException) -> bool:
 def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, check: bool, seed: int
              ) -> dict[str, Any]:
     """Prepare, check against the float64 reference, and time one measurement (unless timing is None)."""
-    from backends.base import Unsupported, Variant
+    from backends.base import Unsupported
 
     op = op_from_dict(task["op"])
-    variant = Variant(task["pass"], task["dtype"], task["mode"], task["layout"])
+    variant = Variant(**task["variant"])
     result: dict[str, Any] = {"status": "ok", "reason": None}
     started = time.perf_counter()
     prepared = None
@@ -106,7 +107,6 @@ def main() -> int:
     setup = json.loads(sys.stdin.readline())
     try:
         import backends
-        from backends.base import Settings
 
         settings = Settings(**setup["settings"])
         backend = backends.load(setup["backend"], settings)
