@@ -27,6 +27,7 @@ class TimingConfig:
     target_rel_iqr: float = 0.05  # stop once IQR/median of the blocks falls below this
     max_time_s: float = 10.0  # per-case cap on warm-up + calibration + blocks; hitting it marks the result unstable
     max_calls_per_block: int = 1_000_000
+    max_single_calls: int = 1000  # cold-cache mode (one call at a time): stop after this many calls
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,69 @@ def _calls_for(config: TimingConfig, seconds_per_call: float) -> int:
     if seconds_per_call <= 0:
         return config.max_calls_per_block
     return int(min(config.max_calls_per_block, max(1, round(config.target_block_s / seconds_per_call))))
+
+
+# ---------------------------------------------------------------------------------------------- cold cache
+CLEAR_MIN_BYTES = 256 * 2**20  # triton do_bench's cache-clearing buffer: larger than any GPU's L2 today
+
+
+def clear_buffer_bytes(cache_bytes: int | None) -> int:
+    """Bytes to write between calls so that nothing a call left in a cache of ``cache_bytes`` survives to the next.
+
+    Twice the cache (a write of the cache's size can leave lines behind under non-LRU replacement), and never less
+    than triton's 256 MB, which also covers a cache whose size the framework does not report (None).
+    """
+    return max(CLEAR_MIN_BYTES, 2 * cache_bytes) if cache_bytes else CLEAR_MIN_BYTES
+
+
+def host_timed(call: Callable[[], None], clock: Clock = time.perf_counter) -> Callable[[], float]:
+    """A ``run_one`` for frameworks without device events: one call and its sync, on the host clock.
+
+    The time includes the call's dispatch and the sync (tens of microseconds on a GPU), which blocks amortize but
+    a single call cannot; ``measure_per_call`` records which timer ran.
+    """
+
+    def run_one() -> float:
+        start = clock()
+        call()
+        return clock() - start
+
+    return run_one
+
+
+def measure_per_call(run_one: Callable[[], float], clear: Callable[[], None], config: TimingConfig = TimingConfig(),
+                     clock: Clock = time.perf_counter) -> Samples:
+    """Cold-cache timing: ``clear()`` before every call, and every call timed on its own by ``run_one``.
+
+    ``run_one`` runs ONE call and returns its seconds, from device events where the framework has them (triton's
+    do_bench: the clearing write stays outside the timed region) or from ``host_timed``; ``clear`` writes a buffer
+    larger than the cache and waits for it. Warm-up by time, then calls until IQR/median of the calls falls below
+    the target, the time cap or ``max_single_calls``. Returns one "block" per call (``calls_per_block`` = 1).
+    """
+    began = clock()
+
+    def elapsed() -> float:
+        return clock() - began
+
+    warmup_calls = 0
+    while warmup_calls == 0 or elapsed() < config.warmup_s:
+        clear()
+        run_one()
+        warmup_calls += 1
+        if elapsed() >= config.max_time_s:
+            break
+    warmup_s = elapsed()
+    calls: list[float] = []
+    while True:
+        clear()
+        calls.append(run_one())
+        if len(calls) >= config.min_blocks and relative_iqr(calls) <= config.target_rel_iqr:
+            reason = "stable"
+            break
+        if elapsed() >= config.max_time_s:
+            reason = "time_cap"
+            break
+        if len(calls) >= config.max_single_calls:
+            reason = "max_blocks"
+            break
+    return Samples(tuple(calls), 1, warmup_calls, warmup_s, reason)
