@@ -18,13 +18,18 @@ from typing import Any, ClassVar
 import numpy as np
 
 from suite.ops import OUTPUTS, WRT, Op
+from suite.timing import host_timed
 from suite.variant import Settings, Variant
 
-__all__ = ["OUTPUTS", "WRT", "Backend", "Prepared", "Settings", "Unsupported", "Variant"]
+__all__ = ["OUTPUTS", "WRT", "Backend", "DeviceMissing", "Prepared", "Settings", "Unsupported", "Variant"]
 
 
 class Unsupported(Exception):
     """This backend cannot run this combination; the message says why."""
+
+
+class DeviceMissing(Unsupported):
+    """The framework sees no such device; the message names the installed build and the install line that has it."""
 
 
 @dataclass
@@ -33,6 +38,8 @@ class Prepared:
     first_call_s: float  # first call (compilation, autotuning, primitive creation) with its sync
     outputs: Callable[[], dict[str, np.ndarray]]  # one more call, outputs in logical layout, float64
     details: dict[str, Any] = field(default_factory=dict)  # e.g. which padding form ran; recorded
+    run_one: Callable[[], float] | None = None  # ONE call, returning its seconds (cold-cache timing)
+    timer: str = ""  # what times run_one: "cuda events" or "host clock"
 
 
 class Backend(ABC):
@@ -78,6 +85,23 @@ class Backend(ABC):
     def release(self) -> None:
         """Return cached device memory between cases (e.g. a caching allocator's pool)."""
 
+    # --- GPU hooks (cold cache, NVML); the defaults fit a framework that cannot tell -------------
+    def gpu_id(self) -> str | None:
+        """The GPU's "GPU-<uuid>" or PCI bus id, so NVML samples the device the framework uses."""
+        return None
+
+    def cache_bytes(self) -> int | None:
+        """Size of the device cache that cold-cache timing clears (the GPU's L2), where the framework tells."""
+        return None
+
+    def cache_clearer(self, nbytes: int) -> Callable[[], None]:
+        """A function that writes ``nbytes`` on the device and leaves the write ordered before the next call."""
+        raise Unsupported(f"{self.name} has no cache clearing on {self.settings.device}")
+
+    def single_call_timer(self, step: Callable[[], Any]) -> tuple[Callable[[], float], str]:
+        """``run_one`` timing ONE call, and the timer's name; without device events, the call and sync on the host."""
+        return host_timed(lambda: self.sync(step())), "host clock"
+
     # --- written once ----------------------------------------------------------------------------
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
@@ -110,7 +134,8 @@ class Backend(ABC):
             return {name: self.to_numpy(part, name, op, variant) for name, part in zip(names, parts, strict=True)}
 
         details = {"mode": variant.mode, "layout": variant.layout, **details}
-        return Prepared(self.block_runner(step), first_call_s, outputs, details)
+        run_one, timer = self.single_call_timer(step)
+        return Prepared(self.block_runner(step), first_call_s, outputs, details, run_one, timer)
 
     def block_runner(self, step: Callable[[], Any]) -> Callable[[int], None]:
         """n back-to-back calls closed by one sync of the last output (in-order devices finish the rest first).

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, Settings, Unsupported, Variant
+from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
 from suite.ops import Conv2d, Op
 
 
@@ -40,11 +40,22 @@ class TorchBackend(Backend):
     def devices(self) -> list[str]:
         return ["cpu", "gpu"] if self.torch.cuda.is_available() else ["cpu"]
 
+    def _no_gpu(self) -> str:
+        torch = self.torch
+        if torch.version.cuda is None:
+            build = f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+        else:
+            build = (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: torch.cuda.is_available() "
+                     "is False (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides every GPU)")
+        version = torch.__version__.split("+")[0]
+        return (f"{build}; install the CUDA build: pip install --force-reinstall torch=={version} --index-url "
+                "https://pypi.org/simple (PyPI's Linux wheel is the CUDA build), or run tox -e torch-gpu")
+
     def configure(self, settings: Settings) -> dict[str, Any]:
         torch = self.torch
         self.settings = settings
         if settings.device == "gpu" and not torch.cuda.is_available():
-            raise Unsupported("no CUDA device visible to torch")
+            raise DeviceMissing(self._no_gpu())
         if settings.threads:
             torch.set_num_threads(settings.threads)
         precision = "tf32" if settings.math == "tf32" else "ieee"
@@ -128,6 +139,36 @@ class TorchBackend(Backend):
     def release(self) -> None:
         if self.settings.device == "gpu":
             self.torch.cuda.empty_cache()
+
+    def gpu_id(self) -> str | None:
+        if self.settings.device != "gpu":
+            return None
+        uuid = str(getattr(self.torch.cuda.get_device_properties(0), "uuid", "") or "")
+        return (uuid if uuid.startswith("GPU-") else f"GPU-{uuid}") if uuid else None
+
+    def cache_bytes(self) -> int | None:
+        return self.torch.cuda.get_device_properties(0).L2_cache_size if self.settings.device == "gpu" else None
+
+    def cache_clearer(self, nbytes: int):
+        if self.settings.device != "gpu":
+            return super().cache_clearer(nbytes)
+        buffer = self.torch.empty(nbytes // 4, dtype=self.torch.int32, device="cuda")
+        return buffer.zero_  # queued before the next call's start event, as triton's do_bench does
+
+    def single_call_timer(self, step):
+        """On the GPU, CUDA events around the call: the clearing write before it stays outside the timed region."""
+        if self.settings.device != "gpu":
+            return super().single_call_timer(step)
+        start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+
+        def run_one() -> float:
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3  # milliseconds
+
+        return run_one, "cuda events"
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         return out.detach().to("cpu", self.torch.float64).contiguous().numpy()

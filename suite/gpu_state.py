@@ -1,10 +1,10 @@
 """The GPU's state through NVML (``nvidia-ml-py``, imported lazily): clocks, power, temperature, throttling.
 
-Framework-free. ``open_monitor`` finds the NVML device a framework's GPU 0 is on (by PCI bus id when the backend
-knows it, else the first entry of ``CUDA_VISIBLE_DEVICES``, else NVML's device 0) and ``GpuMonitor.sample`` reads
-its state; the worker samples at the start and end of each measurement and flags one taken while throttled.
-``describe`` gives the environment block (driver, CUDA, name, memory, whether clocks were locked). Without NVML
-both say why and the run carries on. Tests pass a fake NVML module instead of ``pynvml``.
+Framework-free. ``open_monitor`` finds the NVML device a framework's GPU 0 is on (by the UUID or PCI bus id the
+backend reads from its framework, else the first entry of ``CUDA_VISIBLE_DEVICES``, else NVML's device 0), and
+``GpuMonitor.sample`` reads its state; the worker samples at the start and end of each measurement and flags one
+taken while throttled. ``describe`` gives the environment block (driver, CUDA, name, memory, whether clocks were
+locked). Without NVML both say why and the run carries on. Tests pass a fake NVML module instead of ``pynvml``.
 """
 
 from __future__ import annotations
@@ -81,17 +81,21 @@ class GpuMonitor:
         }
 
 
-def open_monitor(pci_bus_id: str | None = None, nvml: Any = None) -> tuple[GpuMonitor | None, str | None]:
-    """A monitor of the GPU the framework uses, or None and why there is none."""
-    reason = None
+def open_monitor(device_id: str | None = None, nvml: Any = None) -> tuple[GpuMonitor | None, str | None]:
+    """A monitor of the GPU the framework uses (``device_id``: "GPU-<uuid>" or a PCI bus id), or None and why."""
     if nvml is None:
         nvml, reason = load_nvml()
         if nvml is None:
             return None, reason
+    if device_id:
+        by_uuid = device_id.startswith(("GPU-", "MIG-"))
+        try:
+            lookup = nvml.nvmlDeviceGetHandleByUUID if by_uuid else nvml.nvmlDeviceGetHandleByPciBusId
+            return GpuMonitor(nvml, lookup(device_id), f"{'uuid' if by_uuid else 'pci bus id'} {device_id}"), None
+        except Exception:  # e.g. a MIG slice NVML names differently: fall back to the visible device
+            pass
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     try:
-        if pci_bus_id:
-            return GpuMonitor(nvml, nvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id), f"pci bus id {pci_bus_id}"), None
         if visible.startswith(("GPU-", "MIG-")):
             return GpuMonitor(nvml, nvml.nvmlDeviceGetHandleByUUID(visible), f"CUDA_VISIBLE_DEVICES={visible}"), None
         index = int(visible) if visible.isdigit() else 0
