@@ -78,6 +78,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.subsets:
         catalog = load_catalog(args.shapes)
         table = Table(title="catalog subsets")
+        subsets = []
         for col in ("subset", "cases", "GEMM", "conv2d", "GFLOP fwd", "GFLOP fwd+bwd", "description"):
             table.add_column(col, justify="right" if col[0] in "cGG" and col != "conv2d" else "left")
         for name, subset in catalog.subsets.items():
@@ -86,9 +87,23 @@ def cmd_list(args: argparse.Namespace) -> int:
             table.add_row(name, str(len(cases)), str(sum(c.op.kind == "gemm" for c in cases)),
                           str(sum(c.op.kind == "conv2d" for c in cases)), _gflop(fwd), _gflop(3 * fwd),
                           subset.description)
-        console.print(table)
+            subsets.append({"subset": name, "cases": len(cases), "description": subset.description,
+                            "flops_forward": fwd})
+        if args.format == "json":
+            print(json.dumps(subsets, indent=1))
+        else:
+            console.print(table)
         return 0
     cases = select(args)
+    if args.format == "json":
+        from dataclasses import asdict
+
+        from suite.ops import op_to_dict
+
+        print(json.dumps([{"id": c.id, "op": c.op.kind, "shape": c.op.describe(), "dims": op_to_dict(c.op),
+                           "flops_forward": c.op.flops(), "count": c.count, "tags": list(c.tags),
+                           "provenance": asdict(c.provenance)} for c in cases], indent=1))
+        return 0
     table = Table(title=f"{len(cases)} cases ({args.catalog or 'all'}); total forward "
                         f"{_gflop(sum(c.op.flops() for c in cases))} GFLOP")
     for col in ("id", "op", "shape", "GFLOP fwd", "count", "network", "layer"):
@@ -246,26 +261,62 @@ def _parse_limits(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- show
+SHOW_SORTS = {"file": None, "case": lambda r: (r["case"], r["backend"], r["pass"]),
+              "backend": lambda r: (r["backend"], r["case"], r["pass"]), "status": lambda r: r["status"],
+              "median": lambda r: -(r["median_s"] or 0.0), "gflops": lambda r: -(r["gflops"] or 0.0)}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, float | int) and not isinstance(value, bool) else None
+
+
+def _show_row(m: dict) -> dict:
+    """A measurement as the flat row that `show` prints or exports."""
+    stats = m.get("stats") or {}
+    return {"case": m["case"], "backend": m["backend"], "device": m["device"], "pass": m["pass"],
+            "dtype": m["dtype"], "mode": m["mode"], "layout": m["layout"], "math": m["math"],
+            "threads": m.get("threads"),
+            "options": ",".join(f"{k}={v}" for k, v in sorted((m.get("options") or {}).items())),
+            "status": m["status"], "median_s": _number(stats.get("median")), "ci_low_s": _number(stats.get("ci_low")),
+            "ci_high_s": _number(stats.get("ci_high")),
+            "gflops": m["tflops"] * 1e3 if _number(m.get("tflops")) is not None else None,
+            "check": (m.get("check") or {}).get("status", ""), "flags": " ".join(stats.get("flags") or []),
+            "reason": m.get("reason") or ""}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    """A terminal summary of results files: time per call with its CI, throughput, flags."""
+    """A terminal summary of results files: time per call with its CI, throughput, flags; filters, CSV or JSON."""
+    import csv
+
     results = read_many(args.results)
     for warning in results.warnings:
         err_console.print(f"warning: {warning}")
-    table = Table(title=f"{len(results.measurements)} measurements")
+    statuses = _csv(args.status) if args.status else None
+    rows = [_show_row(m) for m in results.measurements
+            if (not args.backend or m["backend"] in _csv(args.backend))
+            and (not args.case or any(fnmatch.fnmatchcase(m["case"], pattern) for pattern in args.case))
+            and (statuses is None or m["status"] in statuses)]
+    if SHOW_SORTS[args.sort]:
+        rows.sort(key=SHOW_SORTS[args.sort])
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    if args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(_show_row(results.measurements[0]))
+                                if results.measurements else ["case"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    table = Table(title=f"{len(rows)} of {len(results.measurements)} measurements")
     for col in ("case", "backend", "pass", "dtype", "mode", "layout", "status", "median", "95% CI",
                 "GFLOP/s", "check", "flags / reason"):
         table.add_column(col, justify="right" if col in ("median", "95% CI", "GFLOP/s") else "left")
-    for m in results.measurements:
-        stats = m.get("stats") or {}
-        median = stats.get("median")
-        low, high = stats.get("ci_low"), stats.get("ci_high")
-        ci = f"{format_seconds(low)} – {format_seconds(high)}" if isinstance(low, float) and isinstance(high, float) \
-            else ""
-        table.add_row(m["case"], m["backend"], m["pass"], m["dtype"], m["mode"], m["layout"], m["status"],
-                      format_seconds(median) if median else "", ci,
-                      f"{m['tflops'] * 1e3:,.1f}" if m.get("tflops") else "",
-                      (m.get("check") or {}).get("status", ""),
-                      m.get("reason") or " ".join(stats.get("flags", [])))
+    for r in rows:
+        low, high = r["ci_low_s"], r["ci_high_s"]
+        table.add_row(r["case"], r["backend"], r["pass"], r["dtype"], r["mode"], r["layout"], r["status"],
+                      format_seconds(r["median_s"]) if r["median_s"] else "",
+                      f"{format_seconds(low)} – {format_seconds(high)}" if low is not None and high is not None
+                      else "", f"{r['gflops']:,.1f}" if r["gflops"] else "", r["check"], r["reason"] or r["flags"])
     console.print(table)
     return 0
 
@@ -341,21 +392,15 @@ def cmd_peak(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- merge
 def cmd_merge(args: argparse.Namespace) -> int:
     """Combine results files (e.g. shards of one run) into one, refusing mixed versions or flags."""
-    from suite.results import ResultsWriter, measurement_key
+    from suite.results import ResultsWriter, measurement_key, merge_conflicts
 
     results = read_many(args.results)
     for warning in results.warnings:
         err_console.print(f"warning: {warning}")
-    configs: dict[tuple[str, str], dict[str, str]] = {}
-    for worker in results.workers:
-        config = json.dumps({"versions": worker["versions"], "flags": worker["flags"]}, sort_keys=True)
-        configs.setdefault((worker["backend"], worker["device"]), {})[config] = worker["run_id"]
-    mixed = {k: v for k, v in configs.items() if len(v) > 1}
-    if mixed and not args.allow_mixed:
-        details = "; ".join(f"{b} on {d}: {len(v)} different version/flag sets (runs {', '.join(v.values())})"
-                            for (b, d), v in mixed.items())
-        raise UsageError(f"these results were not measured under one configuration: {details}. "
-                         "Compare them in a report instead, or pass --allow-mixed")
+    conflicts = merge_conflicts(results)
+    if conflicts and not args.allow_mixed:
+        raise UsageError(f"these results were not measured under one configuration: {'; '.join(conflicts)}. "
+                         "Compare them (python -m suite compare) or report them instead, or pass --allow-mixed")
     seen: set[str] = set()
     duplicates = 0
     out = Path(args.output)
@@ -376,6 +421,74 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare NEW with BASE (files or folders): per measurement time(new)/time(base) with a CI, and a verdict."""
+    from suite import compare
+
+    if args.threshold is not None and not 0 <= args.threshold < 100:
+        raise UsageError(f"--threshold takes a percentage between 0 and 100, got {args.threshold}")
+    if args.fail_on_regression is not None and not args.fail_on_regression >= 0:
+        raise UsageError(f"--fail-on-regression takes a percentage >= 0, got {args.fail_on_regression}")
+    base, new = read_many([args.base]), read_many([args.new])
+    for warning in base.warnings + new.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+    result = compare.compare(base, new, args.threshold / 100)
+    if not result.pairs:
+        raise UsageError(f"{args.base} and {args.new} have no measurement in common (same case, backend, device, "
+                         f"dtype, pass and variant){compare.no_overlap_reason(base, new)}")
+    for warning in result.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+    if args.format == "table":
+        _print_comparison(result)
+    else:
+        sys.stdout.write({"json": compare.to_json, "csv": compare.to_csv,
+                          "markdown": compare.to_markdown}[args.format](result))
+    if args.fail_on_regression is None:
+        return 0
+    failures = [f"slower by more than {args.fail_on_regression:g}% (ratio {p.ratio:.3f}, 95% CI {p.low:.3f}–"
+                f"{p.high:.3f}): {p.label}" for p in result.regressions(args.fail_on_regression / 100)]
+    failures += [f"fine in base, not in new ({p.reason}): {p.label}" for p in result.broken()]
+    for failure in failures:
+        err_console.print(f"regression: {failure}", highlight=False, markup=False, soft_wrap=True)
+    return 1 if failures else 0
+
+
+def _print_comparison(result) -> None:
+    from suite import compare
+
+    if result.environment:
+        table = Table(title="what differs between the recorded environments")
+        for col in ("what", "base", "new"):
+            table.add_column(col, overflow="fold")
+        for row in result.environment:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        console.print("The recorded environments do not differ.")
+    table = Table(title=f"time new/base per measurement: slower or faster when the 95% CI lies beyond "
+                        f"±{result.threshold:.0%}")
+    for col in compare.PAIR_COLUMNS:
+        table.add_column(col, justify="right" if col in ("base", "new", "new/base", "95% CI") else "left")
+    colors = {"slower": "red", "faster": "green", "not compared": "yellow"}
+    for pair in compare.sorted_pairs(result.pairs):
+        table.add_row(*compare.pair_cells(pair), style=colors.get(pair.verdict))
+    console.print(table)
+    table = Table(title="geometric mean of new/base per backend, op and pass")
+    for col in ("backend", "device", "dtype", "op", "pass", "pairs", "geomean", "slower", "faster"):
+        table.add_column(col)
+    for g in result.geomeans():
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in g.values()))
+    console.print(table)
+    for side, records in (("base", result.only_base), ("new", result.only_new)):
+        if records:
+            console.print(f"only in {side} ({len(records)}): " + ", ".join(sorted(
+                {f"{m['case']} ({m['backend']} {m['pass']} {compare.variant(m)})" for m in records})),
+                highlight=False, markup=False, soft_wrap=True)
+    counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())
+    console.print(f"{len(result.pairs)} measurements in both: {counts}", highlight=False)
+
+
 # ---------------------------------------------------------------------------------------------- selfcheck
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """Time a few ops with opbench and with torch.utils.benchmark in one process, and measure machine noise."""
@@ -387,9 +500,17 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- main
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "list": (cmd_list, lambda p: (add_selection(p), p.add_argument("--subsets", action="store_true",
-                                                                      help="list subsets with totals"))),
+                                                                      help="list subsets with totals"),
+                                  p.add_argument("--format", choices=("table", "json"), default="table"))),
     "run": (cmd_run, add_run_options),
-    "show": (cmd_show, lambda p: p.add_argument("results", nargs="+", help="results files or folders")),
+    "show": (cmd_show, lambda p: (
+        p.add_argument("results", nargs="+", help="results files or folders"),
+        p.add_argument("--backend", help="keep these backends (comma list)"),
+        p.add_argument("--case", action="append", default=[], help="case id or glob pattern (repeatable)"),
+        p.add_argument("--status", help="keep these statuses (comma list, e.g. error,timeout)"),
+        p.add_argument("--sort", choices=tuple(SHOW_SORTS), default="file",
+                       help="row order (median: slowest first; gflops: fastest first; default: as in the files)"),
+        p.add_argument("--format", choices=("table", "csv", "json"), default="table"))),
     "check": (cmd_check, add_run_options),
     "report": (cmd_report, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders (searched for *.jsonl)"),
@@ -400,6 +521,15 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("results", nargs="+", help="results files or folders"),
         p.add_argument("-o", "--output", required=True, help="merged results file"),
         p.add_argument("--allow-mixed", action="store_true", help="merge even if versions or flags differ"))),
+    "compare": (cmd_compare, lambda p: (
+        p.add_argument("base", help="results file or folder: the baseline"),
+        p.add_argument("new", help="results file or folder: compared with the baseline"),
+        p.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
+                       help="slower/faster only when the CI lies beyond ±PCT%% (default %(default)s)"),
+        p.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
+                       help="exit 1 when a measurement is significantly slower by more than PCT%% (its whole CI "
+                            "above 1 + PCT%%) or was fine in base and fails in new"),
+        p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table"))),
     "selfcheck": (cmd_selfcheck, lambda p: p.add_argument("--threads", type=int, default=usable_cpus())),
 }
 

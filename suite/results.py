@@ -178,6 +178,34 @@ def read_many(paths: Iterable[str | Path]) -> Results:
     return merged
 
 
+def merge_conflicts(results: Results) -> list[str]:
+    """Why these runs are not one configuration (empty when they may merge), naming each differing key.
+
+    Per backend and device, the framework versions must agree across all runs, and the flags read back across the
+    runs with the same backend options (``--option``: part of each measurement's identity, e.g. jax.jsonl and
+    jax-ynn-off.jsonl of the main job, whose XLA_FLAGS differ by design).
+    """
+    options = {(m.get("run_id"), m["backend"], m["device"]): json.dumps(m.get("options") or {}, sort_keys=True)
+               for m in results.measurements}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for worker in results.workers:
+        run_options = options.get((worker.get("run_id"), worker["backend"], worker["device"]), "{}")
+        groups.setdefault((worker["backend"], worker["device"], "versions", ""), []).append(worker)
+        groups.setdefault((worker["backend"], worker["device"], "flags", run_options), []).append(worker)
+    conflicts = []
+    for (backend, device, what, run_options), workers in groups.items():
+        names = dict.fromkeys(name for w in workers for name in (w.get(what) or {}))
+        for name in names:
+            seen: dict[str, str] = {}  # value → first run holding it
+            for w in workers:
+                seen.setdefault(json.dumps((w.get(what) or {}).get(name, "absent")), str(w.get("run_id")))
+            if len(seen) > 1:
+                among = f" (runs with options {run_options})" if run_options not in ("", "{}") else ""
+                conflicts.append(f"{backend} on {device}: {what}.{name} differs{among}: " + "; ".join(
+                    f"{value} in run {run}" for value, run in seen.items()))
+    return conflicts
+
+
 class ResultsWriter:
     """Appends records to a results file; each one is on disk (flushed and fsynced) when ``write`` returns."""
 
