@@ -7,10 +7,15 @@ order the operands are handed over in.
 
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
+
+GPU memory: JAX preallocates 75% of the GPU when its backend starts; the worker sets
+``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless the user set it) so the memory guard sees what is really free, and
+records it with ``XLA_PYTHON_CLIENT_MEM_FRACTION``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, Settings, Unsupported, Variant
+from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
 from suite.ops import Conv2d, Op
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
@@ -37,6 +42,7 @@ class JaxBackend(Backend):
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
         self._xla_flags(self.settings)  # before jax is imported, so before its backend can start
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # also a CPU run: it would start the GPU
         import jax
 
         self.jax = jax
@@ -80,7 +86,7 @@ class JaxBackend(Backend):
             os.sched_setaffinity(0, cpus[: settings.threads])
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if settings.math == "tf32" else "float32")
         if settings.device not in self.devices():
-            raise Unsupported(f"no {settings.device} device visible to JAX")
+            raise DeviceMissing(self._no_gpu())
         self.device = jax.devices(settings.device)[0]
         flags: dict[str, Any] = {
             "threads": len(os.sched_getaffinity(0)),  # XLA:CPU sizes its pool from the affinity; no getter
@@ -89,8 +95,46 @@ class JaxBackend(Backend):
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "ynn_conv": settings.options.get("ynn_conv", "default"),
             "device_kind": self.device.device_kind,
+            "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", ""),
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""),
         }
         return flags
+
+    def _no_gpu(self) -> str:
+        from importlib import metadata
+
+        import jaxlib
+
+        plugins = []
+        for dist in ("jax-cuda12-plugin", "jax-cuda13-plugin"):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                plugins.append(f"{dist} {metadata.version(dist)}")
+        build = (f"jax {self.jax.__version__} with {', '.join(plugins)} sees no GPU (no NVIDIA driver, or "
+                 "CUDA_VISIBLE_DEVICES hides every GPU)" if plugins else
+                 f"jaxlib {jaxlib.__version__} is CPU-only (no jax-cuda12-plugin installed)")
+        return (f"{build}; install the CUDA build: pip install 'jax[cuda12]=={self.jax.__version__}', "
+                "or run tox -e jax-gpu")
+
+    def free_memory_bytes(self) -> int | None:
+        """The GPU allocator's limit less what is in use (device.memory_stats(); None on CPU)."""
+        if self.settings.device != "gpu":
+            return None
+        stats = self.device.memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None
+        return max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0)
+
+    def cache_clearer(self, nbytes: int):
+        if self.settings.device != "gpu":
+            return super().cache_clearer(nbytes)
+        jax = self.jax
+        bump = jax.jit(lambda buffer: buffer + 1, donate_argnums=0)  # reads and writes the buffer in place
+        state = [jax.device_put(np.zeros(nbytes // 4, np.int32), self.device)]
+
+        def clear() -> None:
+            state[0] = jax.block_until_ready(bump(state[0]))
+
+        return clear
 
     def _dtype(self, variant: Variant) -> Any:
         jnp = self.jax.numpy

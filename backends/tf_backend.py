@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, Settings, Unsupported, Variant
+from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
 from suite.ops import Conv2d, Op
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
@@ -76,10 +76,13 @@ class TensorFlowBackend(Backend):
         self.settings = settings
         gpus = tf.config.list_physical_devices("GPU")
         if settings.device == "gpu" and not gpus:
-            raise Unsupported("no GPU visible to TensorFlow")
+            raise DeviceMissing(self._no_gpu())
         try:  # all of these must precede the runtime's start (the first op or device listing)
             if settings.device == "cpu" and gpus:
                 tf.config.set_visible_devices([], "GPU")
+            if settings.device == "gpu":  # grow as needed instead of taking nearly all GPU memory at start
+                for gpu in gpus:
+                    tf.config.experimental.set_memory_growth(gpu, True)
             if settings.threads:
                 tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
                 tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
@@ -98,7 +101,49 @@ class TensorFlowBackend(Backend):
         }
         if settings.device == "gpu":
             flags["gpu"] = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "")
+            flags["memory_growth"] = tf.config.experimental.get_memory_growth(gpus[0])
         return flags
+
+    def _no_gpu(self) -> str:
+        from importlib import metadata
+
+        tf = self.tf
+        cpu_only = not tf.test.is_built_with_cuda()
+        try:
+            metadata.version("tensorflow-cpu")
+            dist = "tensorflow-cpu"
+        except metadata.PackageNotFoundError:
+            dist = "tensorflow"
+        build = (f"{dist} {tf.__version__} is a CPU-only build (tf.test.is_built_with_cuda() is False)" if cpu_only
+                 else f"{dist} {tf.__version__} sees no GPU (no NVIDIA driver, CUDA libraries not found, or "
+                      "CUDA_VISIBLE_DEVICES hides every GPU)")
+        remove = "pip uninstall -y tensorflow-cpu && " if dist == "tensorflow-cpu" else ""
+        return (f"{build}; install the CUDA build: {remove}pip install 'tensorflow[and-cuda]=={tf.__version__}', "
+                "or run tox -e tf-gpu")
+
+    def free_memory_bytes(self) -> int | None:
+        """The GPU's total (NVML; TF has no getter) less what TF's allocator holds in tensors now."""
+        if self.settings.device != "gpu":
+            return None
+        if not hasattr(self, "_gpu_total"):
+            from suite.gpu_state import open_monitor
+
+            monitor, _ = open_monitor()
+            self._gpu_total = monitor.memory_total_bytes() if monitor else None
+        if self._gpu_total is None:
+            return None
+        return max(self._gpu_total - self.tf.config.experimental.get_memory_info("GPU:0")["current"], 0)
+
+    def cache_clearer(self, nbytes: int):
+        if self.settings.device != "gpu":
+            return super().cache_clearer(nbytes)
+        tf = self.tf
+
+        def clear() -> None:  # a fresh zero fill of nbytes on the GPU, finished before the timed call
+            with tf.device("/GPU:0"):
+                self.sync(tf.zeros([nbytes // 4], tf.int32))
+
+        return clear
 
     def _dtype(self, variant: Variant) -> Any:
         return {"fp32": self.tf.float32, "fp16": self.tf.float16, "bf16": self.tf.bfloat16}[variant.dtype]

@@ -65,6 +65,9 @@ class GpuMonitor:
     handle: Any
     matched_by: str  # how the framework's GPU was found among NVML's devices
 
+    def memory_total_bytes(self) -> int | None:
+        return getattr(_field(lambda: self.nvml.nvmlDeviceGetMemoryInfo(self.handle)), "total", None)
+
     def sample(self) -> dict[str, Any]:
         nvml, handle = self.nvml, self.handle
         reasons_of = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
