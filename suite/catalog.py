@@ -254,22 +254,37 @@ def load_subsets(path: Path) -> dict[str, Subset]:
     return subsets
 
 
-def load_catalog(directory: str | Path = SHAPES_DIR) -> Catalog:
-    """Load every ``*.yaml`` catalog file of a directory and its subsets; ids must be unique."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CatalogError(directory, "no such catalog directory")
+def load_catalog(directories: str | Path | Iterable[str | Path] = SHAPES_DIR) -> Catalog:
+    """Load every ``*.yaml`` catalog file of one or several folders, and each folder's subsets.
+
+    Several folders make one catalog (a team's shapes beside the bundled ones): case ids and subset names must be
+    unique across all of them, and a duplicate names both files.
+    """
+    folders = [directories] if isinstance(directories, str | Path) else list(directories)
     cases: list[Case] = []
-    seen: dict[str, str] = {}
-    for path in sorted(directory.glob("*.yaml")):
-        if path.name == SUBSETS_FILE:
-            continue
-        for case in load_file(path):
-            if case.id in seen:
-                raise CatalogError(path, f"duplicate id; first defined in {seen[case.id]}", f"id '{case.id}'", "id")
-            seen[case.id] = path.name
-            cases.append(case)
-    subsets_path = directory / SUBSETS_FILE
-    subsets = load_subsets(subsets_path) if subsets_path.exists() else {}
+    seen: dict[str, Path] = {}
+    subsets: dict[str, Subset] = {}
+    subset_files: dict[str, Path] = {}
+    unique: dict[Path, Path] = {}
+    for folder in folders:  # a folder named twice loads once; messages keep the path as given
+        unique.setdefault(Path(folder).resolve(), Path(folder))
+    for directory in unique.values():
+        if not directory.is_dir():
+            raise CatalogError(directory, "no such catalog directory")
+        for path in sorted(directory.glob("*.yaml")):
+            if path.name == SUBSETS_FILE:
+                continue
+            for case in load_file(path):
+                if case.id in seen:
+                    first = seen[case.id].name if seen[case.id].parent == directory else seen[case.id]
+                    raise CatalogError(path, f"duplicate id; first defined in {first}", f"id '{case.id}'", "id")
+                seen[case.id] = path
+                cases.append(case)
+        subsets_path = directory / SUBSETS_FILE
+        for name, subset in (load_subsets(subsets_path) if subsets_path.exists() else {}).items():
+            if name in subsets:
+                raise CatalogError(subsets_path, f"duplicate subset; first defined in {subset_files[name]}",
+                                   f"subset '{name}'")
+            subsets[name], subset_files[name] = subset, subsets_path
     subsets.setdefault("all", Subset("all", "every case in the catalog"))
     return Catalog(tuple(cases), subsets)
