@@ -83,7 +83,7 @@ def discover() -> tuple[dict[str, Entry], list[str]]:
     return found, problems
 
 
-REGISTRY, _PROBLEMS = discover()
+REGISTRY, IGNORED = discover()  # IGNORED: why declared entries were left out
 
 
 def canonical(name: str) -> str:
@@ -156,7 +156,7 @@ def contract_problem(cls: object, name: str) -> str | None:
 
 def problems() -> list[str]:
     """Every plugin problem: clashes and bad declarations, and installed backends whose class fails to load."""
-    found = list(_PROBLEMS)
+    found = list(IGNORED)
     for name in REGISTRY:
         if is_available(name):
             try:

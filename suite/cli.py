@@ -50,11 +50,19 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
     group.add_argument("--op", choices=("gemm", "conv2d"), help="keep one op kind")
     group.add_argument("--source", help="keep cases whose network or source contains this text")
-    group.add_argument("--shapes", default=str(SHAPES_DIR), help="catalog folder (default: the bundled one)")
+    group.add_argument("--shapes", action="append", default=None, metavar="DIR",
+                       help="catalog folder; repeatable or a comma list, which load as one catalog ('bundled' "
+                            "is the bundled one, the default): --shapes bundled,my-shapes")
+
+
+def shape_folders(values: str | list[str] | None) -> list[Path]:
+    """The folders of --shapes (repeatable, each a folder or a comma list; 'bundled' = the bundled catalog)."""
+    items = [values] if isinstance(values, str) else values or ["bundled"]
+    return [SHAPES_DIR if part == "bundled" else Path(part).expanduser() for item in items for part in _csv(item)]
 
 
 def select(args: argparse.Namespace, default_subset: str = "all") -> list[Case]:
-    catalog = load_catalog(args.shapes)
+    catalog = load_catalog(shape_folders(args.shapes))
     cases = catalog.subset(args.catalog or default_subset)
     if args.id:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in args.id)]
@@ -75,8 +83,10 @@ def _gflop(value: float) -> str:
 # ---------------------------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace) -> int:
     """The catalog as a table, or its subsets with counts and total FLOPs."""
+    if args.backends:
+        return list_backends(args.format)
     if args.subsets:
-        catalog = load_catalog(args.shapes)
+        catalog = load_catalog(shape_folders(args.shapes))
         table = Table(title="catalog subsets")
         subsets = []
         for col in ("subset", "cases", "GEMM", "conv2d", "GFLOP fwd", "GFLOP fwd+bwd", "description"):
@@ -112,6 +122,36 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_row(case.id, case.op.kind, case.op.describe(), _gflop(case.op.flops()), str(case.count),
                       case.provenance.network, case.provenance.layer)
     console.print(table)
+    return 0
+
+
+def list_backends(form: str) -> int:
+    """Every registered backend (entry points): its package, framework, status, modes and layouts."""
+    rows, problems = [], list(backends.IGNORED)
+    for name, entry in backends.REGISTRY.items():
+        installed = backends.is_available(name)
+        row = {"backend": name, "package": entry.package, "status": "available" if installed else "not installed",
+               "framework": backends.framework_package(name) if installed else backends.install_advice(name),
+               "modes": [], "layouts": {}}
+        try:
+            cls = backends.backend_class(name)
+            row.update(modes=list(cls.modes), layouts={kind: list(names) for kind, names in cls.layouts.items()})
+        except backends.BackendUnavailable as exc:
+            row["status"] = "broken"
+            problems.append(str(exc))
+        rows.append(row)
+    if form == "json":
+        print(json.dumps({"backends": rows, "problems": problems}, indent=1))
+        return 0
+    table = Table(title=f"{len(rows)} backends (entry points {backends.GROUP})")
+    for col in ("backend", "package", "status", "framework", "modes", "layouts"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["backend"], row["package"], row["status"], row["framework"] or "", ", ".join(row["modes"]),
+                      "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["layouts"].items()))
+    console.print(table)
+    for problem in problems:
+        err_console.print(f"warning: {problem}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -171,6 +211,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _backend_names(text: str) -> list[str]:
     if text == "available":
+        for problem in backends.problems():  # broken plugins are left out, and say why
+            err_console.print(f"warning: {problem}", highlight=False, markup=False, soft_wrap=True)
         names = backends.available()
         if not names:
             raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
@@ -501,6 +543,8 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
     "list": (cmd_list, lambda p: (add_selection(p), p.add_argument("--subsets", action="store_true",
                                                                       help="list subsets with totals"),
+                                  p.add_argument("--backends", action="store_true",
+                                                 help="list the backends: package, installed, modes, layouts"),
                                   p.add_argument("--format", choices=("table", "json"), default="table"))),
     "run": (cmd_run, add_run_options),
     "show": (cmd_show, lambda p: (
