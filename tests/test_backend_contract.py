@@ -31,6 +31,7 @@ EXPECTED_FLAGS: dict[str, dict[str, Any]] = {
     "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee"},
     "tensorflow": {"intra_op_threads": 1, "inter_op_threads": 1, "tensor_float_32_execution": False},
     "jax": {"threads": 1, "jax_default_matmul_precision": "float32"},
+    "numpy": {"threads": 1, "fp32_math": "ieee"},  # the example plugin (tests/plugins/opbench-numpy)
 }
 # Combinations each backend must reject, as (why, op, variant); the message must say why.
 GEMM = next(case.op for case in SMOKE if case.op.kind == "gemm")
@@ -39,6 +40,7 @@ IMPOSSIBLE: dict[str, list[tuple[str, Op, Variant]]] = {
     "torch": [("asymmetric padding", ASYMMETRIC, Variant("forward"))],
     "tensorflow": [("NCHW conv on CPU outside XLA", CONV, Variant("backward_data", mode="function", layout="NCHW"))],
     "jax": [],
+    "numpy": [("bf16", GEMM, Variant("forward", dtype="bf16")), ("fp16", CONV, Variant("backward", dtype="fp16"))],
 }
 COMMON_IMPOSSIBLE = [("unknown mode", GEMM, Variant("forward", mode="no-such-mode")),
                      ("unknown layout", CONV, Variant("forward", layout="NCWH"))]
@@ -75,7 +77,7 @@ def check(backend: Backend, op: Op, variant: Variant) -> dict[str, Any]:
 
 def test_configure_reads_back_threads_and_strict_math(configured):
     backend, flags = configured
-    for key, value in EXPECTED_FLAGS[backend.name].items():
+    for key, value in EXPECTED_FLAGS.get(backend.name, {}).items():  # a new plugin: add its flags here
         assert flags[key] == value, (backend.name, key, flags)
 
 
@@ -115,7 +117,7 @@ def test_asymmetric_padding_runs_or_is_unsupported(configured):
 
 def test_impossible_combinations_raise_unsupported(configured):
     backend, _ = configured
-    for why, op, variant in COMMON_IMPOSSIBLE + IMPOSSIBLE[backend.name]:
+    for why, op, variant in COMMON_IMPOSSIBLE + IMPOSSIBLE.get(backend.name, []):
         with pytest.raises(Unsupported) as raised:
             backend.prepare(op, variant, make_inputs(op))
         assert len(str(raised.value)) > 10, (backend.name, why)
