@@ -18,7 +18,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("header", "worker", "measurement")
-KEY_FIELDS = ("case", "backend", "device", "dtype", "pass", "mode", "layout", "math", "threads", "options")
+KEY_FIELDS = ("case", "backend", "device", "dtype", "pass", "mode", "layout", "math", "threads", "options", "l2")
+KEY_DEFAULTS = {"l2": "warm"}  # key fields added later: what records written before them measured
 STATUSES = ("ok", "unsupported", "error", "oom", "timeout", "crashed", "skipped")
 
 
@@ -28,7 +29,7 @@ class ResultsError(ValueError):
 
 def measurement_key(record: dict[str, Any]) -> str:
     """The identity of a measurement: what a resumed run must not repeat."""
-    return json.dumps([record.get(name) for name in KEY_FIELDS], sort_keys=True)
+    return json.dumps([record.get(name, KEY_DEFAULTS.get(name)) for name in KEY_FIELDS], sort_keys=True)
 
 
 # Migrations from schema N to N+1, applied in order on read (asv's update_to_N). None yet: schema 1 is the first.
@@ -67,7 +68,7 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {  # measurement fields that must have this type when present
     "stats": (dict, type(None)), "tflops": (int, float, type(None)), "check": (dict, type(None)),
-    "reason": (str, type(None)), "threads": (int, type(None)), "options": (dict,),
+    "reason": (str, type(None)), "threads": (int, type(None)), "options": (dict,), "l2": (str,),
 }
 
 

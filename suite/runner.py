@@ -2,7 +2,8 @@
 
 A case that fails is recorded with its reason; a worker that dies is recorded against the case it was running
 and restarted for the rest; a case past its time limit is killed and recorded as a timeout. With ``resume``,
-measurements already in the results file are skipped, so an interrupted run continues where it stopped.
+measurements already in the results file are skipped, so an interrupted run continues where it stopped. A run on
+a device some framework does not see (a CPU-only build asked for a GPU) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ class Task:
     backend: str
     variant: Variant
     settings: Settings
+    l2: str = "warm"  # cache state: "warm" (calls back to back) or "cold" (L2 cleared before every call)
 
     def identity(self) -> dict[str, Any]:
         """The measurement's key fields, as results records name them."""
         variant, settings = self.variant, self.settings
         return {"case": self.case.id, "backend": self.backend, "device": settings.device, "dtype": variant.dtype,
                 "pass": variant.pass_, "mode": variant.mode, "layout": variant.layout, "math": settings.math,
-                "threads": settings.threads, "options": dict(settings.options)}
+                "threads": settings.threads, "options": dict(settings.options), "l2": self.l2}
 
     @property
     def key(self) -> str:
@@ -73,7 +75,8 @@ def _pick(requested: Iterable[str], offered: tuple[str, ...]) -> list[str]:
 
 def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[str], dtypes: Iterable[str],
          passes: Iterable[str], modes: Iterable[str] = ("default",), layouts: Iterable[str] = ("default",),
-         math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None) -> list[Task]:
+         math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None,
+         l2: str = "warm") -> list[Task]:
     """Every combination, ordered so one worker runs a backend's tasks case by case."""
     tasks = []
     cases, modes, layouts = list(cases), list(modes), list(layouts)
@@ -85,7 +88,7 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
                 for mode in _pick(modes, cls.modes):
                     for layout in _pick(layouts, cls.layouts[case.op.kind]):
                         for dtype in dtypes:
-                            tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings)
+                            tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
                                       for p in passes]
     return tasks
 
@@ -191,6 +194,31 @@ class WorkerProcess:
         self._log.close()
 
 
+class DeviceUnavailable(RuntimeError):
+    """A framework sees none of the device a run asks for; nothing was measured. The message says how to fix it."""
+
+
+def preflight(groups: Iterable[tuple[str, Settings]], log_path: Path) -> None:
+    """Start one worker per backend and non-CPU device, all at once, and refuse the run if any lacks the device.
+
+    A CPU-only build asked for a GPU would otherwise record an error for every case; this costs one extra worker
+    start per GPU backend (seconds) before hours of measuring.
+    """
+    workers = [WorkerProcess(backend, settings, None, False, 0, log_path)
+               for backend, settings in dict.fromkeys(groups) if settings.device != "cpu"]
+    try:
+        missing = []
+        for worker in workers:
+            hello = worker.receive(WORKER_START_TIMEOUT_S)
+            if hello and hello.get("type") == "no_device":
+                missing.append(hello["reason"])
+        if missing:
+            raise DeviceUnavailable("\n".join(missing))
+    finally:
+        for worker in workers:
+            worker.close()
+
+
 @dataclass
 class RunOptions:
     timing: TimingConfig | None = field(default_factory=TimingConfig)  # None: check only, no timing
@@ -263,6 +291,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
     if not todo:
         return counts
+    preflight((t.group for t in todo), out.with_suffix(".worker.log"))  # before the header: a refusal writes nothing
     run_id = uuid.uuid4().hex[:12]
     began = time.monotonic()
     with ResultsWriter(out) as writer:
@@ -297,11 +326,11 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                             break
                         task = pending.pop(0)
                         message = {"key": task.key, "op": op_to_dict(task.case.op),
-                                   "variant": dataclasses.asdict(task.variant)}
+                                   "variant": dataclasses.asdict(task.variant), "l2": task.l2}
                         result = worker.run(message, options.case_timeout_s)
                         _finish(writer, task, result, run_id, hello, counts, report)
-                        if result["status"] in ("crashed", "timeout"):
-                            break  # start a fresh worker for the rest
+                        if result["status"] in ("crashed", "timeout", "oom"):
+                            break  # start a fresh worker for the rest (after an OOM its allocator may be wedged)
                 except BaseException:  # Ctrl-C: stop now; everything finished is already on disk
                     worker.kill()
                     raise

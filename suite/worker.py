@@ -1,7 +1,8 @@
 """Worker process: one backend, many measurements, JSON lines in and out (pyperf's parent/worker model).
 
 The parent sends a setup line, then one task per line; the worker answers ``ready`` (versions, flags read back)
-and one ``result`` per task. Protocol messages go to the original stdout; everything the frameworks print is
+and one ``result`` per task, or ``no_device`` (why, and how to install a build that has it) when the framework
+sees no such device. Protocol messages go to the original stdout; everything the frameworks print is
 sent to stderr, which the parent keeps in a log. A task that raises becomes a result with its reason; only a
 hard crash (segfault, kill) ends the worker, and the parent records that.
 
@@ -19,10 +20,11 @@ import traceback
 from typing import IO, Any
 
 from suite.environment import available_memory_bytes
+from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Op, op_from_dict
 from suite.reference import compare, make_inputs, reduced, reference
 from suite.stats import summarize
-from suite.timing import TimingConfig, measure
+from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
 from suite.variant import Settings, Variant
 
 MEMORY_HEADROOM = 1.5  # workspaces, allocator slack: a case needs this much more than its tensors
@@ -34,14 +36,42 @@ def tensor_bytes(op: Op, dtype: str) -> int:
     return elements * (DTYPE_BYTES[dtype] + 4)
 
 
+def memory_budget(device: str, device_free: int | None) -> tuple[int | None, str]:
+    """Free bytes the guard compares a case's need with, and where the figure comes from.
+
+    The framework's own count on a GPU (0 means full, not unknown); the host's MemAvailable only on the CPU: host
+    memory says nothing about a GPU's, so a GPU whose framework cannot tell goes unguarded (None).
+    """
+    if device_free is not None:
+        return device_free, "free on the device"
+    if device == "cpu":
+        return available_memory_bytes(), "available on the host (MemAvailable)"
+    return None, "not reported by the framework"
+
+
+def _time(backend: Any, prepared: Any, timing: TimingConfig, l2: str) -> tuple[Samples, dict[str, Any]]:
+    """Warm cache: blocks of back-to-back calls. Cold: a buffer larger than the cache written before every call,
+    each call timed on its own (device events where the framework has them); the buffer is freed on return."""
+    if l2 == "warm":
+        return measure(prepared.run_block, timing), {}
+    cache = backend.cache_bytes()
+    nbytes = clear_buffer_bytes(cache)
+    clear = backend.cache_clearer(nbytes)  # raises Unsupported where the backend cannot clear
+    samples = measure_per_call(prepared.run_one, clear, timing)
+    return samples, {"cache_bytes": cache, "clear_bytes": nbytes, "timer": prepared.timer}
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return isinstance(exc, MemoryError) or "out of memory" in text or "resourceexhausted" in text
 
 
-def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, check: bool, seed: int
-             ) -> dict[str, Any]:
-    """Prepare, check against the float64 reference, and time one measurement (unless timing is None)."""
+def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, check: bool, seed: int,
+             gpu: tuple[GpuMonitor | None, str | None] | None = None) -> dict[str, Any]:
+    """Prepare, check against the float64 reference, and time one measurement (unless timing is None).
+
+    ``gpu``: on a GPU, the NVML monitor (or None and why there is none) sampled at the start and end of timing.
+    """
     from backends.base import Unsupported
 
     op = op_from_dict(task["op"])
@@ -50,11 +80,10 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     started = time.perf_counter()
     prepared = None
     try:
-        free = backend.free_memory_bytes()  # the device's own count (GPU); 0 means full, not unknown
-        source = "free on the device"
-        if free is None:
-            free, source = available_memory_bytes(), "available on the host (MemAvailable)"
+        free, source = memory_budget(backend.settings.device, backend.free_memory_bytes())
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
+        if task.get("l2") == "cold" and timing is not None:  # the clearing buffer lives beside the operands
+            need += clear_buffer_bytes(backend.cache_bytes())
         if free is not None and need > free:
             result.update(status="skipped", reason=f"memory guard: needs about {need / 2**30:.1f} GiB, only "
                           f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
@@ -75,13 +104,22 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
                                "reduced": small != op}
         if timing is None:  # `suite check`: numerical agreement only
             return result
-        samples = measure(prepared.run_block, timing)
+        monitor, missing = gpu or (None, None)
+        state_start = monitor.sample() if monitor is not None else {}
+        l2 = task.get("l2", "warm")
+        samples, cold = _time(backend, prepared, timing, l2)
         summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
         result.update(
             block_times=list(samples.block_times), calls_per_block=samples.calls_per_block,
             warmup_calls=samples.warmup_calls, warmup_s=samples.warmup_s, stop_reason=samples.stop_reason,
-            stats=summary.as_dict(),
+            stats=summary.as_dict(), **({"cold_cache": cold} if cold else {}),
         )
+        if monitor is not None:
+            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by)
+            if result["gpu_state"]["throttled"]:  # the report's warnings list shows the stats flags
+                result["stats"]["flags"].append("throttled")
+        elif gpu is not None:
+            result["gpu_state"] = {"unavailable": missing}
     except Unsupported as exc:
         result.update(status="unsupported", reason=str(exc))
     except Exception as exc:  # a failing case is a result, not the end of the run
@@ -107,10 +145,16 @@ def main() -> int:
     setup = json.loads(sys.stdin.readline())
     try:
         import backends
+        from backends.base import DeviceMissing
 
         settings = Settings(**setup["settings"])
         backend = backends.load(setup["backend"], settings)
-        flags = backend.configure(settings)
+        try:
+            flags = backend.configure(settings)
+        except DeviceMissing as exc:
+            send(channel, {"type": "no_device", "reason": str(exc), "versions": backend.versions()})
+            return 1
+        gpu = open_monitor(backend.gpu_id()) if settings.device == "gpu" else None
         send(channel, {"type": "ready", "versions": backend.versions(), "flags": flags,
                        "devices": backend.devices(), "pid": os.getpid()})
     except Exception as exc:
@@ -119,7 +163,7 @@ def main() -> int:
     timing = TimingConfig(**setup["timing"]) if setup["timing"] else None
     for line in sys.stdin:
         task = json.loads(line)
-        result = run_task(backend, task, timing, setup["check"], setup["seed"])
+        result = run_task(backend, task, timing, setup["check"], setup["seed"], gpu)
         send(channel, {"type": "result", "key": task["key"], **result})
     return 0
 
