@@ -194,7 +194,7 @@ class WorkerProcess:
         self._log.close()
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(backends.BackendUnavailable):
     """A framework sees none of the device a run asks for; nothing was measured. The message says how to fix it."""
 
 
