@@ -102,3 +102,41 @@ def test_one_stalled_call_does_not_shrink_the_blocks():
     device = FakeDevice(lambda i: 30e-3 if i in (9, 10) else 1e-3)
     samples = measure(device.run_block, TimingConfig(warmup_s=0.01, target_block_s=0.02), device.clock)
     assert samples.warmup_calls == 10 and samples.calls_per_block == 20
+
+
+def test_blocks_are_recalibrated_when_calls_speed_up_after_warm_up():
+    # warm-up: two 5 ms calls (10 ms) → 4 calls per 20 ms block; the probe block of 4 then takes 4 ms, under half
+    # the target, so the block size is recalibrated from it: 20 ms / 1 ms = 20 calls
+    device = FakeDevice(lambda i: 5e-3 if i < 2 else 1e-3)
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.01, target_block_s=0.02), device.clock)
+    assert samples.warmup_calls == 2
+    assert device.blocks[:4] == [1, 1, 4, 20]  # two warm-up calls, the probe of 4, then blocks of 20
+    assert samples.calls_per_block == 20 and all(n == 20 for n in device.blocks[3:])
+    assert samples.per_call == pytest.approx(1e-3)
+
+
+def test_a_probe_of_at_least_half_the_target_keeps_the_warm_up_calibration():
+    # 4 calls per block from the 5 ms warm-up; the probe block of 4 × 3.75 ms = 15 ms is over half the 20 ms target:
+    # close enough, so blocks keep 4 calls (recalibrating would give round(20 / 3.75) = 5)
+    device = FakeDevice(lambda i: 5e-3 if i < 2 else 3.75e-3)
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.01, target_block_s=0.02), device.clock)
+    assert device.blocks[:3] == [1, 1, 4]
+    assert samples.calls_per_block == 4 and samples.block_times[0] == pytest.approx(15e-3)
+
+
+def test_warm_up_stops_at_the_time_cap():
+    device = FakeDevice(lambda i: 1.0)  # 1 s calls, a 60 s warm-up asked for, a 3 s cap
+    samples = measure(device.run_block, TimingConfig(warmup_s=60, max_time_s=3, min_blocks=2), device.clock)
+    assert samples.warmup_calls == 3 and samples.warmup_s == pytest.approx(3.0)
+    assert samples.stop_reason == "time_cap" and samples.block_times == (1.0,)  # one block past the probe, then cap
+
+
+def test_stops_at_min_blocks_once_the_spread_is_at_most_the_target():
+    # 1 s calls, one per block; after the warm-up call and the probe, blocks alternate 1 and 1.0625 s. With 7 blocks
+    # Q1 = median = 1 and Q3 = 1.0625: rel. IQR exactly 0.0625, the target, so it stops there as stable
+    times = iter([1.0, 1.0, *[1.0, 1.0625] * 50])
+    device = FakeDevice(lambda i: next(times))
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_iqr=0.0625, max_time_s=1e3)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.calls_per_block == 1 and samples.warmup_calls == 1
+    assert samples.stop_reason == "stable" and samples.block_times == (1.0, 1.0625) * 3 + (1.0,)
