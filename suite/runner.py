@@ -227,6 +227,7 @@ class RunOptions:
     case_timeout_s: float = 300.0  # whole case: compile + check + timing; past it the worker is killed
     run_time_cap_s: float | None = None  # stop starting new measurements after this long
     resume: bool = False
+    preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
 
 
 def is_default_variant(task: Task) -> bool:
@@ -291,7 +292,8 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
     if not todo:
         return counts
-    preflight((t.group for t in todo), out.with_suffix(".worker.log"))  # before the header: a refusal writes nothing
+    if options.preflight:  # before the header: a refusal writes nothing
+        preflight((t.group for t in todo), out.with_suffix(".worker.log"))
     run_id = uuid.uuid4().hex[:12]
     began = time.monotonic()
     with ResultsWriter(out) as writer:
