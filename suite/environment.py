@@ -13,11 +13,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from suite import gpu_state
+
 REPO = Path(__file__).resolve().parent.parent
 # Environment variables that change what a framework runs; recorded with every run.
-KNOBS = re.compile(r"^(XLA_FLAGS|TF_\w+|ONEDNN_\w+|DNNL_\w+|OMP_\w+|MKL_\w+|OPENBLAS_\w+|KMP_\w+|CUDA_VISIBLE_DEVICES|"
-                   r"NVIDIA_TF32_OVERRIDE|TORCH_\w+|PYTORCH_\w+|JAX_\w+)$")
-PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "pandas", "seaborn")
+KNOBS = re.compile(r"^(XLA_FLAGS|TF_\w+|ONEDNN_\w+|DNNL_\w+|OMP_\w+|MKL_\w+|OPENBLAS_\w+|KMP_\w+|CUDA_\w+|CUBLAS\w*|"
+                   r"CUDNN_\w+|NVIDIA_TF32_OVERRIDE|TORCH_\w+|PYTORCH_\w+|JAX_\w+|XLA_PYTHON_CLIENT_\w+)$")
+PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "pandas", "seaborn",
+            # the CUDA libraries the GPU wheels load (cuDNN, cuBLAS, runtime) and NVML's bindings
+            "jax-cuda12-plugin", "nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12", "nvidia-ml-py")
 
 
 def _read(path: str) -> str:
@@ -105,5 +109,6 @@ def capture() -> dict[str, Any]:
         "packages": package_versions(),
         "opbench": git_commit(),
         "knobs": {k: v for k, v in sorted(os.environ.items()) if KNOBS.match(k)},
+        "nvml": gpu_state.describe() if shutil.which("nvidia-smi") else None,  # driver, CUDA, GPUs, clocks locked
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
