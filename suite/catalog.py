@@ -78,7 +78,7 @@ class Catalog:
 
     def subset(self, name: str) -> list[Case]:
         if name not in self.subsets:
-            raise CatalogError(SUBSETS_FILE, f"unknown subset {name!r}{_suggest(name, self.subsets)}; "
+            raise CatalogError(SUBSETS_FILE, f"unknown subset {name!r}{did_you_mean(name, self.subsets)}; "
                                f"known: {', '.join(self.subsets)}")
         return [case for case in self.cases if case in self.subsets[name]]
 
@@ -86,15 +86,17 @@ class Catalog:
         return {case.id: case for case in self.cases}
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices``, or '' when none is close: for every unknown name."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def _unknown_keys(data: Mapping[str, Any], allowed: set[str], err, prefix: str = "") -> None:
     for key in data:
         if key not in allowed:
-            raise err(f"unknown key{_suggest(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}",
+            raise err(f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(sorted(allowed))}",
                       f"{prefix}{key}")
 
 
@@ -168,7 +170,7 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
     if not isinstance(raw["id"], str) or not raw["id"].strip() or any(ch.isspace() for ch in raw["id"]):
         raise err(f"must be a non-empty string without spaces, got {raw['id']!r}", "id")
     if not isinstance(raw["op"], str) or raw["op"] not in OP_KINDS:
-        raise err(f"unknown op {raw['op']!r}{_suggest(str(raw['op']), OP_KINDS)}; known: {', '.join(OP_KINDS)}",
+        raise err(f"unknown op {raw['op']!r}{did_you_mean(str(raw['op']), OP_KINDS)}; known: {', '.join(OP_KINDS)}",
                   "op")
     op = build_op(raw["op"], raw["dims"], err)
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 import backends
-from suite.catalog import SHAPES_DIR, Case, CatalogError, load_catalog
+from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, PASSES
-from suite.results import ResultsError, read_many
+from suite.results import Results, ResultsError, read_many
 from suite.stats import format_seconds
 from suite.timing import TimingConfig
 
@@ -34,11 +36,16 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    values = list(allowed) if text == "all" else _csv(text)
+def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, ...] = ("all",)) -> list[str]:
+    """The comma list ``text``, every item one of ``allowed`` (or a ``special`` word); 'all' alone means all."""
+    allowed = list(allowed)
+    values = allowed if text == "all" and special == ("all",) else _csv(text)
+    if not values:
+        raise UsageError(f"--{what} needs at least one value; choose from {', '.join(allowed)}")
     for value in values:
-        if value not in allowed:
-            raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)} (or 'all')")
+        if value not in allowed and value not in special:
+            raise UsageError(f"unknown {what} {value!r}{did_you_mean(value, [*allowed, *special])}; choose from "
+                             f"{', '.join(allowed)} (or {' or '.join(repr(w) for w in special)})")
     return values
 
 
@@ -156,33 +163,56 @@ def list_backends(form: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- run
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    add_selection(parser)
+def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> None:
+    """The flags of ``run``; ``check`` and ``peak`` take only those they honour (the rest get fixed defaults)."""
+    if command == "peak":  # the `peak` subset, forward only
+        parser.set_defaults(catalog="peak", id=[], tag=[], op=None, source=None, shapes=str(SHAPES_DIR),
+                            passes="forward")
+    else:
+        add_selection(parser)
+    if command == "check":  # checks every output, times nothing, writes a temporary file unless -o
+        parser.set_defaults(check=True, time_cap=None, max_run_time=None, resume=False, shard=None)
     what = parser.add_argument_group("how")
     what.add_argument("--backend", default="available",
                       help=f"comma list of {', '.join(backends.REGISTRY)}, or 'available' (default)")
     what.add_argument("--device", default="cpu", help="cpu or gpu (comma list)")
     what.add_argument("--dtype", default="fp32", help=f"comma list of {', '.join(DTYPES)}, or all")
-    what.add_argument("--pass", dest="passes", default="all", help=f"comma list of {', '.join(PASSES)}, or all")
+    if command != "peak":
+        what.add_argument("--pass", dest="passes", default="all",
+                          help=f"comma list of {', '.join(PASSES)}, or all")
     what.add_argument("--mode", default="default", help="default, all, or names (torch: eager, compile; "
                       "tensorflow: function, eager, xla; jax: jit)")
     what.add_argument("--layout", default="default", help="default, all, or names (NCHW, channels_last, NHWC)")
     what.add_argument("--math", choices=("strict", "tf32"), default="strict",
                       help="fp32 math: strict IEEE (default) or TF32 tensor cores, set in every framework")
+    if command != "check":
+        what.add_argument("--l2", choices=("warm", "cold"), default="warm",
+                          help="GPU cache state: warm (default: calls back to back, operands may stay in L2) or "
+                               "cold (a buffer larger than L2 written before every call, each call timed alone)")
     what.add_argument("--threads", type=int, default=usable_cpus(),
                       help="CPU threads for every framework (default: all usable CPUs, %(default)s here)")
     what.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="backend knob, recorded with the results (e.g. ynn_conv=off for jax on CPU)")
-    what.add_argument("--no-check", dest="check", action="store_false",
-                      help="skip the numerical check against the float64 reference before timing")
-    what.add_argument("--seed", type=int, default=0)
+    if command != "check":
+        what.add_argument("--no-check", dest="check", action="store_false",
+                          help="skip the numerical check against the float64 reference before timing")
+    what.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s,
-                        help="seconds of timing per measurement before it is called unstable (default %(default)s)")
-    limits.add_argument("--case-timeout", type=float, default=300.0,
-                        help="seconds per measurement, compile included, before its worker is killed")
-    limits.add_argument("--max-run-time", type=float, default=None, help="stop starting measurements after this")
-    parser.add_argument("-o", "--output", default=None, help="results file (.jsonl); default results/<time>.jsonl")
+    if command != "check":
+        limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s, metavar="SECONDS",
+                            help="seconds of timing per measurement before it is called unstable "
+                                 "(default %(default)s)")
+    limits.add_argument("--case-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="seconds per measurement, compile included, before its worker is killed "
+                             "(default %(default)s)")
+    if command == "check":
+        parser.add_argument("-o", "--output", default=None,
+                            help="keep the check's records in this results file (default: a temporary file)")
+        return
+    limits.add_argument("--max-run-time", type=float, default=None, metavar="SECONDS",
+                        help="seconds after which no new measurement starts (the rest can be --resume'd)")
+    parser.add_argument("-o", "--output", default=None, help="results file (.jsonl); default results/<time>.jsonl"
+                        + (" (peak: results/peak-<device>.jsonl)" if command == "peak" else ""))
     parser.add_argument("--resume", action="store_true", help="continue a results file, skipping what it holds")
     parser.add_argument("--shard", default=None, metavar="I/N", help="run part I of N (whole cases per part)")
 
@@ -217,7 +247,8 @@ def _backend_names(text: str) -> list[str]:
         if not names:
             raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
         return names
-    names = [backends.canonical(name) for name in _csv(text)]
+    known = [*backends.REGISTRY, *backends.ALIASES]
+    names = [backends.canonical(name) for name in _choices(text, known, "backend", ("available",))]
     for name in names:
         if not backends.is_available(name):
             backends.load(name)  # raises BackendUnavailable with install advice
@@ -231,25 +262,24 @@ def build_plan(args: argparse.Namespace):
     if not cases:
         raise UsageError("no case matches the selection; see `python -m suite list`")
     devices = _choices(args.device, ("cpu", "gpu"), "device")
-    tasks = plan(cases, _backend_names(args.backend), devices, _choices(args.dtype, DTYPES, "dtype"),
-                 _choices(args.passes, PASSES, "pass"), _csv(args.mode), _csv(args.layout), args.math,
-                 args.threads, _parse_options(args.option))
+    names = _backend_names(args.backend)
+    classes = [backends.backend_class(name) for name in names]
+    modes = _choices(args.mode, dict.fromkeys(m for cls in classes for m in cls.modes), "mode", ("default", "all"))
+    layouts = _choices(args.layout, dict.fromkeys(layout for cls in classes for kind in cls.layouts.values()
+                                                  for layout in kind), "layout", ("default", "all"))
+    l2 = getattr(args, "l2", "warm")
+    if l2 == "cold" and "cpu" in devices:
+        raise UsageError("--l2 cold is for GPUs: on a CPU each framework thread keeps operands in its own core's "
+                         "cache, which one buffer write does not clear; use --device gpu, or --l2 warm")
+    tasks = plan(cases, names, devices, _choices(args.dtype, DTYPES, "dtype"), _choices(args.passes, PASSES, "pass"),
+                 modes, layouts, args.math, args.threads, _parse_options(args.option), l2)
     part = _parse_shard(args.shard)
     return shard(tasks, *part) if part else tasks
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Measure the selected cases; results go to a JSON Lines file as they finish."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from suite.runner import RunOptions, check_output, run
+    from suite.runner import RunOptions, check_output, preflight
 
     _parse_limits(args)
     tasks = build_plan(args)
@@ -261,37 +291,64 @@ def cmd_run(args: argparse.Namespace) -> int:
                          f"with --layout {args.layout} ({offered})")
     out = Path(args.output or f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
     check_output(out, args.resume)  # before the progress display, so a refusal is the only output
+    preflight((t.group for t in tasks), out.with_suffix(".worker.log"))  # a GPU no framework sees: refuse now
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
-                         case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console) as progress:
-        bar = progress.add_task("measuring", total=len(tasks))
-
-        def report(task, record) -> None:
-            stats = record.get("stats")
-            time_text = f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s" if stats else ""
-            check = record.get("check", {}).get("status", "")
-            variant = task.variant
-            progress.console.print(f"{record['status']:<11} {task.backend:<10} {variant.pass_:<15} {variant.dtype} "
-                                   f"{variant.mode:<8} {task.case.id:<40} {time_text} {check} "
-                                   f"{record.get('reason') or ''}"[:240], highlight=False)
-            progress.advance(bar)
-
-        try:
-            counts = run(tasks, out, options, report, argv=sys.argv)
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
-                              "--resume to continue", highlight=False, markup=False, soft_wrap=True)
-            return 130
-        progress.update(bar, completed=len(tasks))
-    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+                         case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
+                         preflight=False)
+    try:
+        counts = _run_with_progress(tasks, out, options, "measuring", each=True)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
+                          "--resume to continue", highlight=False, markup=False, soft_wrap=True)
+        return 130
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n and status != "failed")
     console.print(f"{out}: {summary}", highlight=False, markup=False)
     if counts.get("not_started"):
         err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "
                           f"measurements not started; run the same command with --resume to continue",
                           highlight=False, markup=False, soft_wrap=True)
+    if counts["failed"]:
+        err_console.print(f"{counts['failed']} of {len(tasks)} measurements failed (error, crash, timeout, out of "
+                          f"memory or a failed numerical check): exit status 1; every record is in {out} "
+                          f"(python -m suite show {out} --status error,crashed,timeout,oom)",
+                          highlight=False, markup=False, soft_wrap=True)
+        return 1
     return 0
+
+
+def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) -> dict[str, int]:
+    """``runner.run`` behind a progress bar on stderr; with ``each``, one line per finished measurement."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from suite.runner import run
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=not each) as progress:
+        bar = progress.add_task(label, total=len(tasks))
+
+        def report(task, record) -> None:
+            if each:
+                stats = record.get("stats")
+                time_text = (f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s"
+                             if stats else "")
+                check = record.get("check", {}).get("status", "")
+                variant = task.variant
+                progress.console.print(f"{record['status']:<11} {task.backend:<10} {variant.pass_:<15} "
+                                       f"{variant.dtype} {variant.mode:<8} {task.case.id:<40} {time_text} {check} "
+                                       f"{record.get('reason') or ''}"[:240], highlight=False)
+            progress.advance(bar)
+
+        counts = run(tasks, out, options, report, argv=sys.argv)
+        progress.update(bar, completed=len(tasks))
+    return counts
 
 
 def _parse_limits(args: argparse.Namespace) -> None:
@@ -303,6 +360,17 @@ def _parse_limits(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- show
+def read_measurements(paths: list[str]) -> Results:
+    """Results files holding at least one measurement, their warnings printed; none at all is bad input (exit 2)."""
+    results = read_many(paths)
+    for warning in results.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    if not results.measurements:
+        raise ResultsError(f"{', '.join(map(str, paths))}: no measurements (an empty results file, or a run that "
+                           "stopped before its first measurement finished)")
+    return results
+
+
 SHOW_SORTS = {"file": None, "case": lambda r: (r["case"], r["backend"], r["pass"]),
               "backend": lambda r: (r["backend"], r["case"], r["pass"]), "status": lambda r: r["status"],
               "median": lambda r: -(r["median_s"] or 0.0), "gflops": lambda r: -(r["gflops"] or 0.0)}
@@ -330,9 +398,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """A terminal summary of results files: time per call with its CI, throughput, flags; filters, CSV or JSON."""
     import csv
 
-    results = read_many(args.results)
-    for warning in results.warnings:
-        err_console.print(f"warning: {warning}")
+    results = read_measurements(args.results)
     statuses = _csv(args.status) if args.status else None
     rows = [_show_row(m) for m in results.measurements
             if (not args.backend or m["backend"] in _csv(args.backend))
@@ -368,14 +434,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Every case through every selected backend on the same seeded inputs, against a float64 reference."""
     import tempfile
 
-    from suite.runner import RunOptions, run
+    from suite.runner import RunOptions
 
+    _parse_limits(args)
     tasks = build_plan(args)
     if not tasks:
         raise UsageError("the selection gives nothing to check")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or Path(tmp) / "check.jsonl")
-        run(tasks, out, RunOptions(timing=None, check=True, seed=args.seed, case_timeout_s=args.case_timeout))
+        _run_with_progress(tasks, out, RunOptions(timing=None, check=True, seed=args.seed,
+                                                  case_timeout_s=args.case_timeout), "checking", each=False)
         records = read_many([out]).measurements
     backends_seen = list(dict.fromkeys(r["backend"] for r in records))
     table = Table(title="relative Frobenius error against float64 NumPy (same seeded inputs; layout named "
@@ -415,17 +483,35 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the static HTML report (figures, tables, normalized data) from results files or folders."""
-    from reports.site import build_site
+    results = read_measurements(args.results)
+    present = list(dict.fromkeys(m["backend"] for m in results.measurements))
+    rank = {name: i for i, name in enumerate(backends.REGISTRY)}  # the registry's order is the backend order
+    baseline = (backends.ALIASES.get(args.baseline, args.baseline) if args.baseline
+                else min(present, key=lambda name: rank.get(name, len(rank))))
+    if baseline not in present:
+        raise UsageError(f"--baseline {args.baseline!r}: no measurements of that backend in these results"
+                         f"{did_you_mean(baseline, present)}; they hold {', '.join(present)}")
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the report here: {exc.strerror or exc} (-o takes a folder)") from None
+    try:
+        from reports.site import build_site
 
-    index = build_site(args.results, Path(args.output), baseline=args.baseline)
+        with err_console.status(f"building the report from {len(results.measurements)} measurements"):
+            index = build_site(args.results, out, baseline=baseline)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in ("suite", "reports", "backends"):
+            raise
+        raise UsageError(f"the report needs {exc.name}, which is not installed in this environment: install the "
+                         "report extra (pip install 'opbench[report]') or run it through tox (tox -e report)") from None
     console.print(f"report written: {index} (open it in a browser, or publish the folder {index.parent})")
     return 0
 
 
 def cmd_peak(args: argparse.Namespace) -> int:
     """Measure achievable GEMM throughput per dtype (large square GEMMs, forward) for the report's % of peak."""
-    args.catalog = "peak"
-    args.passes = "forward"
     if args.output is None:
         args.output = f"results/peak-{args.device}.jsonl"
     return cmd_run(args)
@@ -436,9 +522,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Combine results files (e.g. shards of one run) into one, refusing mixed versions or flags."""
     from suite.results import ResultsWriter, measurement_key, merge_conflicts
 
-    results = read_many(args.results)
-    for warning in results.warnings:
-        err_console.print(f"warning: {warning}")
+    results = read_measurements(args.results)
     conflicts = merge_conflicts(results)
     if conflicts and not args.allow_mixed:
         raise UsageError(f"these results were not measured under one configuration: {'; '.join(conflicts)}. "
@@ -555,12 +639,14 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("--sort", choices=tuple(SHOW_SORTS), default="file",
                        help="row order (median: slowest first; gflops: fastest first; default: as in the files)"),
         p.add_argument("--format", choices=("table", "csv", "json"), default="table"))),
-    "check": (cmd_check, add_run_options),
+    "check": (cmd_check, lambda p: add_run_options(p, "check")),
     "report": (cmd_report, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders (searched for *.jsonl)"),
         p.add_argument("-o", "--output", default="build/report", help="report folder (default %(default)s)"),
-        p.add_argument("--baseline", default="torch", help="backend the speedups are relative to"))),
-    "peak": (cmd_peak, add_run_options),
+        p.add_argument("--baseline", default=None,
+                       help="backend the speedups are relative to (default: the first of the results in "
+                            f"{', '.join(backends.REGISTRY)} order)"))),
+    "peak": (cmd_peak, lambda p: add_run_options(p, "peak")),
     "merge": (cmd_merge, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders"),
         p.add_argument("-o", "--output", required=True, help="merged results file"),
@@ -578,18 +664,61 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m suite", description="opbench: GEMM and conv2d across frameworks")
-    sub = top.add_subparsers(dest="command", required=True)
+EXIT_STATUS = """exit status:
+  0    everything requested was measured, or recorded as unsupported/skipped with a reason
+  1    a measurement errored, crashed, timed out, ran out of memory or failed the numerical check
+       (the run still finishes and keeps every record)
+  2    usage error or bad input; nothing was run
+  130  interrupted (Ctrl-C); what finished is kept, and --resume continues a run"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one ``error:`` line (with "did you mean") and exits 2."""
+
+    commands: dict[str, Parser]
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+        if choice:
+            message += did_you_mean(choice[1], re.findall(r"'(.*?)'", choice[2]))
+        err_console.print(f"error: {message} (see {self.prog} --help)", highlight=False, markup=False,
+                          soft_wrap=True)
+        self.exit(2)
+
+
+def parser() -> Parser:
+    top = Parser(prog="python -m suite", description="opbench: GEMM and conv2d across frameworks",
+                 epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="command")
+    top.commands = {}
     for name, (func, configure) in COMMANDS.items():
-        command = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        summary = (func.__doc__ or "").replace("%", "%%")  # argparse %-formats help texts
+        command = sub.add_parser(name, help=summary, description=func.__doc__, epilog=EXIT_STATUS,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         configure(command)
         command.set_defaults(func=func)
+        top.commands[name] = command
     return top
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; an unknown flag is named with the closest flag of its subcommand."""
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra:
+        flags = {name: [flag for action in command._actions for flag in action.option_strings]
+                 for name, command in top.commands.items()}
+        word = extra[0].split("=")[0]
+        others = [name for name, names in flags.items() if word in names]
+        hint = (f" ({word} is an option of {', '.join(others)}, not of {args.command})" if others
+                else did_you_mean(word, flags[args.command]) if word.startswith("-") else "")
+        top.commands[args.command].error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: "
+                                         f"{' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.func(args)
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:

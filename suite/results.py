@@ -21,6 +21,12 @@ RECORD_KINDS = ("header", "worker", "measurement")
 KEY_FIELDS = ("case", "backend", "device", "dtype", "pass", "mode", "layout", "math", "threads", "options", "l2")
 KEY_DEFAULTS = {"l2": "warm"}  # key fields added later: what records written before them measured
 STATUSES = ("ok", "unsupported", "error", "oom", "timeout", "crashed", "skipped")
+FAILED_STATUSES = ("error", "oom", "timeout", "crashed")  # unsupported and skipped carry a reason: not failures
+
+
+def failed(record: dict[str, Any]) -> bool:
+    """Whether a measurement failed: it errored, crashed, timed out, ran out of memory or failed the check."""
+    return record["status"] in FAILED_STATUSES or (record.get("check") or {}).get("status") == "fail"
 
 
 class ResultsError(ValueError):

@@ -260,8 +260,8 @@ def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: 
 Reporter = Callable[[Task, dict[str, Any]], None]
 
 
-def check_output(out: Path, resume: bool) -> set[str]:
-    """Refuse an output that would lose or mix results; return the keys it already holds (with ``resume``)."""
+def check_output(out: Path, resume: bool) -> dict[str, dict[str, Any]]:
+    """Refuse an output that would lose or mix results; return the measurements it holds by key (with ``resume``)."""
     if out.is_dir():
         raise ResultsError(f"{out}: is a folder; -o takes a results file, e.g. {out / 'run.jsonl'}")
     if out.exists() and out.stat().st_size and not resume:
@@ -274,22 +274,26 @@ def check_output(out: Path, resume: bool) -> set[str]:
             raise ResultsError(f"{out}: written with results schema {', '.join(map(str, schemas))}; this opbench "
                                f"writes schema {results.SCHEMA_VERSION} and will not mix them in one file. Resume "
                                "with the opbench that started it, or write a new file with -o (old files still read)")
-        return existing.keys()
+        return {measurement_key(m): m for m in existing.measurements}
     try:  # find out now, not after the first measurement
         out.parent.mkdir(parents=True, exist_ok=True)
         out.open("a").close()
     except OSError as exc:
         raise ResultsError(f"{out}: cannot write results here: {exc.strerror or exc}") from None
-    return set()
+    return {}
 
 
 def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | None = None,
         argv: list[str] | None = None) -> dict[str, int]:
-    """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through."""
+    """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through.
+
+    ``failed`` counts the requested measurements that failed (see ``results.failed``), resumed ones included.
+    """
     out = Path(out)
     done = check_output(out, options.resume)
     todo = [t for t in tasks if t.key not in done]
-    counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo)}
+    counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo),
+                              "failed": sum(results.failed(done[t.key]) for t in tasks if t.key in done)}
     if not todo:
         return counts
     if options.preflight:  # before the header: a refusal writes nothing
@@ -346,5 +350,6 @@ def _finish(writer: ResultsWriter, task: Task, result: dict[str, Any], run_id: s
     record = measurement_record(task, result, run_id, worker)
     writer.write(record)
     counts[record["status"]] = counts.get(record["status"], 0) + 1
+    counts["failed"] += results.failed(record)
     if report:
         report(task, record)
