@@ -13,7 +13,7 @@ import pytest
 
 from suite.cli import main
 from suite.compare import compare, compare_pair
-from suite.results import ResultsWriter, read_results
+from suite.results import ResultsWriter, read_many, read_results
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "smoke_torch_tf.jsonl"
 
@@ -214,3 +214,67 @@ def test_list_as_json(capsys):
     assert main(["list", "--subsets", "--format", "json"]) == 0
     subsets = {s["subset"]: s for s in json.loads(capsys.readouterr().out)}
     assert subsets["smoke"]["cases"] >= len(cases)
+
+
+# ------------------------------------------------------------------------------------------------ history in the report
+def upgraded(source: Path, target: Path, torch: str, created: str, slow_case: str, factor: float) -> Path:
+    """``source`` as if run again later with another torch version, one torch case ``factor`` times slower."""
+    lines = []
+    for line in source.read_text().splitlines():
+        data = json.loads(line)
+        data["run_id"] = f"{data['run_id']}-{torch}"
+        if data["record"] == "header":
+            data["created"] = created
+        if data["record"] == "worker" and data["backend"] == "torch":
+            data["versions"]["torch"] = torch
+        if data["record"] == "measurement" and data["backend"] == "torch" and data["case"] == slow_case \
+                and data.get("block_times"):
+            data["block_times"] = [t * factor for t in data["block_times"]]
+            data["stats"]["median"] *= factor
+        lines.append(json.dumps(data))
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def test_history_tracks_runs_that_differ_in_framework_version(tmp_path):
+    from reports.history import tracks
+
+    (tmp_path / "a.jsonl").write_text(GOLDEN.read_text())
+    upgraded(GOLDEN, tmp_path / "b.jsonl", "2.14.0", "2099-01-01T00:00:00+00:00", "seed-conv-7x7", 2.0)
+    found = tracks(read_many([tmp_path]))
+    assert [t.backend for t in found] == ["torch"]  # tensorflow's runs share one configuration: one point
+    assert [p.label for p in found[0].points] == ["#1 torch 2.13.0", "#2 torch 2.14.0"]
+    assert not tracks(read_results(GOLDEN))  # a single run has no history
+
+
+def test_report_of_two_framework_versions_has_a_history_section(tmp_path):
+    from reports.site import build_site
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.jsonl").write_text(GOLDEN.read_text())
+    upgraded(GOLDEN, tmp_path / "r" / "b.jsonl", "2.14.0", "2099-01-01T00:00:00+00:00", "seed-conv-7x7", 2.0)
+    upgraded(GOLDEN, tmp_path / "r" / "c.jsonl", "2.15.0", "2099-02-01T00:00:00+00:00", "seed-conv-3x3", 3.0)
+    html = build_site([tmp_path / "r"], tmp_path / "site").read_text()
+    section = html[html.index('<section id="history">'):]
+    section = section[:section.index("</section>")]
+    options = [o.split(">", 1)[1] for o in section.split("<option ")[1:]]
+    assert options[0].startswith("#2 torch 2.14.0 → #3 torch 2.15.0") and len(options) == 3  # last two by default
+    tables = section.split('class="history-comparison"')[1:]
+    assert "hidden" not in tables[0].split(">")[0] and all("hidden" in t.split(">")[0] for t in tables[1:])
+    first_row = tables[0].split("<tbody>")[1].split("</tr>")[0]
+    assert "seed-conv-3x3" in first_row and "3.000" in first_row and "slower" in first_row
+    assert "seed-conv-7x7" in tables[1].split("<tbody>")[1].split("</tr>")[0]  # #1 → #2: the 2× case first
+    image = tmp_path / "site" / "figures" / "history-1.png"
+    assert image.stat().st_size > 1000 and 'src="figures/history-1.png"' in section
+
+    single = build_site([GOLDEN], tmp_path / "single").read_text()
+    assert 'id="history"' not in single
+
+
+def test_history_compares_the_last_two_first_and_keeps_the_tables_few():
+    from reports.history import pairs_to_compare
+
+    assert pairs_to_compare(2) == [(0, 1)]
+    assert pairs_to_compare(3)[0] == (1, 2) and sorted(pairs_to_compare(3)) == [(0, 1), (0, 2), (1, 2)]
+    many = pairs_to_compare(8)
+    assert many[0] == (6, 7) and (0, 7) in many and (2, 3) in many and (0, 2) not in many and len(many) == 13

@@ -1,0 +1,205 @@
+"""History across runs (asv-style): when the results hold several runs of one machine and framework that differ in
+framework version, opbench commit or settings, time per case across those runs and comparisons between two of them.
+
+A *point* of the history is one configuration of a (machine, framework): the framework's versions read back, the
+opbench commit and the recorded environment knobs and timing settings. Runs with the same configuration (shards, a
+resumed run, jax.jsonl and jax-ynn-off.jsonl of one main job) are one point. Points are ordered by when their first
+run started. Each comparison reuses ``suite.compare`` (ratio of medians with a bootstrap CI, verdict), so a history
+table and ``python -m suite compare`` give the same numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from reports.figures import color
+from reports.frame import PASS_LABELS, machine_name
+from suite.compare import DEFAULT_THRESHOLD, compare_pair, variant
+from suite.ops import PASSES
+from suite.results import Results, measurement_key
+from suite.stats import format_seconds
+
+MAX_ALL_PAIRS = 5  # up to this many points every pair gets a table; beyond, consecutive pairs and each vs the last
+
+
+@dataclass
+class Point:
+    """One configuration of a framework on a machine, and its measurements by identity (the latest of each)."""
+
+    facts: frozenset[str]
+    started: str
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Track:
+    """The history of one framework on one machine: its points in time order."""
+
+    machine: str
+    backend: str
+    points: list[Point]
+
+    @property
+    def keys(self) -> list[str]:
+        """Measurement identities held by at least two points, in first-seen order."""
+        seen: dict[str, int] = {}
+        for point in self.points:
+            for key in point.measurements:
+                seen[key] = seen.get(key, 0) + 1
+        return [key for key, n in seen.items() if n > 1]
+
+
+def _facts(header: dict[str, Any], worker: dict[str, Any]) -> frozenset[str]:
+    env = header.get("environment") or {}
+    opbench = env.get("opbench") or {}
+    facts = {f"{name} {version}" for name, version in (worker.get("versions") or {}).items()}
+    facts.add(f"opbench {str(opbench.get('commit'))[:10]}{' (dirty)' if opbench.get('dirty') else ''}")
+    facts |= {f"{name}={value}" for name, value in (env.get("knobs") or {}).items()}
+    facts |= {f"timing {name}={value}" for name, value in (header.get("timing") or {}).items()}
+    return frozenset(facts)
+
+
+def tracks(results: Results) -> list[Track]:
+    """Every (machine, framework) whose runs form two or more points sharing at least one measurement."""
+    headers = {h.get("run_id"): h for h in results.headers}
+    workers = {(w.get("run_id"), w["backend"], w["device"]): w for w in results.workers}
+    points: dict[tuple[str, str], dict[frozenset[str], Point]] = {}
+    for m in results.measurements:
+        header = headers.get(m.get("run_id"), {})
+        facts = _facts(header, workers.get((m.get("run_id"), m["backend"], m["device"]), {}))
+        machine = machine_name(header.get("environment") or {})
+        point = points.setdefault((machine, m["backend"]), {}).setdefault(
+            facts, Point(facts, str(header.get("created", ""))))
+        point.started = min(point.started, str(header.get("created", "")))
+        key = measurement_key(m)
+        if key not in point.measurements or str(m.get("finished", "")) >= str(point.measurements[key].get("finished",
+                                                                                                          "")):
+            point.measurements[key] = m
+    out = []
+    for (machine, backend), by_facts in points.items():
+        ordered = sorted(by_facts.values(), key=lambda p: p.started)
+        track = Track(machine, backend, ordered)
+        if len(ordered) < 2 or not track.keys:
+            continue
+        shared = frozenset.intersection(*(p.facts for p in ordered))
+        for number, point in enumerate(ordered, start=1):
+            differing = sorted(point.facts - shared)
+            point.label = f"#{number} " + (" · ".join(differing) or "same configuration")
+        out.append(track)
+    return out
+
+
+def pairs_to_compare(n: int) -> list[tuple[int, int]]:
+    """Which (base, new) point indexes get a table: all pairs when few, else consecutive ones and each vs the last;
+    the last two first (the default shown)."""
+    if n <= MAX_ALL_PAIRS:
+        chosen = list(itertools.combinations(range(n), 2))
+    else:
+        chosen = sorted({(i, i + 1) for i in range(n - 1)} | {(i, n - 1) for i in range(n - 1)})
+    return sorted(chosen, key=lambda pair: pair != (n - 2, n - 1))
+
+
+def _describe(m: dict[str, Any]) -> tuple[str, str]:
+    return m["case"], f"{PASS_LABELS.get(m['pass'], m['pass'])} · {m['dtype']} · {m['device']} · {variant(m)}"
+
+
+def comparison_table(track: Track, base: int, new: int) -> dict[str, Any]:
+    """Every measurement of both points: times, time new/base with its 95% CI, verdict (slowest change first)."""
+    a, b = track.points[base], track.points[new]
+    pairs = [compare_pair(a.measurements[key], b.measurements[key]) for key in a.measurements
+             if key in b.measurements]
+    pairs.sort(key=lambda p: -(p.ratio if math.isfinite(p.ratio) else math.inf))
+    rows = []
+    for p in pairs:
+        case, what = _describe(p.base)
+        rows.append({"case": case, "what": what,
+                     "base": format_seconds(float((p.base.get("stats") or {}).get("median") or math.nan)),
+                     "new": format_seconds(float((p.new.get("stats") or {}).get("median") or math.nan)),
+                     "ratio": f"{p.ratio:.3f}" if math.isfinite(p.ratio) else "",
+                     "ci": f"{p.low:.3f}–{p.high:.3f}" if math.isfinite(p.low) else "",
+                     "verdict": p.verdict, "reason": p.reason})
+    counts = {v: sum(p.verdict == v for p in pairs) for v in ("slower", "faster", "same", "not compared")}
+    return {"id": f"{base}-{new}", "base": a.label, "new": b.label, "rows": rows,
+            "counts": ", ".join(f"{n} {v}" for v, n in counts.items() if n)}
+
+
+def series(track: Track) -> list[dict[str, Any]]:
+    """Per measurement held by two or more points: its median in each point (None where absent or not ok)."""
+    out = []
+    for key in track.keys:
+        first = next(p.measurements[key] for p in track.points if key in p.measurements)
+        case, what = _describe(first)
+        medians = []
+        for point in track.points:
+            m = point.measurements.get(key)
+            ok = m is not None and m["status"] == "ok" and (m.get("stats") or {}).get("median")
+            medians.append(float(m["stats"]["median"]) if ok else None)
+        out.append({"case": case, "what": what, "pass": first["pass"], "medians": medians,
+                    "cells": [format_seconds(v) if v else "–" for v in medians]})
+    return out
+
+
+def figure(track: Track, rows: list[dict[str, Any]]) -> Figure | None:
+    """Time of each case relative to its first measured point, per pass (thin lines), with the geometric mean."""
+    passes = [p for p in PASSES if any(r["pass"] == p for r in rows)]
+    if not passes:
+        return None
+    n = len(track.points)
+    fig = Figure(figsize=(min(3.6 * len(passes), 14), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(passes), sharey=True, squeeze=False)[0]
+    for ax, pass_ in zip(axes, passes, strict=True):
+        relative = []
+        for r in (r for r in rows if r["pass"] == pass_):
+            values = np.array([v if v else np.nan for v in r["medians"]], dtype=float)
+            finite = values[np.isfinite(values)]
+            if len(finite) < 2:
+                continue
+            relative.append(values / finite[0])
+            ax.plot(range(n), relative[-1], color=color(track.backend), alpha=0.35, linewidth=1, marker=".")
+        if relative:
+            logs = np.log(np.vstack(relative))
+            counts = np.isfinite(logs).sum(axis=0)
+            geomean = np.exp(np.nansum(logs, axis=0) / np.where(counts, counts, 1))
+            geomean[counts == 0] = np.nan
+            ax.plot(range(n), geomean, color="black", linewidth=2.2, marker="o", label="geometric mean")
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(n), [f"#{i + 1}" for i in range(n)])
+        ax.set_title(PASS_LABELS.get(pass_, pass_))
+        ax.set_xlabel("run (see the list above)")
+    axes[0].set_yscale("log")  # shared by every panel; set once, after plotting, so no panel resets the ticks
+    axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    axes[0].yaxis.set_minor_formatter(NullFormatter())
+    axes[0].set_ylabel("time per call ÷ first run's (log)")
+    axes[0].legend(loc="best", fontsize="small")
+    return fig
+
+
+def section(results: Results, figures_dir: Path) -> list[dict[str, Any]]:
+    """The history section's content, one entry per track; empty (no section) for single-run results."""
+    out = []
+    for number, track in enumerate(tracks(results), start=1):
+        rows = series(track)
+        fig = figure(track, rows)
+        src = None
+        if fig is not None:
+            figures_dir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(figures_dir / f"history-{number}.png", dpi=100)
+            src = f"{figures_dir.name}/history-{number}.png"
+        n = len(track.points)
+        out.append({"id": f"history-{number}", "machine": track.machine, "backend": track.backend,
+                    "threshold": f"±{DEFAULT_THRESHOLD:.0%}",
+                    "points": [p.label for p in track.points], "figure": src, "series": rows,
+                    "comparisons": [comparison_table(track, a, b) for a, b in pairs_to_compare(n)]})
+    return out
