@@ -1,12 +1,16 @@
-"""Peak throughput: theoretical (GPU datasheets, a CPU estimate) and measured (the best GEMM in the results).
+"""Peaks: theoretical throughput (GPU datasheets, a CPU estimate), measured throughput (the best GEMM in the results)
+and the memory-bandwidth roof (GPU datasheets, a measured copy on CPUs).
 
-Theoretical peaks are labelled "theoretical (estimate)" for CPUs and "theoretical (datasheet)" for GPUs; the measured
-peak is labelled "measured (best GEMM in these results)". The report shows both and says which is which.
+Theoretical CPU peaks are labelled "theoretical (max clock)" where the machine states its maximum clock and
+"theoretical (nominal clock, may understate)" where only /proc/cpuinfo's clock is known; GPU peaks "theoretical
+(datasheet)"; the measured peak "measured (best GEMM in these results)"; the CPU bandwidth "measured (large copy)".
+The report shows each with its label and basis.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +41,11 @@ _GPU_PATTERNS = [(r"H200", "H200"), (r"H100.*PCIe", "H100 PCIe"), (r"H100", "H10
 
 # CPU estimate: FMA units per core and fp32 lanes per vector. Assumption: server AVX-512 parts have 2 FMA units
 # (Skylake-SP Gold/Platinum and later); AVX2 cores have 2 (Haswell and later, Zen 2 and later); otherwise SSE, 1.
-THEORETICAL_CPU = "theoretical (estimate)"
+THEORETICAL_CPU = "theoretical (max clock)"
+THEORETICAL_CPU_NOMINAL = "theoretical (nominal clock, may understate)"
 THEORETICAL_GPU = "theoretical (datasheet)"
 MEASURED = "measured (best GEMM in these results)"
+MEASURED_BANDWIDTH = "measured (large copy)"
 
 
 @dataclass(frozen=True)
@@ -69,17 +75,26 @@ def gpu_peak(name: str, dtype: str, math: str = "strict") -> Peak:
 
 
 def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
-    """usable CPUs × clock × FMA units × fp32 lanes × 2 FLOPs per FMA; bf16/fp16 doubled where the ISA has them.
+    """cores × clock × FMA units × fp32 lanes × 2 FLOPs per FMA; bf16/fp16 doubled where the ISA has them.
 
-    The clock is /proc/cpuinfo's "cpu MHz" at capture time (on VMs usually the nominal clock, not the all-core
-    turbo), and every usable logical CPU is counted: when they are SMT siblings sharing FMA units the true peak is
-    about half. Memory bandwidth is not estimated (no reliable source in the header), so the roofline for CPUs has
-    no bandwidth roof.
+    The clock is the maximum the machine states (cpufreq or lscpu, recorded as ``max_mhz``); where it states none,
+    as on most VMs, /proc/cpuinfo's "cpu MHz", which is then the nominal clock while the cores may run faster: the
+    label says the figure may understate. Cores are the usable CPUs divided by the threads per core (SMT siblings
+    share FMA units); where the threads per core are unknown every usable CPU counts, and the basis says so.
     """
     flags = set(cpu.get("vector_flags") or [])
-    cores, mhz = cpu.get("usable_cpus") or cpu.get("logical_cpus"), cpu.get("mhz")
-    if not cores or not mhz:
-        return Peak(None, None, THEORETICAL_CPU, "the header has no CPU count or clock")
+    usable = cpu.get("usable_cpus") or cpu.get("logical_cpus")
+    max_mhz, nominal_mhz = cpu.get("max_mhz"), cpu.get("mhz")
+    mhz = max_mhz or nominal_mhz
+    label = THEORETICAL_CPU if max_mhz else THEORETICAL_CPU_NOMINAL
+    if not usable or not mhz:
+        return Peak(None, None, label, "the header has no CPU count or clock")
+    per_core = cpu.get("threads_per_core")
+    cores = max(1, usable // per_core) if per_core else usable
+    counted = (f"{cores} cores ({usable} usable CPUs / {per_core} thread{'s' if per_core > 1 else ''} per core)"
+               if per_core else f"{usable} usable CPUs (threads per core unknown: SMT siblings would halve it)")
+    clock = (f"{mhz / 1e3:.2f} GHz max clock ({cpu.get('max_mhz_source') or 'stated by the machine'})" if max_mhz
+             else f"{mhz / 1e3:.2f} GHz nominal clock (/proc/cpuinfo; no maximum clock exposed, cores may run faster)")
     if "avx512f" in flags:
         units, lanes, isa = 2, 16, "AVX-512, 2 FMA units (assumed for server parts)"
     elif "avx2" in flags and "fma" in flags:
@@ -92,9 +107,8 @@ def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
     elif dtype == "fp16" and "avx512_fp16" in flags:
         factor, extra = 2.0, " × 2 for fp16 (AVX512_FP16)"
     tflops = cores * mhz * 1e6 * units * lanes * 2 * factor / 1e12
-    basis = (f"{cores} usable CPUs × {mhz / 1e3:.2f} GHz × {units} FMA × {lanes} fp32 lanes × 2 FLOPs{extra}; "
-             f"{isa}; SMT siblings would halve it")
-    return Peak(tflops, None, THEORETICAL_CPU, basis)
+    basis = f"{counted} × {clock} × {units} FMA × {lanes} fp32 lanes × 2 FLOPs{extra}; {isa}"
+    return Peak(tflops, None, label, basis)
 
 
 def theoretical(environment: dict[str, Any], device: str, dtype: str, math: str = "strict") -> Peak:
@@ -105,6 +119,40 @@ def theoretical(environment: dict[str, Any], device: str, dtype: str, math: str 
             return Peak(None, None, THEORETICAL_GPU, "the header lists no GPU")
         return gpu_peak(gpus[0].get("name", ""), dtype, math)
     return cpu_peak(environment.get("cpu") or {}, dtype)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """A memory-bandwidth roof (GB/s) and how it was obtained."""
+
+    gbps: float | None
+    label: str
+    basis: str
+
+
+def bandwidth(environments: Iterable[dict[str, Any]], device: str) -> Bandwidth:
+    """The roofline's memory roof for one machine, from its results headers' environments: the GPU datasheet figure,
+    or on CPUs the fastest large copy any header recorded (a run with ``--bandwidth``, or ``python -m suite peak``)."""
+    environments = list(environments)
+    if device == "gpu":
+        gpus = next((e.get("gpus") for e in environments if e.get("gpus")), None)
+        if not gpus:
+            return Bandwidth(None, THEORETICAL_GPU, "the header lists no GPU")
+        name = gpus[0].get("name", "")
+        key = gpu_key(name)
+        if key is None:
+            return Bandwidth(None, THEORETICAL_GPU, f"{name!r} is not in opbench's datasheet table (reports/peak.py)")
+        return Bandwidth(GPU_PEAKS[key]["gbps"], THEORETICAL_GPU, f"NVIDIA {key} datasheet memory bandwidth")
+    copies = [e["memory_bandwidth"] for e in environments if (e.get("memory_bandwidth") or {}).get("gbps")]
+    if not copies:
+        return Bandwidth(None, MEASURED_BANDWIDTH, "no run on this machine measured it (run with --bandwidth, or "
+                                                   "python -m suite peak)")
+    best = max(copies, key=lambda c: c["gbps"])
+    llc = best.get("llc_bytes")
+    cache = f"; last-level cache {llc / 2**20:,.0f} MiB" if llc else ""
+    return Bandwidth(best["gbps"], MEASURED_BANDWIDTH,
+                     f"fastest of {best.get('repeats', '?')} copies of a {best['buffer_bytes'] / 2**20:,.0f} MiB "
+                     f"buffer on {best.get('threads', '?')} threads (read + write bytes){cache}")
 
 
 def measured(frame: pd.DataFrame) -> pd.DataFrame:

@@ -197,6 +197,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
         what.add_argument("--no-check", dest="check", action="store_false",
                           help="skip the numerical check against the float64 reference before timing")
     what.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    if command != "check":
+        what.add_argument("--bandwidth", action="store_true",
+                          help="also measure main-memory bandwidth (a large copy, a few seconds) into the results "
+                               "header: the CPU roofline's memory roof (peak always does)")
     limits = parser.add_argument_group("limits")
     if command != "check":
         limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s, metavar="SECONDS",
@@ -294,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight((t.group for t in tasks), out.with_suffix(".worker.log"))  # a GPU no framework sees: refuse now
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
-                         preflight=False)
+                         preflight=False, bandwidth=args.bandwidth)
     try:
         counts = _run_with_progress(tasks, out, options, "measuring", each=True)
     except KeyboardInterrupt:
@@ -512,6 +516,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_peak(args: argparse.Namespace) -> int:
     """Measure achievable GEMM throughput per dtype (large square GEMMs, forward) for the report's % of peak."""
+    args.bandwidth = True  # and the memory roof, into the header
     if args.output is None:
         args.output = f"results/peak-{args.device}.jsonl"
     return cmd_run(args)

@@ -228,6 +228,7 @@ class RunOptions:
     run_time_cap_s: float | None = None  # stop starting new measurements after this long
     resume: bool = False
     preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
+    bandwidth: bool = False  # measure main-memory bandwidth into the header (environment.memory_bandwidth)
 
 
 def is_default_variant(task: Task) -> bool:
@@ -304,7 +305,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
         if writer.warning:
             print(f"warning: {writer.warning}", file=sys.stderr)
         writer.write({"record": "header", "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "command": argv or sys.argv, "environment": environment.capture(),
+                      "command": argv or sys.argv, "environment": environment.capture(options.bandwidth),
                       "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
                       "seed": options.seed})
         groups: dict[tuple, list[Task]] = {}
