@@ -80,6 +80,9 @@ def discover() -> tuple[dict[str, Entry], list[str]]:
                             f"{first.target} from package {first.package}")
         else:
             found[ep.name] = entry
+    if not any(entry.package.startswith(f"{HOME} ") for entry in found.values()):
+        problems.append(f"opbench's own backends ({', '.join(TOX_ENV)}) are not registered: its package metadata is "
+                        "missing or stale; reinstall it (pip install -e . in the opbench folder)")
     return found, problems
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from backends.base import Backend, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
 from suite.ops import Conv2d, Gemm, Op
 
 UNSUPPORTED_DTYPES = {
@@ -52,7 +52,8 @@ class NumpyBackend(Backend):
 
         self.settings = settings
         if settings.device != "cpu":
-            raise Unsupported(f"NumPy runs on the CPU only, not on {settings.device!r}")
+            raise DeviceMissing(f"numpy: NumPy runs on the CPU only (no {settings.device} build exists); "
+                                "leave it out of GPU runs (--backend torch,tensorflow,jax)")
         if settings.threads:
             self._limits = threadpool_limits(limits=settings.threads, user_api="blas")
         blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
