@@ -8,6 +8,7 @@ merged into every entry). ``shapes/subsets.yaml`` names subsets by tags. Every p
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ DIM_KEYS = {
     "conv2d": {"n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation", "groups"},
 }
 REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s")}
+INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
 
 
 class CatalogError(ValueError):
@@ -103,7 +105,19 @@ def _unknown_keys(data: Mapping[str, Any], allowed: set[str], err, prefix: str =
 def _positive_int(value: Any, err, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise err(f"must be an integer >= {minimum}, got {value!r}", name)
+    if value > INT64_MAX:
+        raise err(f"{value} is beyond int64 (2**63 - 1): no framework can index it", name)
     return value
+
+
+def _check_elements(op: Op, err) -> None:
+    """Every tensor of the op must be indexable: its element count within int64."""
+    x, w = (op.a_shape, op.b_shape) if isinstance(op, Gemm) else (op.input_shape, op.weight_shape)
+    for role, shape in (("input", x), ("weight", w), ("output", op.out_shape)):
+        elements = math.prod(shape)
+        if elements > INT64_MAX:
+            raise err(f"the {role} tensor {'×'.join(map(str, shape))} has {elements:.3g} elements, beyond int64 "
+                      "(2**63 - 1): no framework can index it", "dims")
 
 
 def _pair(value: Any, err, name: str, minimum: int) -> tuple[int, int]:
@@ -141,16 +155,20 @@ def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
         for flag in ("transpose_a", "transpose_b"):
             if not isinstance(dims.get(flag, False), bool):
                 raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
-        return Gemm(**dims)
+        gemm = Gemm(**dims)
+        _check_elements(gemm, err)
+        return gemm
     spec = dict(dims)
     spec["stride"] = _pair(dims.get("stride", 1), err, "dims.stride", 1)
     spec["dilation"] = _pair(dims.get("dilation", 1), err, "dims.dilation", 1)
     spec["padding"] = _padding(dims.get("padding", 0), err)
     spec["groups"] = _positive_int(dims.get("groups", 1), err, "dims.groups")
     try:
-        return Conv2d(**spec)
+        conv = Conv2d(**spec)
     except ValueError as exc:  # geometry that cannot exist (filter larger than input, groups not dividing c)
         raise err(str(exc), "dims") from None
+    _check_elements(conv, err)
+    return conv
 
 
 def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, Any]) -> Case:

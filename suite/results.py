@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.stats import median_per_call
+
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("header", "worker", "measurement")
 KEY_FIELDS = ("case", "backend", "device", "dtype", "pass", "mode", "layout", "math", "threads", "options", "l2")
@@ -91,6 +93,44 @@ def validate(record: dict[str, Any], where: str) -> None:
                                    f"({type(record[name]).__name__})")
         if record["status"] not in STATUSES:
             raise ResultsError(f"{where}: unknown status {record['status']!r}; expected one of {', '.join(STATUSES)}")
+        problem = raw_samples_problem(record)
+        if problem:
+            raise ResultsError(f"{where}: measurement of {record['case']} ({record['backend']} {record['pass']}): "
+                               f"{problem}; the file is damaged or was edited")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def raw_samples_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a measurement's raw samples (block times, calls per block) and the statistics derived
+    from them, or None. The raw samples are the truth: stored statistics must be what they give."""
+    times, calls, stats = record.get("block_times"), record.get("calls_per_block"), record.get("stats")
+    if times is not None and (not isinstance(times, list) or not all(_number(t) and t > 0 for t in times)):
+        return f"block_times must be a list of positive finite seconds, got {_excerpt(times)}"
+    if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or calls < 1):
+        return f"calls_per_block must be a positive integer, got {_excerpt(calls)}"
+    if not stats or record["status"] != "ok":  # a failed measurement's numbers are not read
+        return None
+    if not times or calls is None:
+        return "has statistics but no raw block_times and calls_per_block to derive them from"
+    median = median_per_call(times, calls)
+    if not _number(stats.get("median")) or not math.isclose(stats["median"], median, rel_tol=1e-9):
+        return (f"stats.median {_excerpt(stats.get('median'))} is not the median of block_times / calls_per_block "
+                f"({median!r})")
+    if stats.get("blocks", len(times)) != len(times) or stats.get("calls_per_block", calls) != calls:
+        return (f"stats count {stats.get('blocks')} blocks of {stats.get('calls_per_block')} calls, the raw samples "
+                f"{len(times)} of {calls}")
+    tflops, flops = record.get("tflops"), record.get("flops")
+    if _number(tflops) and _number(flops) and not math.isclose(tflops, flops / median / 1e12, rel_tol=1e-6):
+        return f"tflops {tflops!r} is not flops / median ({flops / median / 1e12!r})"
+    return None
+
+
+def _excerpt(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass

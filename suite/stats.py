@@ -53,9 +53,14 @@ def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, floa
     return float(ci.low), float(ci.high)
 
 
+def median_per_call(block_times: list[float] | tuple[float, ...], calls_per_block: int) -> float:
+    """The median time per call: what every result reports (and what readers check stored stats against)."""
+    return float(np.median(np.asarray(block_times, dtype=float) / calls_per_block))
+
+
 def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True) -> Summary:
     per_call = np.asarray(block_times, dtype=float) / calls_per_block
-    median = float(np.median(per_call))
+    median = median_per_call(block_times, calls_per_block)
     low, high = median_ci(per_call)
     rel_iqr = relative_iqr(per_call)
     flags = []
