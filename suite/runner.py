@@ -327,6 +327,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                             _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report)
                         break
                     writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": settings.device,
+                                  "package": backends.REGISTRY[backend].package,  # which plugin (and version) ran
                                   **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}})
                     while pending:
                         if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:

@@ -293,6 +293,7 @@ def test_example_plugin_through_check_run_and_report(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     worker = next(r for r in records if r["record"] == "worker" and r["backend"] == "numpy")
     assert worker["flags"]["fp32_math"] == "ieee" and worker["flags"]["threads"] >= 1
+    assert worker["package"] == backends.REGISTRY["numpy"].package
     assert worker["versions"]["numpy"] and worker["versions"]["blas"]
     mine = [r for r in records if r["record"] == "measurement" and r["backend"] == "numpy"]
     assert len(mine) == 2 * 2 * 2
