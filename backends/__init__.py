@@ -53,14 +53,14 @@ class Entry:
 def _package(ep: EntryPoint) -> tuple[str, str, tuple[str, ...]]:
     dist = ep.dist
     if dist is None:
-        return "an unknown package", "", ()
+        return "", "an unknown package", ()
     return dist.metadata["Name"], f"{dist.metadata['Name']} {dist.version}", tuple(
         dist.metadata.get_all("Provides-Extra") or ())
 
 
 def discover() -> tuple[dict[str, Entry], list[str]]:
     """Every backend the installed distributions declare, and the problems found (clashes, bad declarations)."""
-    frameworks = {(ep.dist.metadata["Name"] if ep.dist else None, ep.name): ep.value.split(".")[0].strip()
+    frameworks = {(ep.dist.metadata["Name"] if ep.dist else None, ep.name): ep.module.split(".")[0]
                   for ep in entry_points(group=FRAMEWORK_GROUP)}
     found: dict[str, Entry] = {}
     problems: list[str] = []
