@@ -402,8 +402,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     """A terminal summary of results files: time per call with its CI, throughput, flags; filters, CSV or JSON."""
     import csv
 
+    from suite.results import STATUSES
+
     results = read_measurements(args.results)
     statuses = _csv(args.status) if args.status else None
+    if unknown := sorted(set(statuses or ()) - set(STATUSES)):
+        raise UsageError(f"--status {', '.join(unknown)}: not a status; choose from {', '.join(STATUSES)}")
     rows = [_show_row(m) for m in results.measurements
             if (not args.backend or m["backend"] in _csv(args.backend))
             and (not args.case or any(fnmatch.fnmatchcase(m["case"], pattern) for pattern in args.case))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import gmean
 
-from suite.results import KEY_FIELDS, Results, measurement_key
+from suite.results import KEY_DEFAULTS, KEY_FIELDS, Results, measurement_key
 from suite.stats import format_seconds, ratio_ci
 
 DEFAULT_THRESHOLD = 0.05
@@ -48,10 +48,11 @@ def problem(record: dict[str, Any]) -> str | None:
 
 
 def variant(record: dict[str, Any]) -> str:
-    """Mode, layout, math, threads and options of a measurement, as one label."""
+    """Mode, layout, math, threads, L2 cache state and options of a measurement, as one label."""
     options = ",".join(f"{k}={v}" for k, v in sorted((record.get("options") or {}).items()))
+    l2 = f"{record['l2']} L2" if record.get("l2") not in (None, "warm") else ""  # warm is the default
     return " · ".join(str(part) for part in (record["mode"], record["layout"], record["math"],
-                                             f"{record.get('threads')} threads", options) if part)
+                                             f"{record.get('threads')} threads", l2, options) if part)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Pair:
     def row(self) -> dict[str, Any]:
         """A flat record for CSV and JSON."""
         median = {side: (getattr(self, side).get("stats") or {}).get("median") for side in ("base", "new")}
-        return {**{name: self.base.get(name) for name in KEY_FIELDS if name != "options"},
+        return {**{name: self.base.get(name, KEY_DEFAULTS.get(name)) for name in KEY_FIELDS if name != "options"},
                 "options": ",".join(f"{k}={v}" for k, v in sorted((self.base.get("options") or {}).items())),
                 "op": self.base.get("op"), "base_median_s": median["base"], "new_median_s": median["new"],
                 "ratio": _number(self.ratio), "ratio_low": _number(self.low), "ratio_high": _number(self.high),
@@ -137,16 +138,19 @@ class Comparison:
 
 
 def _latest(records: Iterable[dict[str, Any]], side: str, warnings: list[str]) -> dict[str, dict[str, Any]]:
-    """One measurement per key; a key measured twice keeps the latest (with a warning)."""
+    """One measurement per key; a key measured more than once keeps the latest (with one warning per side)."""
     out: dict[str, dict[str, Any]] = {}
+    repeated: list[str] = []
     for record in records:
         key = measurement_key(record)
         if key in out:
-            warnings.append(f"{side} holds {record['case']} ({record['backend']} {record['pass']}) more than once; "
-                            "the latest is compared")
+            repeated.append(f"{record['case']} ({record['backend']} {record['pass']})")
             if str(record.get("finished", "")) < str(out[key].get("finished", "")):
                 continue
         out[key] = record
+    if repeated:
+        warnings.append(f"{side} holds {len(repeated)} measurements more than once (e.g. {repeated[0]}); the latest "
+                        "of each is compared")
     return out
 
 
@@ -194,8 +198,8 @@ def no_overlap_reason(base: Results, new: Results) -> str:
     """Why two result sets share no measurement: the identity fields whose values do not meet."""
     differing = []
     for name in KEY_FIELDS:
-        a = {json.dumps(m.get(name), sort_keys=True) for m in base.measurements}
-        b = {json.dumps(m.get(name), sort_keys=True) for m in new.measurements}
+        a = {json.dumps(m.get(name, KEY_DEFAULTS.get(name)), sort_keys=True) for m in base.measurements}
+        b = {json.dumps(m.get(name, KEY_DEFAULTS.get(name)), sort_keys=True) for m in new.measurements}
         if a and b and not a & b:
             differing.append(f"{name} ({', '.join(sorted(a))} vs {', '.join(sorted(b))})")
     return "; they differ in " + ", ".join(differing) if differing else ""
@@ -232,7 +236,7 @@ def to_json(comparison: Comparison) -> str:
 
 
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record.get(name) for name in KEY_FIELDS}
+    return {name: record.get(name, KEY_DEFAULTS.get(name)) for name in KEY_FIELDS}
 
 
 def to_csv(comparison: Comparison) -> str:

@@ -205,6 +205,8 @@ def test_show_filters_sorts_and_exports(capsys):
     assert len(table) == expected and {r["status"] for r in table} <= {"unsupported"}
     assert main(["show", str(GOLDEN), "--case", "no-such-*"]) == 0
     assert "0 of " in capsys.readouterr().out
+    assert main(["show", str(GOLDEN), "--status", "ok,broken"]) == 2
+    assert "--status broken: not a status" in capsys.readouterr().err
 
 
 def test_list_as_json(capsys):
