@@ -358,8 +358,11 @@ def test_l2_is_part_of_every_measurements_identity_and_old_records_were_warm():
 
 # ---------------------------------------------------------------------------------------------- command line
 def test_run_offers_the_l2_option(capsys):
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
+    try:
+        code = main(["run", "--help"])
+    except SystemExit as stop:  # argparse's own exit
+        code = stop.code
+    assert code in (0, None)
     text = " ".join(capsys.readouterr().out.split())
     assert "--l2 {warm,cold}" in text and "buffer larger than L2" in text
 
@@ -412,3 +415,60 @@ def test_jax_turns_gpu_preallocation_off_and_records_it():
 def test_backends_without_a_cache_clearer_refuse_cold_with_a_reason():
     with pytest.raises(Unsupported, match="no cache clearing on gpu"):
         Backend.cache_clearer(NumpyGpu(clears=False), 1)
+
+
+# ---------------------------------------------------------------------------------------------- runner, fake workers
+class FakeWorker:
+    """Stands in for a worker process: answers ``hello`` when started and ``results`` (in order) to tasks."""
+
+    started: list[str] = []
+    hello: dict[str, Any] = {"type": "ready", "versions": {}, "flags": {}, "devices": ["cpu", "gpu"], "pid": 1}
+    results: list[dict[str, Any]] = []
+
+    def __init__(self, backend: str, settings: Settings, *args: Any):
+        FakeWorker.started.append(f"{backend}:{settings.device}")
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        return dict(FakeWorker.hello)
+
+    def run(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return FakeWorker.results.pop(0)
+
+    def kill(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_workers(monkeypatch):
+    import suite.runner
+
+    monkeypatch.setattr(suite.runner, "WorkerProcess", FakeWorker)
+    monkeypatch.setattr(suite.runner.environment, "capture", lambda *args, **kwargs: {})
+    FakeWorker.started, FakeWorker.results = [], []
+    FakeWorker.hello = {"type": "ready", "versions": {}, "flags": {}, "devices": ["cpu", "gpu"], "pid": 1}
+    return FakeWorker
+
+
+def test_an_out_of_memory_case_restarts_its_worker_for_the_rest(fake_workers, tmp_path):
+    from suite.runner import RunOptions, run
+
+    tasks = plan(SMOKE[:3], ["torch"], ["gpu"], ["fp32"], ["forward"])
+    fake_workers.results = [{"status": "ok"}, {"status": "oom", "reason": "CUDA out of memory"}, {"status": "ok"}]
+    counts = run(tasks, tmp_path / "r.jsonl", RunOptions(preflight=False))
+    assert counts["ok"] == 2 and counts["oom"] == 1
+    assert fake_workers.started == ["torch:gpu", "torch:gpu"]  # a fresh worker after the OOM
+
+
+def test_a_device_no_framework_sees_stops_the_run_before_its_header(fake_workers, tmp_path):
+    from suite.runner import DeviceUnavailable, RunOptions, run
+
+    fake_workers.hello = {"type": "no_device", "reason": "torch 2.13.0+cpu is a CPU-only build; install ..."}
+    out = tmp_path / "r.jsonl"
+    tasks = plan(SMOKE[:2], ["torch", "jax"], ["cpu", "gpu"], ["fp32"], ["forward"])
+    with pytest.raises(DeviceUnavailable, match=r"(?s)CPU-only build.*\n.*CPU-only build"):
+        run(tasks, out, RunOptions())
+    assert fake_workers.started == ["torch:gpu", "jax:gpu"]  # one pre-flight per GPU backend, none for the CPU
+    assert out.read_text() == ""
