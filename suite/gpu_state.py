@@ -70,9 +70,9 @@ class GpuMonitor:
 
     def sample(self) -> dict[str, Any]:
         nvml, handle = self.nvml, self.handle
-        reasons_of = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            nvml.nvmlDeviceGetCurrentClocksThrottleReasons
-        mask = _field(lambda: reasons_of(handle))
+        reasons_of = (getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)  # the newer name
+                      or getattr(nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        mask = _field(lambda: reasons_of(handle))  # None when neither exists (a TypeError, caught)
         reasons = reason_names(mask) if mask is not None else None
         return {
             "sm_clock_mhz": _field(lambda: nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM)),
