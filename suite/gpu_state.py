@@ -19,11 +19,11 @@ from typing import Any
 REASONS = {
     0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
     0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
+    0x100: "display_clock_setting", 0x200: "board_limit", 0x400: "reliability",
 }
 # Reasons that mean the GPU ran below the clocks it was asked for while measuring (idle and settings do not).
 THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
-                        "hw_power_brake_slowdown"})
+                        "hw_power_brake_slowdown", "board_limit", "reliability"})
 NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0  # nvml.h enum values
 
 

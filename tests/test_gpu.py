@@ -4,6 +4,7 @@ fake clock; and the refusal of a GPU run by the real CPU builds installed here, 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -85,7 +86,8 @@ def test_a_sample_reads_clocks_power_temperature_and_decodes_throttle_reasons():
 
 
 @pytest.mark.parametrize("mask, throttled", [(0, False), (0x1, False), (0x2, False), (0x10, False), (0x4, True),
-                                             (0x8, True), (0x20, True), (0x40, True), (0x80, True)])
+                                             (0x8, True), (0x20, True), (0x40, True), (0x80, True), (0x200, True),
+                                             (0x400, True)])
 def test_only_slowdowns_count_as_throttling(mask, throttled):
     assert gpu_state.GpuMonitor(fake_nvml(reasons=mask), "h", "test").sample()["throttled"] is throttled
 
@@ -109,6 +111,24 @@ def test_the_record_keeps_both_samples_and_every_throttling_reason_seen():
     assert state == {"start": start, "end": end, "gpu": "uuid GPU-1",
                      "throttled": ["sw_power_cap", "sw_thermal_slowdown"]}
     assert gpu_state.measurement_state(start, {"throttle_reasons": None}, "x")["throttled"] == []
+
+
+def test_the_fake_nvml_and_the_reason_bits_agree_with_the_real_pynvml():
+    pynvml = pytest.importorskip("pynvml")
+    assert [name for name in vars(fake_nvml()) if name.startswith("nvml") and not hasattr(pynvml, name)] == []
+    for bit, name in gpu_state.REASONS.items():
+        camel = "".join(part.capitalize() for part in name.split("_"))  # sw_power_cap -> SwPowerCap
+        assert getattr(pynvml, f"nvmlClocksThrottleReason{camel}") == bit, name
+    assert (pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM, pynvml.NVML_TEMPERATURE_GPU) == (
+        gpu_state.NVML_CLOCK_SM, gpu_state.NVML_CLOCK_MEM, gpu_state.NVML_TEMPERATURE_GPU)
+
+
+def test_the_real_nvml_without_a_driver_gives_a_reason():
+    pytest.importorskip("pynvml")
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    monitor, why = gpu_state.open_monitor()
+    assert monitor is None and why.startswith("NVML did not start: ")
 
 
 # ---------------------------------------------------------------------------------------------- which GPU
