@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import gmean
 
 from suite.results import KEY_DEFAULTS, KEY_FIELDS, Results, measurement_key
-from suite.stats import format_seconds, ratio_ci
+from suite.stats import format_seconds, median_ci, ratio_ci
 
 DEFAULT_THRESHOLD = 0.05
 VERDICTS = ("slower", "faster", "same", "not compared")
@@ -95,9 +95,13 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold: float = D
     reasons = [f"{side}: {why}" for side, record in (("base", base), ("new", new)) if (why := problem(record))]
     if reasons:
         return Pair(base, new, reason="; ".join(reasons))
-    ratio, low, high = ratio_ci(per_call_times(new), per_call_times(base))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return Pair(base, new, ratio, reason="too few blocks for a confidence interval")
+    samples = {"base": per_call_times(base), "new": per_call_times(new)}
+    ratio, low, high = ratio_ci(samples["new"], samples["base"])
+    # Too few blocks for a 95% CI of a median (the `few_blocks` flag): a bootstrap over them would be overconfident.
+    few = [f"{side}: {len(times)} block{'s' * (len(times) != 1)}" for side, times in samples.items()
+           if math.isnan(median_ci(times)[0])]
+    if few:
+        return Pair(base, new, ratio, reason=f"too few blocks for a confidence interval ({', '.join(few)})")
     verdict = "slower" if low > 1 + threshold else "faster" if high < 1 - threshold else "same"
     return Pair(base, new, ratio, low, high, verdict)
 

@@ -282,3 +282,12 @@ def test_history_compares_the_last_two_first_and_keeps_the_tables_few():
     assert pairs_to_compare(3)[0] == (1, 2) and sorted(pairs_to_compare(3)) == [(0, 1), (0, 2), (1, 2)]
     many = pairs_to_compare(8)
     assert many[0] == (6, 7) and (0, 7) in many and (2, 3) in many and (0, 2) not in many and len(many) == 13
+
+
+def test_too_few_blocks_for_a_median_ci_are_not_compared(tmp_path):
+    rng = np.random.default_rng(9)
+    times = blocks(rng, n=3)
+    pair = compare_pair(record("c", times), record("c", [t * 3 for t in times]))
+    assert pair.verdict == "not compared" and pair.ratio == pytest.approx(3.0)
+    assert pair.reason == "too few blocks for a confidence interval (base: 3 blocks, new: 3 blocks)"
+    assert not pair.slower_by_more_than(0.05)
