@@ -225,8 +225,14 @@ def pair_cells(p: Pair) -> list[str]:
 
 
 def sorted_pairs(pairs: list[Pair]) -> list[Pair]:
-    """Uncompared pairs first, then the largest slowdowns."""
-    return sorted(pairs, key=lambda p: (p.verdict != "not compared", -(p.ratio if math.isfinite(p.ratio) else 0)))
+    """Slower (largest first), faster (largest first), not compared, then same."""
+    order = {"slower": 0, "faster": 1, "not compared": 2, "same": 3}
+
+    def key(p: Pair) -> tuple[int, float]:
+        ratio = p.ratio if math.isfinite(p.ratio) else 1.0
+        return order[p.verdict], (ratio if p.verdict == "faster" else -ratio)
+
+    return sorted(pairs, key=key)
 
 
 def to_json(comparison: Comparison) -> str:

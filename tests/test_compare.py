@@ -291,3 +291,16 @@ def test_too_few_blocks_for_a_median_ci_are_not_compared(tmp_path):
     assert pair.verdict == "not compared" and pair.ratio == pytest.approx(3.0)
     assert pair.reason == "too few blocks for a confidence interval (base: 3 blocks, new: 3 blocks)"
     assert not pair.slower_by_more_than(0.05)
+
+
+def test_pairs_are_listed_slower_first_then_faster_then_not_compared_then_same(tmp_path, capsys):
+    rng = np.random.default_rng(10)
+    times = {case: blocks(rng) for case in ("a", "b", "c", "d", "e")}
+    factor = {"a": 1.0, "b": 1.2, "c": 0.5, "d": 1.5, "e": 1.0}
+    base = write(tmp_path / "a.jsonl", [record(c, t) for c, t in times.items()])
+    new = write(tmp_path / "b.jsonl", [record(c, [x * factor[c] for x in t]) if c != "e" else
+                                       record(c, [], status="timeout") for c, t in times.items()])
+    assert main(["compare", str(base), str(new), "--format", "json"]) == 0
+    pairs = json.loads(capsys.readouterr().out)["pairs"]
+    assert [(p["case"], p["verdict"]) for p in pairs] == [("d", "slower"), ("b", "slower"), ("c", "faster"),
+                                                          ("e", "not compared"), ("a", "same")]
