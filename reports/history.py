@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from reports.figures import color
 from reports.frame import PASS_LABELS, machine_name
-from suite.compare import DEFAULT_THRESHOLD, compare_pair, variant
+from suite.compare import DEFAULT_THRESHOLD, compare_pair, sorted_pairs, variant
 from suite.ops import PASSES
 from suite.results import Results, measurement_key
 from suite.stats import format_seconds
@@ -114,11 +114,10 @@ def _describe(m: dict[str, Any]) -> tuple[str, str]:
 
 
 def comparison_table(track: Track, base: int, new: int) -> dict[str, Any]:
-    """Every measurement of both points: times, time new/base with its 95% CI, verdict (slowest change first)."""
+    """Every measurement of both points: times, time new/base with its 95% CI, verdict (in `compare`'s order)."""
     a, b = track.points[base], track.points[new]
-    pairs = [compare_pair(a.measurements[key], b.measurements[key]) for key in a.measurements
-             if key in b.measurements]
-    pairs.sort(key=lambda p: -(p.ratio if math.isfinite(p.ratio) else math.inf))
+    pairs = sorted_pairs([compare_pair(a.measurements[key], b.measurements[key]) for key in a.measurements
+                          if key in b.measurements])
     rows = []
     for p in pairs:
         case, what = _describe(p.base)
