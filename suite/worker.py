@@ -22,7 +22,7 @@ from typing import IO, Any
 from suite.environment import available_memory_bytes
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Op, op_from_dict
-from suite.reference import compare, make_inputs, reduced, reference
+from suite.reference import compare, expected, make_inputs, reduced
 from suite.stats import summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
 from suite.variant import Settings, Variant
@@ -99,7 +99,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
             else:
                 small_inputs = make_inputs(small, seed)
                 outputs = backend.prepare(small, variant, small_inputs).outputs()
-            result["check"] = {**compare(outputs, reference(small, small_inputs, variant.pass_, variant.dtype),
+            result["check"] = {**compare(outputs, expected(small, seed, variant.pass_, variant.dtype),
                                          variant.dtype, backend.settings.math),
                                "reduced": small != op}
         if timing is None:  # `suite check`: numerical agreement only

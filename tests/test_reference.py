@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from suite.ops import Conv2d, Gemm
-from suite.reference import compare, make_inputs, reduced, reference, round_to
+from suite.reference import compare, expected, make_inputs, reduced, reference, round_to
 
 CONVS = [
     Conv2d(n=2, c=4, h=7, w=6, k=6, r=3, s=2, stride=(2, 1), padding=(1, 0, 2, 1)),
@@ -74,3 +74,12 @@ def test_large_cases_are_checked_on_a_reduced_batch():
     assert reduced(big).n == 1 and reduced(big).c == 256
     assert reduced(Gemm(8192, 8192, 8192)).flops() <= 2e9
     assert reduced(Gemm(64, 64, 64)) == Gemm(64, 64, 64)
+
+
+def test_expected_is_the_reference_of_the_seeded_inputs_computed_once():
+    op = Conv2d(n=2, c=3, h=9, w=9, k=4, r=3, s=3, padding=(1, 1, 1, 1))
+    first = expected(op, 7, "backward", "fp32")
+    direct = reference(op, make_inputs(op, 7), "backward", "fp32")
+    assert set(first) == set(direct) and all(np.array_equal(first[k], direct[k]) for k in direct)
+    assert expected(op, 7, "backward", "fp32") is first  # a second variant of the case reuses it
+    assert not np.array_equal(expected(op, 8, "backward", "fp32")["dx"], first["dx"])  # the seed is part of the key
