@@ -1,7 +1,8 @@
-"""Pure functions: normalized DataFrames (from ``reports.frame``) → matplotlib Figures, or None when there is nothing
+"""Pure functions: ready tables (from ``reports.analysis``) → matplotlib Figures, or None when there is nothing
 to draw. Each framework has ONE colour everywhere (Okabe-Ito, colour-blind safe); every axis says its unit.
 
-Comparisons use each framework's fastest variant (``best`` rows); all variants are in the report's tables.
+Comparisons use each framework's fastest variant (``best`` rows of the pooled frame); all variants are in the
+report's tables. Nothing is computed here beyond what a plot needs (units, positions).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
-from reports.frame import BACKENDS, PASS_LABELS, PASSES, SWEEPS
+from reports.frame import BACKENDS, PASS_LABELS
+from suite.ops import PASSES
 
 # Okabe & Ito (2008) colour-blind-safe palette; one fixed colour per framework in every figure.
 COLORS = {"torch": "#D55E00", "tensorflow": "#0072B2", "jax": "#009E73"}
@@ -46,11 +48,19 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def tidy_log_ticks(fig: Figure) -> Figure:
-    """Label only the decades of log axes (minor labels such as 3×10¹ overlap)."""
+    """Log axes spanning more than two decades label only the decades (minor labels such as 3×10¹ would overlap);
+    shorter ones also label 2× and 5×, so that no axis is left with a single labelled tick."""
     for ax in fig.axes:
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":
+        for axis, scale, limits in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+                                    (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+            if scale != "log":
+                continue
+            low, high = sorted(limits)
+            if low > 0 and math.log10(high / low) > 2:
                 axis.set_minor_formatter(NullFormatter())
+            else:
+                axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+                axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
     return fig
 
 
@@ -99,11 +109,13 @@ def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low
             * width
         err = np.vstack([(part[value] - part[low]).clip(lower=0).fillna(0),
                          (part[high] - part[value]).clip(lower=0).fillna(0)])
-        kwargs = {"fmt": "o", "color": color(backend), "markersize": 4, "elinewidth": 1, "capsize": 2}
-        if horizontal:
-            ax.errorbar(part[value], pos, xerr=err, **kwargs)
-        else:
-            ax.errorbar(pos, part[value], yerr=err, **kwargs)
+        kwargs = {"color": color(backend), "markersize": 4, "elinewidth": 1, "capsize": 2, "linestyle": ""}
+        for marker in (part["marker"] if "marker" in part else pd.Series("o", index=part.index)).unique():
+            mask = ((part["marker"] == marker) if "marker" in part else pd.Series(True, index=part.index)).to_numpy()
+            if horizontal:
+                ax.errorbar(part[value][mask], pos[mask], xerr=err[:, mask], marker=marker, **kwargs)
+            else:
+                ax.errorbar(pos[mask], part[value][mask], yerr=err[:, mask], marker=marker, **kwargs)
 
 
 def _passes(frame: pd.DataFrame) -> list[str]:
@@ -166,7 +178,9 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | No
     row_h = 0.24 if len(cases) <= 60 else 0.16
     fig = _figure(1.1 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
     axes = fig.subplots(len(panels), len(passes), squeeze=False)
-    limit = max(float(np.abs(np.log2(best["speedup"])).max()), 0.1)
+    # colour range: the 90th percentile of |log2 speedup|, at least 1.25× and at most 8×, so that a few extreme cases
+    # do not wash out the rest (cells beyond it take the end colour; their text gives the value)
+    limit = float(np.clip(np.nanpercentile(np.abs(np.log2(best["speedup"])), 90), math.log2(1.25), 3.0))
     for r, panel in enumerate(panels):
         for c, pass_ in enumerate(passes):
             data = best[(best["panel"] == panel) & (best["pass"] == pass_)]
@@ -177,7 +191,11 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | No
             sns.heatmap(values, ax=axes[r][c], cmap="vlag_r", center=0, vmin=-limit, vmax=limit,
                         annot=text if len(cases) <= 60 else False, fmt="", annot_kws={"fontsize": 7},
                         cbar=c == len(passes) - 1, yticklabels=c == 0,
-                        cbar_kws={"label": f"log₂ speedup over {baseline} (blue: faster)"})
+                        cbar_kws={"label": f"speedup over {baseline} (log₂; blue: faster)",
+                                  "format": "{x:.2g}", "ticks": np.linspace(-limit, limit, 5)})
+            if c == len(passes) - 1:
+                colorbar = axes[r][c].collections[0].colorbar
+                colorbar.set_ticklabels([f"{2 ** t:.2g}×" for t in np.linspace(-limit, limit, 5)])
             axes[r][c].set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
             axes[r][c].set_xlabel("framework")
             axes[r][c].set_ylabel("case" if c == 0 else "")
@@ -202,15 +220,15 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
         for (backend, kind), part in data.groupby(["backend", "kind"]):
             ax.scatter(part["intensity"], part["tflops"] * scale, color=color(backend), marker=MARKERS.get(kind, "o"),
                        s=18, alpha=0.8)
-        theo, gbps = data["peak_theoretical_tflops"].max(), data["peak_theoretical_gbps"].max()
+        theo, gbps = data["peak_theoretical_tflops"].max(), data["bandwidth_gbps"].max()
         measured = data["measured_tflops"].max() if "measured_tflops" in data else math.nan
         notes = []
         if np.isfinite(theo):
             roof = np.minimum(theo, xs * gbps / 1e3) if np.isfinite(gbps) else np.full_like(xs, theo)
             ax.plot(xs, roof * scale, color="0.3", linestyle="--", linewidth=1)
             notes.append(f"theoretical peak {theo * scale:.3g} {unit}")
-            if not np.isfinite(gbps):
-                notes.append("no bandwidth roof (memory bandwidth unknown)")
+            notes.append(f"memory roof {gbps:.3g} GB/s" if np.isfinite(gbps) else
+                         "no bandwidth roof (memory bandwidth not measured)")
         else:
             notes.append("theoretical peak unknown")
         if np.isfinite(measured):
@@ -291,11 +309,12 @@ def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
         ax = axes.pop(0)
         scale, unit = time_unit(seed["ci_high_s"].fillna(seed["median_s"]))
         seed = seed.assign(category=seed["case"], t=seed["median_s"] * scale, lo=seed["ci_low_s"] * scale,
-                           hi=seed["ci_high_s"] * scale)
+                           hi=seed["ci_high_s"] * scale, marker=seed["kind"].map(MARKERS).fillna("o"))
         _dodged(ax, seed, cases, "t", "lo", "hi", backends)
         ax.set_yticks(range(len(cases)), cases)
         ax.set_ylim(len(cases) - 0.5, -0.5)
-        ax.set(xscale="log", xlabel=f"time per call ({unit}, log; 95% CI)", title="seed cases: time per call")
+        ax.set_xlim(0, float(seed["hi"].fillna(seed["t"]).max()) * 1.1)
+        ax.set(xlabel=f"time per call ({unit}; 95% CI)", title="seed cases: time per call")
     if both:
         ax = axes.pop(0)
         scale, unit = flop_unit(fwd["tflops"])
@@ -304,63 +323,105 @@ def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
                        s=20, alpha=0.8)
         ax.set(xscale="log", yscale="log", xlabel="forward FLOPs per call (log)", ylabel=f"achieved {unit} (log)",
                title="same work, different speed: GEMM vs conv")
-    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items()]
-    _legend(fig, backends, extra if both else None)
+    kinds = set(fwd["kind"]) if both else set(seed["kind"])
+    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items() if k in kinds]
+    _legend(fig, backends, extra)
     fig.suptitle("Conv vs dense (GEMM) layer, forward")
     return fig
 
 
-def scaling(frame: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
-    """(f) Time per call against the swept size on log-log axes, with each framework's fitted slope (forward)."""
-    best = _best(frame)
-    best = best[best["pass"] == "forward"]
-    sweeps = [t for t in SWEEPS if best["tags"].map(lambda tags, t=t: t in tags).astype(bool).any()]
-    if not sweeps:
+def scaling(points: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
+    """(f) Time per call against the swept size (log-log), inference (forward, solid) and training (forward +
+    backward, dashed) side by side; hollow markers are points left out of the fit as overhead-bound."""
+    if points.empty:
         return None
-    best = best.assign(panel=panel_labels(best))
-    panels, backends = sorted(best["panel"].unique()), backend_order(best["backend"])
-    fig = _figure(4.6 * len(sweeps), 4.0 * len(panels) + 0.6)
-    axes = fig.subplots(len(panels), len(sweeps), squeeze=False)
-    scale, unit = time_unit(best["median_s"])
+    points = points.assign(panel=panel_labels(points))
+    sweeps = list(dict.fromkeys(points["sweep"]))
+    panels, backends = sorted(points["panel"].unique()), backend_order(points["backend"])
+    phases = [p for p in ("inference", "training") if p in set(points["phase"])]
+    fig = _figure(4.6 * len(sweeps) * len(phases), 4.0 * len(panels) + 0.8)
+    axes = fig.subplots(len(panels), len(sweeps) * len(phases), squeeze=False)
+    scale, unit = time_unit(points["time_s"])
     for r, panel in enumerate(panels):
-        for c, tag in enumerate(sweeps):
-            dim, label, flop_slope = SWEEPS[tag]
-            ax = axes[r][c]
-            data = best[(best["panel"] == panel) & best["tags"].map(lambda t, tag=tag: tag in t).astype(bool)]
-            data = data.assign(size=data["dims"].map(lambda d, dim=dim: d[dim]))
-            for backend in backends:
-                part = data[data["backend"] == backend].sort_values("size")
-                if part.empty:
+        for s_index, sweep in enumerate(sweeps):
+            for p_index, phase in enumerate(phases):
+                ax = axes[r][s_index * len(phases) + p_index]
+                data = points[(points["panel"] == panel) & (points["sweep"] == sweep) & (points["phase"] == phase)]
+                for backend in backends:
+                    part = data[data["backend"] == backend].sort_values("size")
+                    if part.empty:
+                        continue
+                    fit = fits[(fits["sweep"] == sweep) & (fits["backend"] == backend) & (fits["phase"] == phase)
+                               & (panel_labels(fits) == panel)] if not fits.empty else fits
+                    slope = fit["slope"].iloc[0] if len(fit) else math.nan
+                    label = backend + (f" (slope {slope:.2f})" if np.isfinite(slope) else " (too few points)")
+                    ax.plot(part["size"], part["time_s"] * scale, color=color(backend), linewidth=1, label=label)
+                    for fitted, face in ((True, color(backend)), (False, "white")):
+                        sel = part[part["fitted"] == fitted]
+                        ax.errorbar(sel["size"], sel["time_s"] * scale, linestyle="", marker="o", markersize=5,
+                                    color=color(backend), markerfacecolor=face,
+                                    yerr=[(sel["time_s"] - sel["low_s"]).clip(lower=0).fillna(0) * scale,
+                                          (sel["high_s"] - sel["time_s"]).clip(lower=0).fillna(0) * scale])
+                if data.empty:
                     continue
-                fit = fits[(fits["sweep"] == tag) & (fits["backend"] == backend) & (fits["pass"] == "forward")] \
-                    if not fits.empty else fits
-                slope = f" (slope {fit['slope'].iloc[0]:.2f})" if len(fit) else ""
-                ax.errorbar(part["size"], part["median_s"] * scale,
-                            yerr=[(part["median_s"] - part["ci_low_s"]).clip(lower=0).fillna(0) * scale,
-                                  (part["ci_high_s"] - part["median_s"]).clip(lower=0).fillna(0) * scale],
-                            color=color(backend), marker="o", markersize=4, label=backend + slope)
-            if not data.empty:
-                x0, x1 = data["size"].min(), data["size"].max()
-                y1 = data["median_s"].max() * scale
+                sizes = sorted(data["size"].unique())
+                flop_slope = data["flop_slope"].iloc[0]
+                x0, x1, y1 = sizes[0], sizes[-1], data["time_s"].max() * scale
                 ax.plot([x0, x1], [y1 * (x0 / x1) ** flop_slope, y1], color="0.5", linestyle="--", linewidth=1,
                         label=f"FLOPs ∝ size^{flop_slope:.0f}")
-            ax.set(xscale="log", yscale="log", xlabel=f"{label} (log)", ylabel=f"time per call ({unit}, log)",
-                   title=" · ".join(filter(None, [tag, panel])))
-            ax.legend(fontsize=7, frameon=False)
-    fig.suptitle("Scaling: time vs size, forward (fitted log-log slope = empirical exponent)")
+                ax.set(xscale="log", yscale="log", xlabel=f"{data['dimension'].iloc[0]} (log)",
+                       ylabel=f"time per call ({unit}, log)",
+                       title=" · ".join(filter(None, [sweep, phase, panel])))
+                ax.set_xticks(sizes, [f"{v:g}" for v in sizes])
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.tick_params(axis="x", labelrotation=45)
+                ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("Scaling: time vs size; slope fitted over filled points (hollow: overhead-bound, left out)")
+    return fig
+
+
+def training_shares(networks: pd.DataFrame) -> Figure | None:
+    """(g) Share of a training step in forward, dX and dW per complete network and framework (stacked bars)."""
+    train = networks[networks["phase"] == "training step"] if not networks.empty else networks
+    if train.empty:
+        return None
+    train = train.loc[train.groupby(["machine", "device", "dtype", "math", "threads", "set", "backend"],
+                                    dropna=False)["time_s"].idxmin()]
+    train = train.assign(panel=panel_labels(train))
+    train["label"] = train["name"].str.replace(" training step", "") + " · " + train["backend"] + \
+        train["panel"].map(lambda p: f" · {p}" if p else "")
+    train = train.sort_values(["panel", "name", "backend"], key=lambda c: c.map(
+        {b: i for i, b in enumerate(BACKENDS)}).fillna(9) if c.name == "backend" else c)
+    fig = _figure(8.5, 0.45 * len(train) + 1.6)
+    ax = fig.subplots()
+    left = np.zeros(len(train))
+    shades = {"forward": "#999999", "dX": "#56B4E9", "dW": "#E69F00"}
+    for column, name in (("forward_share", "forward"), ("dx_share", "dX"), ("dw_share", "dW")):
+        values = 100 * train[column].fillna(0).to_numpy()
+        ax.barh(range(len(train)), values, left=left, color=shades[name], label=name, edgecolor="white")
+        for y, (x, v) in enumerate(zip(left, values, strict=True)):
+            if v >= 6:
+                ax.text(x + v / 2, y, f"{v:.0f}%", ha="center", va="center", fontsize=7)
+        left += values
+    ax.set_yticks(range(len(train)), train["label"])
+    ax.set_ylim(len(train) - 0.5, -0.5)
+    ax.set(xlim=(0, 100), xlabel="share of the training step's GEMM/conv time (%)")
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle("Training step: forward, dX and dW (GEMM/conv layers only)")
     return fig
 
 
 def network_rollup(networks: pd.DataFrame) -> Figure | None:
-    """(g) Per real network: Σ time × count over its layers, inference forward and training forward + backward."""
+    """(h) Per complete network and phase: Σ count × time over its layers, each framework's variants."""
     if networks.empty:
         return None
-    data = networks.assign(panel=panel_labels(networks), category=networks["network"] + " (" +
-                           networks["layers"].astype(str) + "/" + networks["layers_total"].astype(str) + " layers)")
+    data = networks.assign(panel=panel_labels(networks))
+    data["category"] = data["name"].str.replace(f" {data['phase'].iloc[0]}", "", regex=False) + " · " + \
+        data["variant"] + data["panel"].map(lambda p: f" · {p}" if p else "")
     phases, backends = list(dict.fromkeys(data["phase"])), backend_order(data["backend"])
     scale, unit = time_unit(data["time_s"])
     data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale)
-    fig = _figure(5.2 * len(phases), 0.5 * data["category"].nunique() + 2.2)
+    fig = _figure(max(7.0, 5.5 * len(phases)), 0.3 * data["category"].nunique() + 2.4)
     axes = fig.subplots(1, len(phases), squeeze=False)[0]
     for ax, phase in zip(axes, phases, strict=True):
         part = data[data["phase"] == phase]
@@ -370,12 +431,12 @@ def network_rollup(networks: pd.DataFrame) -> Figure | None:
         ax.set_ylim(len(cats) - 0.5, -0.5)
         ax.set(xscale="log", xlabel=f"Σ layer time × count ({unit}, log)", title=phase)
     _legend(fig, backends)
-    fig.suptitle("Per-network rollup of the GEMM/conv layers (no other ops)")
+    fig.suptitle("Complete networks: GEMM/conv layers only")
     return fig
 
 
 def first_call(frame: pd.DataFrame) -> Figure | None:
-    """(h) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
+    """(i) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
     data = frame.dropna(subset=["first_call_s"]) if "first_call_s" in frame else frame.iloc[0:0]
     data = data[data["first_call_s"] > 0]
     if data.empty:
@@ -383,7 +444,7 @@ def first_call(frame: pd.DataFrame) -> Figure | None:
     data = data.assign(label=data["backend"] + "\n" + data["mode"].astype(str))
     backends = backend_order(data["backend"])
     order = [lab for b in backends for lab in sorted(data.loc[data["backend"] == b, "label"].unique())]
-    fig = _figure(max(4.5, 1.1 * len(order)) + 1, 4.2)
+    fig = _figure(max(6.5, 1.1 * len(order) + 1), 4.2)
     ax = fig.subplots()
     palette = {lab: color(lab.split("\n")[0]) for lab in order}
     sns.stripplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, alpha=0.5, size=3,
@@ -391,5 +452,5 @@ def first_call(frame: pd.DataFrame) -> Figure | None:
     sns.pointplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, estimator="median",
                   errorbar=None, markers="_", markersize=18, linestyle="none", ax=ax, legend=False)
     ax.set(xlabel="framework and mode", ylabel="compile + first call (s, log)")
-    fig.suptitle("First-call time (tracing, compilation, kernel selection): dots are measurements, bar the median")
+    fig.suptitle("First call (tracing, compilation, kernel selection)\ndots: measurements; bar: median")
     return fig

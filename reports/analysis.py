@@ -1,0 +1,515 @@
+"""Every figure the report states, computed once from the tidy frame of ``reports.frame``.
+
+Results of different configurations (machine, device, dtype, math mode, threads) are never mixed. Repeated runs of
+one variant (mode · layout · options) of a case and pass are pooled: their per-call samples are joined and the median
+and its CI recomputed, never the fastest run picked. Each framework enters a cross-framework comparison with its
+fastest variant for that case and pass (``best``); which variants were tried and which won is reported alongside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from reports import frame as tidy_frame
+from suite.catalog import Case, CatalogError, load_catalog
+from suite.ops import PASSES, op_from_dict
+from suite.results import Results, read_many
+from suite.stats import OVERHEAD_BOUND_S, median_ci, ratio_ci
+
+CONFIG = ["machine", "device", "dtype", "math", "threads"]  # what a comparison never crosses
+COMPARE_KEY = [*CONFIG, "case", "pass"]
+VARIANT_KEY = [*COMPARE_KEY, "backend", "variant"]
+SAME_BAND = 0.03  # a ratio whose CI lies inside 1 ± 3% is "no clear difference" (methodology.md)
+OVERHEAD_FACTOR = 10.0  # a sweep point is compute-bound when its time is ≥ this × the sweep's fastest call
+MIN_FIT_POINTS = 3
+SWEEPS = {"sweep-gemm": ("m", "M = N = K", 3.0), "sweep-conv-spatial": ("h", "H = W", 2.0),
+          "sweep-conv-channels": ("c", "C = K", 2.0)}  # tag → (dimension, label, FLOP exponent in it)
+PHASES = {"train": "training step", "prefill": "prefill", "decode": "decode", "inference": "inference"}
+TRAINING_PASSES = ("forward", "backward_data", "backward_weight")
+
+
+def verdict(low: float, high: float) -> str:
+    """'faster'/'slower' when the CI of a speedup excludes 1 ± 3%, else 'same' (or 'n/a' without a CI)."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "n/a"
+    if low > 1 + SAME_BAND:
+        return "faster"
+    if high < 1 - SAME_BAND:
+        return "slower"
+    return "same"
+
+
+def geomean_ci(values: Iterable[float], seed: int = 0) -> tuple[float, float, float]:
+    """Geometric mean with a 95% bootstrap CI over the values (cases); NaN CI for fewer than 3 values."""
+    logs = np.log(np.asarray([v for v in values if np.isfinite(v) and v > 0], dtype=float))
+    if not len(logs):
+        return math.nan, math.nan, math.nan
+    point = float(np.exp(logs.mean()))
+    if len(logs) < 3:
+        return point, math.nan, math.nan
+    if np.ptp(logs) == 0:
+        return point, point, point
+    ci = sps.bootstrap((logs,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                       rng=np.random.default_rng(seed)).confidence_interval
+    return point, float(np.exp(ci.low)), float(np.exp(ci.high))
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def pool(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration × case × pass × framework × variant over the successful measurements: the runs'
+    per-call samples joined, median and 95% order-statistic CI recomputed, ``runs`` how many were pooled."""
+    if frame.empty:
+        return frame.assign(runs=pd.Series(dtype=int))
+    ok = frame[frame["status"].eq("ok") & frame["median_s"].gt(0)]
+    rows = []
+    for _, group in ok.groupby(VARIANT_KEY, dropna=False, sort=False):
+        row = group.iloc[0].to_dict()
+        row["runs"] = group["run_id"].nunique()
+        if len(group) > 1:
+            samples = np.concatenate(group["samples"].to_list())
+            low, high = median_ci(samples)
+            row.update(samples=samples, median_s=float(np.median(samples)), ci_low_s=low, ci_high_s=high,
+                       min_s=float(samples.min()), first_call_s=float(group["first_call_s"].median()),
+                       flags=tuple(dict.fromkeys(f for flags in group["flags"] for f in flags)))
+        rows.append(row)
+    pooled = pd.DataFrame(rows, columns=[*frame.columns, "runs"])
+    if pooled.empty:
+        return pooled
+    pooled["tflops"] = pooled["flops"] / pooled["median_s"] / 1e12
+    pooled["tflops_low"] = pooled["flops"] / pooled["ci_high_s"] / 1e12
+    pooled["tflops_high"] = pooled["flops"] / pooled["ci_low_s"] / 1e12
+    pooled["gbps"] = pooled["bytes"] / pooled["median_s"] / 1e9
+    pooled["pct_peak_theoretical"] = 100 * pooled["tflops"] / pooled["peak_theoretical_tflops"]
+    pooled["pct_peak_measured"] = 100 * pooled["tflops"] / pooled["measured_tflops"]
+    fastest = pooled.groupby([*COMPARE_KEY, "backend"], dropna=False)["median_s"].idxmin()
+    pooled["best"] = pooled.index.isin(fastest.to_numpy())
+    return pooled
+
+
+def add_speedups(pooled: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Speedup of each framework's best variant over the baseline's: time(baseline) / time(framework), with a
+    bootstrap CI of the ratio of medians and its verdict."""
+    pooled = pooled.copy()
+    for name in ("speedup", "speedup_low", "speedup_high"):
+        pooled[name] = math.nan
+    pooled["speedup_verdict"] = "n/a"
+    if pooled.empty:
+        return pooled
+    reference = pooled["best"] & pooled["backend"].eq(baseline)
+    base = pooled[reference].set_index(COMPARE_KEY)["samples"]
+    pooled.loc[reference, ["speedup", "speedup_low", "speedup_high", "speedup_verdict"]] = [1.0, 1.0, 1.0, "baseline"]
+    for index, row in pooled[pooled["best"] & ~reference].iterrows():
+        key = tuple(row[k] for k in COMPARE_KEY)
+        if key not in base.index:
+            continue
+        point, low, high = ratio_ci(base.loc[key], row["samples"])
+        pooled.loc[index, ["speedup", "speedup_low", "speedup_high", "speedup_verdict"]] = \
+            [point, low, high, verdict(low, high)]
+    return pooled
+
+
+# ------------------------------------------------------------------------------------------------ who is fastest
+def speedup_summary(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, pass, op kind and framework: geomean speedup over the baseline (95% bootstrap CI over
+    cases), the cases compared and the cases where the framework is fastest of all."""
+    columns = [*CONFIG, "pass", "kind", "backend", "geomean", "low", "high", "cases", "wins"]
+    best = pooled[pooled["best"]] if not pooled.empty else pooled
+    if best.empty:
+        return pd.DataFrame(columns=columns)
+    best = best[best.groupby(COMPARE_KEY, dropna=False)["backend"].transform("nunique") >= 2]
+    by = [*CONFIG, "pass", "kind", "backend"]
+    winners = best.loc[best.groupby(COMPARE_KEY, dropna=False)["median_s"].idxmin()]
+    wins = winners.groupby(by, dropna=False).size()
+    rows = []
+    for key, group in best.groupby(by, dropna=False, sort=False):
+        point, low, high = geomean_ci(group["speedup"])
+        rows.append({**dict(zip(by, key, strict=True)), "geomean": point, "low": low, "high": high,
+                     "cases": group["case"].nunique(), "wins": int(wins.get(key, 0))})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def variants(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, framework and variant: case×pass measurements tried, how many it won within its
+    framework, whether it is the framework's default (recorded at run time; None when unknown)."""
+    columns = [*CONFIG, "backend", "variant", "default", "tried", "won"]
+    if pooled.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for key, group in pooled.groupby([*CONFIG, "backend", "variant"], dropna=False, sort=True):
+        defaults = set(group["default_variant"].dropna())
+        rows.append({**dict(zip([*CONFIG, "backend", "variant"], key, strict=True)),
+                     "default": defaults.pop() if len(defaults) == 1 else None, "tried": len(group),
+                     "won": int(group["best"].sum())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def variant_effects(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, framework, non-default variant and pass: geomean of time(variant) / time(default variant)
+    over the cases both ran (below 1: the variant is faster), with its bootstrap CI."""
+    columns = [*CONFIG, "backend", "variant", "pass", "geomean", "low", "high", "cases"]
+    known = pooled[pooled["default_variant"].notna()] if not pooled.empty else pooled
+    if known.empty:
+        return pd.DataFrame(columns=columns)
+    is_default = known["default_variant"].astype(bool)
+    default = known[is_default].set_index([*COMPARE_KEY, "backend"])["median_s"]
+    rows = []
+    for key, group in known[~is_default].groupby([*CONFIG, "backend", "variant", "pass"], dropna=False):
+        pairs = group.set_index([*COMPARE_KEY, "backend"])["median_s"].to_frame("variant").join(
+            default.rename("default"), how="inner")
+        if pairs.empty:
+            continue
+        point, low, high = geomean_ci(pairs["variant"] / pairs["default"])
+        rows.append({**dict(zip([*CONFIG, "backend", "variant", "pass"], key, strict=True)), "geomean": point,
+                     "low": low, "high": high, "cases": len(pairs)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------------ backward/forward
+def pass_ratios(pooled: pd.DataFrame) -> pd.DataFrame:
+    """time(backward pass) / time(forward) per case and framework variant (bootstrap CI), with the FLOP ratio of
+    the two passes from ``suite.ops``; ``best`` marks the variant fastest at the forward pass."""
+    columns = [*CONFIG, "case", "backend", "variant", "kind", "which", "ratio", "ratio_low", "ratio_high",
+               "flop_ratio", "best"]
+    rows = []
+    key = [*CONFIG, "case", "backend", "variant"]
+    for values, group in (pooled.groupby(key, dropna=False, sort=False) if not pooled.empty else []):
+        by_pass = group.set_index("pass")
+        if "forward" not in by_pass.index:
+            continue
+        forward = by_pass.loc["forward"]
+        op = op_from_dict(forward["dims"])
+        for which in PASSES[1:]:
+            if which in by_pass.index:
+                point, low, high = ratio_ci(by_pass.loc[which, "samples"], forward["samples"])
+                rows.append({**dict(zip(key, values, strict=True)), "kind": forward["kind"], "which": which,
+                             "ratio": point, "ratio_low": low, "ratio_high": high,
+                             "flop_ratio": op.flops(which) / op.flops("forward"), "best": bool(forward["best"])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ratio_summary(ratios: pd.DataFrame) -> pd.DataFrame:
+    """Geomean backward/forward time ratio (95% bootstrap CI over cases) per configuration, pass and framework."""
+    columns = [*CONFIG, "which", "backend", "geomean", "low", "high", "flop_ratio", "cases"]
+    best = ratios[ratios["best"]] if not ratios.empty else ratios
+    rows = []
+    for key, group in (best.groupby([*CONFIG, "which", "backend"], dropna=False) if not best.empty else []):
+        point, low, high = geomean_ci(group["ratio"])
+        rows.append({**dict(zip([*CONFIG, "which", "backend"], key, strict=True)), "geomean": point, "low": low,
+                     "high": high, "flop_ratio": float(group["flop_ratio"].median()),
+                     "cases": group["case"].nunique()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def phase_of(tags: Iterable[str]) -> str | None:
+    """The network phase a layer belongs to, from its catalog tags (prefill and decode kept apart)."""
+    tags = set(tags)
+    for tag in ("train", "prefill", "decode", "inference"):
+        if tag in tags:
+            return PHASES[tag]
+    return None
+
+
+SET_COLUMNS = ["set", "network", "phase", "case", "count", "first_layer"]
+
+
+def set_of(tags: Iterable[str], network: str, phase: str) -> str:
+    """The layer set a case belongs to: its catalog tag ``net:<id>`` (one network at one batch and phase), else
+    the network and phase."""
+    return next((t.removeprefix("net:") for t in tags if t.startswith("net:")), f"{network} · {phase}")
+
+
+def layer_sets(cases: Iterable[Case]) -> pd.DataFrame:
+    """The catalog's network layer sets: one row per layer (case) of each set, with its count and whether it is the
+    network's first layer (tag ``first-layer``: its input needs no gradient)."""
+    rows = []
+    for c in cases:
+        phase = phase_of(c.tags)
+        if phase and ("modern" in c.tags or any(t.startswith("net:") for t in c.tags)):
+            rows.append({"set": set_of(c.tags, c.provenance.network, phase), "network": c.provenance.network,
+                         "phase": phase, "case": c.id, "count": c.count,
+                         "first_layer": tidy_frame.FIRST_LAYER_TAG in c.tags})
+    return pd.DataFrame(rows, columns=SET_COLUMNS)
+
+
+def _sets_from_results(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in frame.drop_duplicates("case").itertuples() if not frame.empty else []:
+        phase = phase_of(r.tags)
+        if phase and ("modern" in r.tags or any(t.startswith("net:") for t in r.tags)):
+            rows.append({"set": set_of(r.tags, r.network, phase), "network": r.network, "phase": phase,
+                         "case": r.case, "count": r.count, "first_layer": r.first_layer})
+    return pd.DataFrame(rows, columns=SET_COLUMNS)
+
+
+def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
+    """A network's layers in one variant each: same mode and options, one conv layout (GEMMs have one layout)."""
+    for (mode, options), group in rows.groupby(["mode", "options"], dropna=False, sort=True):
+        convs = group["kind"].ne("gemm")
+        for layout in sorted(set(group.loc[convs, "layout"])) or [None]:
+            part = group[~convs | group["layout"].eq(layout)]
+            shown = layout or part["layout"].iloc[0]
+            yield " · ".join(filter(None, [str(mode), str(shown), str(options or "")])), part
+
+
+def _weighted_sum(layers: pd.DataFrame, times: pd.DataFrame, pass_: str, column: str) -> float:
+    """Σ over a set's layers of count × time of the pass; dX counts the first layer once less."""
+    weight = layers["count"] - (layers["first_layer"].astype(int) if pass_ == "backward_data" else 0)
+    return float(sum(weight[c] * times.loc[(c, pass_), column] for c in layers.index if weight[c] > 0))
+
+
+def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Whole-network totals and the partial networks apart.
+
+    For each configuration, framework, variant and catalog layer set (network × phase): a training step is
+    Σ count × (forward + dW) + Σ (count − first) × dX, the first layer's dX excluded once (training never computes
+    the gradient of the input data); an inference, prefill or decode is Σ count × forward. A total is given only when
+    every layer of the set was measured in that variant; otherwise the set is listed as partial with what is missing.
+    Intervals sum the per-layer CI bounds.
+    """
+    info_cols = [*CONFIG, "set", "name", "network", "phase", "backend", "variant", "layers"]
+    complete_cols = [*info_cols, "time_s", "low_s", "high_s", "forward_s", "dx_s", "dw_s", "forward_share", "dx_share",
+                     "dw_share", "first_layer_marked"]
+    partial_cols = [*info_cols, "measured", "missing"]
+    complete, partial = [], []
+    if pooled.empty or sets.empty:
+        return pd.DataFrame(columns=complete_cols), pd.DataFrame(columns=partial_cols)
+    members = pooled[pooled["case"].isin(sets["case"])]
+    for (set_id, network, phase), layer_set in sets.groupby(["set", "network", "phase"], sort=True):
+        layers = layer_set.set_index("case")
+        no_dx = layers["first_layer"] & layers["count"].eq(1)  # training never computes this layer's dX
+        needed = {case: ["forward"] if phase != PHASES["train"] else
+                  [p for p in TRAINING_PASSES if p != "backward_data" or not no_dx[case]] for case in layers.index}
+        rows = members[members["case"].isin(layers.index)]
+        for key, group in rows.groupby([*CONFIG, "backend"], dropna=False, sort=True):
+            for variant, part in _network_variants(group):
+                times = part.set_index(["case", "pass"])
+                have = [case for case, passes in needed.items() if all((case, p) in times.index for p in passes)]
+                name = f"{network} {phase}" + (f" ({set_id})" if set_id != f"{network} · {phase}" else "")
+                info = {**dict(zip([*CONFIG, "backend"], key, strict=True)), "set": set_id, "name": name,
+                        "network": network, "phase": phase,
+                        "variant": variant, "layers": len(layers)}
+                if len(have) < len(layers):
+                    partial.append({**info, "measured": len(have),
+                                    "missing": [c for c in layers.index if c not in have]})
+                    continue
+                passes = TRAINING_PASSES if phase == PHASES["train"] else ("forward",)
+                sums = {column: {p: _weighted_sum(layers, times, p, column) for p in passes}
+                        for column in ("median_s", "ci_low_s", "ci_high_s")}
+                parts = sums["median_s"]
+                overall = sum(parts.values())
+                complete.append({**info, "time_s": overall, "low_s": sum(sums["ci_low_s"].values()),
+                                 "high_s": sum(sums["ci_high_s"].values()), "forward_s": parts["forward"],
+                                 "dx_s": parts.get("backward_data", math.nan),
+                                 "dw_s": parts.get("backward_weight", math.nan),
+                                 "forward_share": parts["forward"] / overall,
+                                 "dx_share": parts.get("backward_data", math.nan) / overall,
+                                 "dw_share": parts.get("backward_weight", math.nan) / overall,
+                                 "first_layer_marked": bool(layers["first_layer"].any())})
+    return pd.DataFrame(complete, columns=complete_cols), pd.DataFrame(partial, columns=partial_cols)
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+def scaling_points(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Sweep points of each framework's best variants: inference = forward time, training = forward + backward
+    (dX+dW, or dX + dW when only those ran). ``fitted`` is False for overhead-bound points: a time below
+    OVERHEAD_FACTOR × the fastest call of that framework in the sweep (the smallest size's time bounds the per-call
+    overhead, so a fitted point's overhead is at most 1/OVERHEAD_FACTOR of it), or flagged overhead_bound."""
+    columns = [*CONFIG, "sweep", "dimension", "flop_slope", "backend", "phase", "size", "time_s", "low_s", "high_s",
+               "fitted", "excluded_because"]
+    best = pooled[pooled["best"]] if not pooled.empty else pooled
+    rows = []
+    for tag, (dim, label, flop_slope) in SWEEPS.items():
+        swept = best[tidy_frame.has_tag(best, tag)] if not best.empty else best
+        for key, group in (swept.groupby([*CONFIG, "backend"], dropna=False) if not swept.empty else []):
+            by = group.assign(size=group["dims"].map(lambda d, dim=dim: d[dim])).set_index(["size", "pass"])
+            for size in sorted(set(by.index.get_level_values("size"))):
+                at = by.loc[size]
+                phases = {"inference": ["forward"]}
+                if "backward" in at.index:
+                    phases["training"] = ["forward", "backward"]
+                elif {"backward_data", "backward_weight"} <= set(at.index):
+                    phases["training"] = ["forward", "backward_data", "backward_weight"]
+                for phase, passes in phases.items():
+                    if not set(passes) <= set(at.index):
+                        continue
+                    parts = at.loc[passes]
+                    rows.append({**dict(zip([*CONFIG, "backend"], key, strict=True)), "sweep": tag, "dimension": label,
+                                 "flop_slope": flop_slope, "phase": phase, "size": float(size),
+                                 "time_s": float(parts["median_s"].sum()), "low_s": float(parts["ci_low_s"].sum()),
+                                 "high_s": float(parts["ci_high_s"].sum()),
+                                 "overhead_flag": "overhead_bound" in parts.loc["forward", "flags"]})
+    points = pd.DataFrame(rows)
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    floor = points.groupby([*CONFIG, "sweep", "backend", "phase"], dropna=False)["time_s"].transform("min")
+    below = points["time_s"] < OVERHEAD_FACTOR * floor
+    points["fitted"] = ~below & ~points["overhead_flag"]
+    points["excluded_because"] = np.where(
+        points["overhead_flag"], f"forward under {OVERHEAD_BOUND_S * 1e6:.0f} µs (overhead_bound)",
+        np.where(below, f"under {OVERHEAD_FACTOR:.0f}× the sweep's fastest call", ""))
+    return points[columns]
+
+
+def scaling_fits(points: pd.DataFrame) -> pd.DataFrame:
+    """Least-squares slope of log(time) on log(size) over the compute-bound points, per sweep, framework and phase
+    (NaN with fewer than MIN_FIT_POINTS of them)."""
+    columns = [*CONFIG, "sweep", "dimension", "flop_slope", "backend", "phase", "slope", "slope_stderr", "fitted",
+               "points", "min_size", "max_size", "excluded_sizes"]
+    rows = []
+    key = [*CONFIG, "sweep", "dimension", "flop_slope", "backend", "phase"]
+    for values, group in (points.groupby(key, dropna=False, sort=False) if not points.empty else []):
+        fit_on = group[group["fitted"]]
+        slope = stderr = math.nan
+        if len(fit_on) >= MIN_FIT_POINTS:
+            fit = sps.linregress(np.log(fit_on["size"]), np.log(fit_on["time_s"]))
+            slope, stderr = float(fit.slope), float(fit.stderr)
+        rows.append({**dict(zip(key, values, strict=True)), "slope": slope, "slope_stderr": stderr,
+                     "fitted": len(fit_on), "points": len(group), "min_size": fit_on["size"].min(),
+                     "max_size": fit_on["size"].max(),
+                     "excluded_sizes": sorted(int(s) for s in group.loc[~group["fitted"], "size"])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------------ conv vs dense
+def conv_vs_dense(pooled: pd.DataFrame) -> pd.DataFrame:
+    """The seed question in both framings, forward pass, per framework: each seed conv against the seed dense layer
+    that reads the same number of input values, and against the one whose features equal the conv's pixels (the
+    question's own 1024 → 512 layer beside 32×32 images). time(conv) / time(dense) with a bootstrap CI."""
+    columns = [*CONFIG, "framing", "conv", "dense", "backend", "ratio", "low", "high", "verdict", "flop_ratio"]
+    fwd = pooled[pooled["best"] & pooled["pass"].eq("forward") & tidy_frame.has_tag(pooled, "seed")] \
+        if not pooled.empty else pooled
+    rows = []
+    for key, group in (fwd.groupby(CONFIG, dropna=False) if not fwd.empty else []):
+        cases = group.drop_duplicates("case").set_index("case")
+        ops = {case: op_from_dict(row["dims"]) for case, row in cases.iterrows()}
+        dense = [c for c, op in ops.items() if op.kind == "gemm"]
+        convs = [c for c, op in ops.items() if op.kind == "conv2d"]
+        for conv in convs:
+            c_op = ops[conv]
+            framings = {"same input values": [d for d in dense if ops[d].input_elements == c_op.input_elements],
+                        "features = pixels": [d for d in dense if ops[d].m == c_op.n
+                                              and ops[d].k == c_op.h * c_op.w]}
+            for framing, matches in framings.items():
+                for d in matches[:1]:
+                    for backend, bg in group.groupby("backend"):
+                        by_case = bg.set_index("case")
+                        if conv in by_case.index and d in by_case.index:
+                            point, low, high = ratio_ci(by_case.loc[conv, "samples"], by_case.loc[d, "samples"])
+                            rows.append({**dict(zip(CONFIG, key, strict=True)), "framing": framing, "conv": conv,
+                                         "dense": d, "backend": backend, "ratio": point, "low": low, "high": high,
+                                         "verdict": {"faster": "slower", "slower": "faster"}.get(
+                                             verdict(low, high), verdict(low, high)),
+                                         "flop_ratio": c_op.flops() / ops[d].flops()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------------ peaks, quality
+def peaks(pooled: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, device, dtype and math: the theoretical peak (label, basis, whether from a nominal clock), the
+    measured peak and where it comes from, and how many measurements exceed each (with the highest %)."""
+    columns = ["machine", "device", "dtype", "math", "theoretical_tflops", "theoretical_label", "theoretical_basis",
+               "nominal_clock", "bandwidth_gbps", "bandwidth_basis",
+               "measured_tflops", "measured_case", "measured_backend", "measured_basis",
+               "measured_pct_of_theoretical", "above_theoretical", "max_pct_theoretical", "above_measured",
+               "max_pct_measured"]
+    rows = []
+    for key, group in (pooled.groupby(["machine", "device", "dtype", "math"], dropna=False)
+                       if not pooled.empty else []):
+        first = group.iloc[0]
+        theo, measured = first["peak_theoretical_tflops"], first.get("measured_tflops", math.nan)
+        rows.append({**dict(zip(["machine", "device", "dtype", "math"], key, strict=True)),
+                     "theoretical_tflops": theo, "theoretical_label": first["peak_theoretical_label"],
+                     "theoretical_basis": first["peak_theoretical_basis"],
+                     "nominal_clock": bool(first["nominal_clock"]), "bandwidth_gbps": first["bandwidth_gbps"],
+                     "bandwidth_basis": first["bandwidth_basis"],
+                     "measured_tflops": measured, "measured_case": first.get("measured_case"),
+                     "measured_backend": first.get("measured_backend"), "measured_basis": first.get("measured_basis"),
+                     "measured_pct_of_theoretical": 100 * measured / theo,
+                     "above_theoretical": int((group["pct_peak_theoretical"] > 100).sum()),
+                     "max_pct_theoretical": group["pct_peak_theoretical"].max(),
+                     "above_measured": int((group["pct_peak_measured"] > 100).sum()),
+                     "max_pct_measured": group["pct_peak_measured"].max()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def quality(frame: pd.DataFrame) -> dict[str, Any]:
+    """Counts behind 'how reliable are these numbers': flags, failed checks, measurements that did not run."""
+    if frame.empty:
+        return {"ok": 0, "flags": {}, "unstable_or_noisy": 0, "check_failed": 0, "not_run": {}}
+    ok = frame[frame["status"].eq("ok")]
+    flags = pd.Series([f for fl in ok["flags"] for f in fl], dtype=object).value_counts()
+    return {"ok": len(ok), "flags": {str(k): int(v) for k, v in flags.items()},
+            "unstable_or_noisy": int(ok["flags"].map(lambda f: bool(set(f) & {"unstable", "noisy"})).sum()),
+            "check_failed": int(frame["check"].eq("fail").sum()),
+            "not_run": {str(k): int(v) for k, v in frame.loc[frame["status"].ne("ok"), "status"].value_counts()
+                        .items()}}
+
+
+# ------------------------------------------------------------------------------------------------ all of it
+@dataclass
+class Analysis:
+    """Every table the report shows, computed once from the results files."""
+
+    results: Results
+    baseline: str
+    measurements: pd.DataFrame  # one row per measurement (reports.frame)
+    pooled: pd.DataFrame  # one row per configuration × case × pass × framework × variant
+    speedups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    variants: pd.DataFrame = field(default_factory=pd.DataFrame)
+    variant_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ratio_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    networks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    partial_networks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scaling_points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scaling: pd.DataFrame = field(default_factory=pd.DataFrame)
+    conv_dense: pd.DataFrame = field(default_factory=pd.DataFrame)
+    peaks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    quality: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def catalog_sets(frame: pd.DataFrame, cases: Iterable[Case] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Layer sets from the catalog (the bundled one by default), plus sets of networks the catalog lacks, taken
+    from the results; notes say when the catalog could not be read."""
+    notes = []
+    if cases is None:
+        try:
+            cases = load_catalog().cases
+        except CatalogError as exc:
+            cases, notes = (), [f"The catalog could not be read ({exc}); networks are judged complete from the "
+                                "results alone."]
+    sets = layer_sets(cases)
+    extra = _sets_from_results(frame)
+    extra = extra[~extra["set"].isin(sets["set"])]
+    return pd.concat([sets, extra], ignore_index=True) if len(extra) else sets, notes
+
+
+def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | None = None) -> Analysis:
+    """Compute every table of the report from read results (``cases``: the catalog to judge networks by)."""
+    frame = tidy_frame.measurements(results)
+    pooled = add_speedups(pool(frame), baseline)
+    ratios = pass_ratios(pooled)
+    sets, notes = catalog_sets(frame, cases)
+    networks, partial = network_rollup(pooled, sets)
+    points = scaling_points(pooled)
+    return Analysis(results=results, baseline=baseline, measurements=frame, pooled=pooled,
+                    speedups=speedup_summary(pooled), variants=variants(pooled),
+                    variant_effects=variant_effects(pooled), ratios=ratios, ratio_summary=ratio_summary(ratios),
+                    networks=networks, partial_networks=partial, scaling_points=points, scaling=scaling_fits(points),
+                    conv_dense=conv_vs_dense(pooled), peaks=peaks(pooled), quality=quality(frame), notes=notes)
+
+
+def build(paths: Iterable[str | Path], baseline: str = "torch", cases: Iterable[Case] | None = None) -> Analysis:
+    """Read results files (through ``suite.results.read_many``) and analyze them."""
+    return analyze(read_many(paths), baseline, cases)
+

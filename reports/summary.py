@@ -1,0 +1,472 @@
+"""Ready numbers (``reports.analysis``) → the report's answers: at most two short headline sentences per question,
+compact tables and notes. Nothing is computed here beyond choosing words and formats.
+
+A block is ``{"where", "headline", "tables", "notes", "missing"}``; a table is ``{"columns", "rows", "caption",
+"link", "cls"}``; a cell is ``{"text", "ci", "cls", "bold"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
+from reports.frame import BACKENDS, PASS_LABELS
+from suite.stats import format_seconds
+
+KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs"}
+WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
+                 "noisy": "IQR/median ≥ 10%", "overhead_bound": "median below 50 µs: measures dispatch overhead",
+                 "short_blocks": "a block shorter than 1 ms", "few_blocks": "too few blocks for a 95% CI"}
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def speedup_text(x: float) -> str:
+    """A speedup as words: 1.23 → '1.23× faster', 0.28 → '3.6× slower' (never '0.28×')."""
+    if not np.isfinite(x):
+        return "–"
+    if abs(x - 1) < 0.005:
+        return "same speed"
+    return f"{x:.2f}× faster" if x > 1 else f"{1 / x:.2g}× slower" if x > 0.1 else f"{1 / x:.0f}× slower"
+
+
+def ci_text(low: float, high: float, unit: str = "×") -> str:
+    return f"{low:.2f}–{high:.2f}{unit}" if np.isfinite(low) and np.isfinite(high) else "no CI"
+
+
+def flops_text(tflops: float) -> str:
+    if not np.isfinite(tflops):
+        return "–"
+    return f"{tflops:.3g} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.3g} GFLOP/s"
+
+
+def pct(x: float) -> str:
+    return f"{x:.0f}%" if np.isfinite(x) else "–"
+
+
+def span(values: Iterable[float], fmt: str = "{:.2f}", unit: str = "×") -> str:
+    values = sorted(v for v in values if np.isfinite(v))
+    if not values:
+        return "–"
+    low, high = fmt.format(values[0]), fmt.format(values[-1])
+    return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
+
+
+def cell(text: Any, ci: str = "", num: bool = True, bold: bool = False, wrap: bool = False) -> dict[str, Any]:
+    return {"text": str(text), "ci": ci, "cls": "num" if num else "wrap" if wrap else "", "bold": bold}
+
+
+def table(columns: list[str], rows: list[list[dict[str, Any]]], caption: str = "",
+          link: dict[str, str] | None = None, stacked: bool = False) -> dict[str, Any]:
+    """``stacked``: the CIs go on a line under the numbers, for wide tables."""
+    return {"columns": columns, "rows": rows, "caption": caption, "link": link,
+            "cls": "summary stacked" if stacked else "summary"}
+
+
+def block(headline: str, tables: list[dict[str, Any]] | None = None, notes: list[str] | None = None,
+          where: str = "", missing: bool = False) -> dict[str, Any]:
+    return {"where": where, "headline": headline, "tables": tables or [], "notes": notes or [], "missing": missing}
+
+
+def ordered(names: Iterable[str], order: Iterable[str] = BACKENDS) -> list[str]:
+    names = set(names)
+    return [n for n in order if n in names] + sorted(names - set(order))
+
+
+def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iterable[tuple[tuple, str, pd.DataFrame]]:
+    """(key, a title naming the configuration when the results hold several, rows) per configuration."""
+    several = not all_configs.empty and len(all_configs.groupby(CONFIG, dropna=False)) > 1
+    for key, group in data.groupby(by, dropna=False, sort=True):
+        yield key, " · ".join(f"{v} threads" if k == "threads" else str(v)
+                              for k, v in zip(by, key, strict=True)) if several else "", group
+
+
+def on(device: str) -> str:
+    return "On this CPU" if str(device).startswith("cpu") else f"On this {device}"
+
+
+# ------------------------------------------------------------------------------------------------ questions
+def speed(a: Analysis) -> list[dict[str, Any]]:
+    """Which framework is fastest where: case wins, geomean speedups per op kind and pass, the variants tried."""
+    s, base = a.speedups, a.baseline
+    if a.pooled.empty:
+        return [block("No successful measurement in these results: nothing to compare.", missing=True)]
+    if s.empty:
+        names = ", ".join(sorted(a.pooled["backend"].unique()))
+        return [block(f"Only {names} measured the same cases here, so these results cannot say which framework is "
+                      "fastest; run more backends (--backend torch,tensorflow,jax) on the same machine.",
+                      missing=True)]
+    blocks = []
+    for key, where, group in groups(s, CONFIG, a.pooled):
+        backends = ordered(group["backend"])
+        wins = group.groupby("backend")["wins"].sum()
+        compared = int(group.groupby(["pass", "kind"])["cases"].max().sum())
+        order = sorted(backends, key=lambda b: -wins.get(b, 0))
+        head = (f"{on(key[1])}, {order[0]} is fastest in {wins.get(order[0], 0)} of {compared} case×pass "
+                "comparisons (" + ", ".join(f"{b} {wins.get(b, 0)}" for b in order[1:]) + ").")
+        fwd = group[group["pass"].eq("forward") & group["backend"].ne(base) & group["kind"].isin(["gemm", "conv2d"])]
+        parts = [f"{b} " + " and ".join(f"{speedup_text(r.geomean)} on {KIND_LABELS[r.kind]}"
+                                         for r in fwd[fwd["backend"].eq(b)].sort_values("kind", key=lambda k: k.map(
+                                             {"gemm": 0, "conv2d": 1})).itertuples())
+                 for b in ordered(fwd["backend"])]
+        if parts:
+            head += f" Forward pass against {base} (geomeans): " + "; ".join(parts) + "."
+        rows = []
+        for (kind, pass_), kg in group.groupby(["kind", "pass"], sort=False):
+            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(PASS_LABELS[pass_], num=False),
+                   cell(int(kg["cases"].max()))]
+            by_backend = kg.set_index("backend")
+            most = kg["wins"].max()
+            for b in backends:
+                if b not in by_backend.index:
+                    row += [cell("–"), cell("–")]
+                    continue
+                r = by_backend.loc[b]
+                row.append(cell("baseline", num=False) if b == base else
+                           cell(speedup_text(r["geomean"]), ci_text(r["low"], r["high"])))
+                row.append(cell(int(r["wins"]), bold=r["wins"] == most))
+            rows.append(row)
+        rows.sort(key=lambda r: (list(KIND_LABELS.values()).index(r[0]["text"]) if r[0]["text"] in
+                                 KIND_LABELS.values() else 9, list(PASS_LABELS.values()).index(r[1]["text"])))
+        columns = ["op", "pass", "cases"] + [c for b in backends for c in (f"{b} vs {base} (95% CI)", f"{b} wins")]
+        tables = [table(columns, rows, stacked=True,
+                        caption=f"Geometric mean over cases of time({base}) / time(framework), 95% bootstrap CI over "
+                                "cases; wins: cases where the framework is fastest (bold: most wins).")]
+        tables += variant_tables(a, key)
+        blocks.append(block(head, tables, where=where))
+    return blocks
+
+
+def variant_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
+    """The variants each framework was measured in, how often each won, and each one's effect against the default."""
+    mask = (a.variants[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1) if len(a.variants) else []
+    v = a.variants[mask] if len(a.variants) else a.variants
+    if v.empty:
+        return []
+    rows = [[cell(r.backend, num=False), cell(r.variant, num=False),
+             cell({True: "yes", False: "no"}.get(r.default, "not recorded"), num=False), cell(r.tried),
+             cell(r.won, bold=r.won > 0)] for r in v.sort_values(["backend", "variant"], key=lambda c: c.map(
+                 {b: i for i, b in enumerate(BACKENDS)}) if c.name == "backend" else c).itertuples()]
+    out = [table(["framework", "variant (mode · layout · options)", "default", "case×pass measured", "fastest in"],
+                 rows, caption="Fair comparison: each framework enters every comparison with its fastest variant "
+                               "among those measured here; repeated runs of one variant are pooled, not picked.")]
+    effects = a.variant_effects
+    e = effects[(effects[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)] if len(effects) else effects
+    if not e.empty:
+        passes = [p for p in PASS_LABELS if p in set(e["pass"])]
+        rows = []
+        for (backend, variant), g in e.groupby(["backend", "variant"], sort=False):
+            by_pass = g.set_index("pass")
+            rows.append([cell(backend, num=False), cell(variant, num=False)] + [
+                cell(f"{by_pass.loc[p, 'geomean']:.2f}×", f"{ci_text(by_pass.loc[p, 'low'], by_pass.loc[p, 'high'])}, "
+                     f"{by_pass.loc[p, 'cases']} cases") if p in by_pass.index else cell("–") for p in passes])
+        out.append(table(["framework", "variant"] + [f"{PASS_LABELS[p]}: time vs default" for p in passes], rows,
+                         stacked=True, caption="Variant effect: geomean of time(variant) / time(the framework's "
+                                               "default variant) over the cases both ran; below 1: faster."))
+    return out
+
+
+def backward(a: Analysis) -> list[dict[str, Any]]:
+    """Forward or backward: the share of a whole network's training step in forward, dX and dW; op-level ratios."""
+    train = a.networks[a.networks["phase"].eq(PHASES["train"])] if len(a.networks) else a.networks
+    blocks = []
+    caveat = ("Only the GEMM and conv layers are measured: normalization, activations, attention and the optimizer "
+              "are not in these shares.")
+    for key, where, group in groups(train, CONFIG, a.pooled) if len(train) else []:
+        fastest = group.loc[group.groupby(["name", "backend"])["time_s"].idxmin()]
+        first = []
+        for name, ng in fastest.groupby("name", sort=True):
+            bwd = {r.backend: 1 - r.forward_share for r in ng.itertuples()}
+            first.append(f"in a {name} the backward passes (dX + dW) take "
+                         f"{span([100 * v for v in bwd.values()], '{:.0f}', '%')} of the time across "
+                         f"{len(bwd)} framework{'s' if len(bwd) > 1 else ''}")
+        head = f"{on(key[1])}, " + "; ".join(first) + f". {caveat}"
+        rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
+                 cell(format_seconds(r.time_s), f"{format_seconds(r.low_s)}–{format_seconds(r.high_s)}"),
+                 cell(pct(100 * r.forward_share)), cell(pct(100 * r.dx_share)), cell(pct(100 * r.dw_share))]
+                for r in group.sort_values(["name", "time_s"]).itertuples()]
+        notes = []
+        if not group["first_layer_marked"].all():
+            names = ", ".join(sorted(set(group.loc[~group["first_layer_marked"], "name"])))
+            notes.append(f"The catalog marks no first layer (tag first-layer) for {names}: every layer's dX is "
+                         "counted, as when the first layer's input is trainable (e.g. an embedding).")
+        shares = table(["network", "framework", "variant", "step time (Σ layer CIs)", "forward", "dX", "dW"], rows,
+                       caption="Share of a training step's GEMM/conv time: forward and dW of every layer, dX of every "
+                               "layer but the first.")
+        blocks.append(block(head, [shares, *ratio_tables(a, key)], notes, where))
+    if blocks:
+        return blocks
+    if a.ratio_summary.empty:
+        return [block("No complete network was measured in training, and no case has both a forward and a backward "
+                      "measurement: this question cannot be answered from these results.", missing=True)]
+    for key, where, group in groups(a.ratio_summary, CONFIG, a.pooled):
+        full = group[group["which"].eq("backward")]
+        if len(full):
+            head = (f"No complete network was measured in training; per op, backward (dX+dW) takes "
+                    f"{span(full['geomean'])} the forward time against a FLOP ratio of 2×. {caveat}")
+        else:
+            head = f"No complete network was measured in training; see the per-op ratios below. {caveat}"
+        blocks.append(block(head, ratio_tables(a, key), where=where))
+    return blocks
+
+
+def ratio_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
+    s = a.ratio_summary
+    group = s[(s[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)] if len(s) else s
+    if group.empty:
+        return []
+    whiches = [w for w in PASS_LABELS if w in set(group["which"])]
+    cells = {(r.backend, r.which): r for r in group.itertuples()}
+    rows = []
+    for b in ordered(group["backend"]):
+        row = [cell(b, num=False)]
+        for w in whiches:
+            r = cells.get((b, w))
+            row += [cell(f"{r.geomean:.2f}×", ci_text(r.low, r.high)), cell(pct(100 * r.flop_ratio / r.geomean))] \
+                if r is not None else [cell("–"), cell("–")]
+        rows.append(row)
+    flop = group.groupby("which")["flop_ratio"].median()
+    columns = ["framework"] + [c for w in whiches for c in (f"{PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.0f}×)",
+                                                             f"{PASS_LABELS[w]}: % of forward FLOP/s")]
+    return [table(columns, rows, stacked=True,
+                  caption="Per op: geometric mean over cases of time(pass) / time(forward), same case and variant, "
+                          "95% bootstrap CI; a time ratio equal to the FLOP ratio means equal FLOP/s.")]
+
+
+def conv(a: Analysis) -> list[dict[str, Any]]:
+    """The seed question in both framings, as two sentences and a table."""
+    c = a.conv_dense
+    if c.empty:
+        return [block("These results hold no seed conv and dense layer measured by one framework (tag seed), so they "
+                      "cannot answer the seed question; run `python -m suite run --catalog seed`.", missing=True)]
+    blocks = []
+    for key, where, group in groups(c, CONFIG, a.pooled):
+        sentences = []
+        for framing, fg in group.groupby("framing", sort=False):
+            dense = fg["dense"].iloc[0]
+            parts = [f"{conv_case} {time_ratio_text(cg['ratio'])}" for conv_case, cg in fg.groupby("conv", sort=True)]
+            lead = ("Same input values" if framing == "same input values" else "Features = pixels")
+            sentences.append(f"{lead} ({dense}): " + " and ".join(parts) + " across frameworks.")
+        rows = []
+        for (framing, conv_case, dense), g in group.groupby(["framing", "conv", "dense"], sort=False):
+            by = g.set_index("backend")
+            rows.append([cell(framing, num=False), cell(f"{conv_case} vs {dense}", num=False),
+                         cell(f"{g['flop_ratio'].iloc[0]:.1f}×")] + [
+                cell(f"{by.loc[b, 'ratio']:.2f}×", ci_text(by.loc[b, "low"], by.loc[b, "high"]),
+                     bold=by.loc[b, "verdict"] == "slower") if b in by.index else cell("–")
+                for b in ordered(group["backend"])])
+        columns = ["framing", "conv vs dense", "FLOP ratio"] + [f"{b}: time ratio" for b in ordered(group["backend"])]
+        seeds = seed_table(a, key)
+        blocks.append(block(" ".join(sentences[:2]), [table(columns, rows, stacked=True, caption=(
+            "Forward pass, each framework's fastest variant: time(conv) / time(dense), 95% bootstrap CI; bold: the "
+            f"conv is slower (CI above 1 + {100 * SAME_BAND:.0f}%).")), *seeds], where=where))
+    return blocks
+
+
+def time_ratio_text(ratios: Iterable[float]) -> str:
+    """time(conv) / time(dense) ratios as words: 'is 2.1–3.0× slower', 'is 3.4–4.0× faster' or, when the frameworks
+    disagree, 'takes 0.3–2.4× the time'."""
+    ratios = [r for r in ratios if np.isfinite(r)]
+    if ratios and min(ratios) > 1:
+        return f"is {span(ratios, '{:.2g}')} slower"
+    if ratios and max(ratios) < 1:
+        return f"is {span([1 / r for r in ratios], '{:.2g}')} faster"
+    return f"takes {span(ratios, '{:.2g}')} the time"
+
+
+def seed_table(a: Analysis, key: tuple) -> list[dict[str, Any]]:
+    p = a.pooled
+    seed = p[p["best"] & p["pass"].eq("forward") & p["tags"].map(lambda t: "seed" in t).astype(bool)
+             & (p[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)]
+    if seed.empty:
+        return []
+    backends = ordered(seed["backend"])
+    rows = []
+    for case, cg in seed.sort_values("flops").groupby("case", sort=False):
+        first, by = cg.iloc[0], cg.set_index("backend")
+        rows.append([cell(case, num=False), cell(first["shape"], num=False), cell(f"{int(first['input_elements']):,}"),
+                     cell(f"{first['flops'] / first['input_elements']:,.0f}")] + [
+            cell(format_seconds(by.loc[b, "median_s"]),
+                 f"{format_seconds(by.loc[b, 'ci_low_s'])}–{format_seconds(by.loc[b, 'ci_high_s'])}")
+            if b in by.index else cell("–") for b in backends])
+    return [table(["case", "shape", "input values", "FLOPs per input value"] + [f"{b} forward" for b in backends],
+                  rows, stacked=True, caption="The seed cases: a conv does about 2·K·R·S FLOPs per input value, a "
+                                              "dense layer 2·N; forward median with its 95% CI.")]
+
+
+def scaling(a: Analysis) -> list[dict[str, Any]]:
+    """Slopes of time against size over the compute-bound points, inference and training side by side."""
+    fits = a.scaling
+    if fits.empty:
+        return [block("No scaling sweep in these results (tags sweep-gemm, sweep-conv-spatial, sweep-conv-channels): "
+                      "run `python -m suite run --catalog sweeps` to measure how cost grows with size.", missing=True)]
+    blocks = []
+    for _, where, group in groups(fits, CONFIG, a.pooled):
+        sweeps = list(dict.fromkeys(group["sweep"]))
+        lead = group[group["sweep"].eq(sweeps[0])]
+        phases = [f"{phase} time ∝ size^{span(pg['slope'], unit='')}"
+                  for phase, pg in lead.groupby("phase", sort=True) if pg["slope"].notna().any()]
+        first = lead.iloc[0]
+        head = (f"{first['sweep']} ({first['dimension']}): " + (" and ".join(phases) if phases else
+                "too few compute-bound points to fit") + f" across frameworks, against FLOPs ∝ size^"
+                f"{first['flop_slope']:.0f}.")
+        excluded = int((group["points"] - group["fitted"]).sum())
+        head += (f" {excluded} of {int(group['points'].sum())} points were left out of the fits as overhead-bound "
+                 f"(under {OVERHEAD_FACTOR:.0f}× the sweep's fastest call).")
+        rows = []
+        for (sweep, backend), g in group.groupby(["sweep", "backend"], sort=False):
+            by = g.set_index("phase")
+            row = [cell(sweep, num=False), cell(backend, num=False)]
+            for phase in ("inference", "training"):
+                if phase in by.index and np.isfinite(by.loc[phase, "slope"]):
+                    r = by.loc[phase]
+                    row += [cell(f"{r['slope']:.2f}", f"± {r['slope_stderr']:.2f}"),
+                            cell(f"{r['fitted']} of {r['points']}"), cell(", ".join(map(str, r["excluded_sizes"]))
+                                                                          or "none", num=False)]
+                elif phase in by.index:
+                    row += [cell("too few points"), cell(f"{by.loc[phase, 'fitted']} of {by.loc[phase, 'points']}"),
+                            cell(", ".join(map(str, by.loc[phase, "excluded_sizes"])) or "none", num=False)]
+                else:
+                    row += [cell("not measured"), cell("–"), cell("–", num=False)]
+            row.append(cell(f"{g['flop_slope'].iloc[0]:.0f}"))
+            rows.append(row)
+        columns = ["sweep", "framework", "inference slope (± s.e.)", "fitted", "excluded sizes",
+                   "training slope (± s.e.)", "fitted", "excluded sizes", "FLOP exponent"]
+        blocks.append(block(head, [table(columns, rows, stacked=True, caption=(
+            "Least-squares slope of log(time) on log(size), each framework's fastest variant; inference = forward, "
+            "training = forward + backward. A point is fitted only when its time is at least "
+            f"{OVERHEAD_FACTOR:.0f}× the fastest call of that framework in the sweep (the smallest size bounds the "
+            "per-call overhead, so overhead is at most a tenth of a fitted point) and not flagged overhead_bound."))],
+            where=where))
+    return blocks
+
+
+def networks(a: Analysis) -> list[dict[str, Any]]:
+    """Whole-network totals (complete layer sets only) and the partial sets apart."""
+    n, partial = a.networks, a.partial_networks
+    if n.empty and partial.empty:
+        return [block("These results hold no layers of a catalogued network (tag modern with train or inference).",
+                      missing=True)]
+    blocks = []
+    for key, where, group in groups(n, CONFIG, a.pooled) if len(n) else []:
+        fastest = group.loc[group.groupby(["name", "backend"])["time_s"].idxmin()]
+        sentences = []
+        for name, g in fastest.groupby("name", sort=True):
+            sentences.append(f"a {name} takes " + ", ".join(
+                f"{format_seconds(r.time_s)} with {r.backend}" for r in g.sort_values("time_s").itertuples()))
+        head = f"{on(key[1])}, " + "; ".join(sentences[:2]) + " (GEMM/conv layers only, each framework's fastest " \
+            "complete variant)."
+        if len(sentences) > 2:
+            head += f" {len(sentences) - 2} more complete layer sets are in the table."
+        rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
+                 cell(r.layers),
+                 cell(format_seconds(r.time_s), f"{format_seconds(r.low_s)}–{format_seconds(r.high_s)}")]
+                for r in group.sort_values(["name", "time_s"]).itertuples()]
+        columns = ["network (layer set)", "framework", "variant", "layers", "time (Σ layer CIs)"]
+        caption = ("Σ over every layer of the network of count × median time; training step = forward + dW + dX "
+                   "(the first layer's dX excluded).")
+        blocks.append(block(head, [table(columns, rows, caption=caption)], where=where))
+    if len(partial):
+        rows = []
+        for (name, backend), g in partial.groupby(["name", "backend"], sort=True):
+            r = g.loc[g["measured"].idxmax()]
+            missing = ", ".join(r["missing"][:3]) + (f" and {len(r['missing']) - 3} more" if len(r["missing"]) > 3
+                                                     else "")
+            rows.append([cell(name, num=False), cell(backend, num=False),
+                         cell(f"{r['measured']} of {r['layers']} layers"), cell(missing, num=False, wrap=True)])
+        note = table(["network (layer set)", "framework", "measured (best variant)", "missing"], rows,
+                     caption="Partial networks: not every layer was measured in one variant, so no total is given.")
+        if blocks:
+            blocks[-1]["tables"].append(note)
+        else:
+            blocks.append(block(f"No network was measured completely: {len(rows)} layer sets are partial (listed "
+                                "below), so no network total is given.", [note]))
+    return blocks
+
+
+def peaks(a: Analysis) -> list[dict[str, Any]]:
+    """Theoretical and measured peaks, with the notes that keep percentages honest."""
+    blocks = []
+    several = len(a.peaks) > 1
+    for r in a.peaks.itertuples():
+        theo, measured = r.theoretical_tflops, r.measured_tflops
+        clock = " (nominal clock, may understate)" if r.nominal_clock and "nominal" not in r.theoretical_label else ""
+        head = f"{on(r.device)} ({r.dtype}, {r.math} math), "
+        if np.isfinite(measured):
+            head += (f"the best measured GEMM reaches {flops_text(measured)} ({r.measured_backend}, {r.measured_case})"
+                     + (f", {pct(r.measured_pct_of_theoretical)} of the {flops_text(theo)} {r.theoretical_label}"
+                        f"{clock}." if np.isfinite(theo) else "."))
+        else:
+            head += f"no GEMM was measured; the {r.theoretical_label} is {flops_text(theo)}{clock}."
+        over = []
+        if r.above_measured:
+            over.append(f"{r.above_measured} measurements exceed the measured peak (up to {pct(r.max_pct_measured)}), "
+                        "which is the best GEMM, not a bound")
+        if r.above_theoretical:
+            over.append(f"{r.above_theoretical} exceed the theoretical figure (up to {pct(r.max_pct_theoretical)}): "
+                        "its assumptions (clock, FMA units) understate this machine, or the kernel does fewer FLOPs "
+                        "(Winograd)")
+        if over:
+            head += " " + "; ".join(over).capitalize() + "."
+        rows = [[cell(r.theoretical_label, num=False), cell(flops_text(theo)),
+                 cell(r.theoretical_basis, num=False, wrap=True)],
+                [cell("measured peak", num=False), cell(flops_text(measured)),
+                 cell(f"{r.measured_backend}, {r.measured_case}; {r.measured_basis}", num=False, wrap=True)],
+                [cell("memory bandwidth", num=False),
+                 cell(f"{r.bandwidth_gbps:.3g} GB/s" if np.isfinite(r.bandwidth_gbps) else "–"),
+                 cell(r.bandwidth_basis, num=False, wrap=True)]]
+        where = " · ".join(map(str, (r.machine, r.device, r.dtype, r.math))) if several else ""
+        blocks.append(block(head, [table(["peak", "rate", "basis"], rows, caption=(
+            "Percentages of peak in the report are against the measured peak."))], where=where))
+    return blocks
+
+
+def reliability(a: Analysis) -> list[dict[str, Any]]:
+    """Flagged, failed and check-failed measurements, and load at the start of each run."""
+    q = a.quality
+    if not q or not (q["ok"] or q["not_run"]):
+        return []
+    rows = [[cell(flag, num=False), cell(n), cell(WARNING_FLAGS.get(flag, flag), num=False)]
+            for flag, n in sorted(q["flags"].items(), key=lambda x: -x[1])]
+    rows.append([cell("check failed", num=False), cell(q["check_failed"]),
+                 cell("numerical result outside tolerance of the float64 reference", num=False)])
+    rows += [[cell(f"did not run: {status}", num=False), cell(n), cell("reason in Warnings", num=False)]
+             for status, n in q["not_run"].items()]
+    head = (f"{q['unstable_or_noisy']} of {q['ok']} successful measurements are flagged unstable or noisy and "
+            f"{q['flags'].get('overhead_bound', 0)} overhead-bound; {q['check_failed']} failed the numerical check "
+            f"and {sum(q['not_run'].values())} did not run.")
+    notes = []
+    loaded = []
+    for h in a.results.headers:
+        env = h.get("environment") or {}
+        load, cpus = env.get("load_average") or [], (env.get("cpu") or {}).get("usable_cpus")
+        if load and cpus and load[0] > 0.5 * cpus:
+            loaded.append(load[0])
+    if loaded:
+        notes.append(f"{len(loaded)} of {len(a.results.headers)} runs started with a load average of "
+                     f"{span(loaded, unit='')} on this machine: other work was competing for the CPU, which inflates "
+                     "and scatters times.")
+    notes += a.notes
+    return [block(head, [table(["flag", "measurements", "meaning"], rows, caption="Flagged measurements by flag",
+                               link={"href": "#warnings", "text": "every one, with its reason, under Warnings"})],
+                  notes)]
+
+
+QUESTIONS = [  # id, question, answer, the figure that belongs to it
+    ("speed", "Which framework is fastest, where, and by how much?", speed, "speedup"),
+    ("backward", "Forward or backward: which takes the time in training?", backward, "training_shares"),
+    ("conv", "Why is a conv layer slower than a dense layer of the same input size?", conv, "conv_vs_gemm"),
+    ("scaling", "How does cost grow with size?", scaling, "scaling"),
+    ("networks", "What does a whole network cost?", networks, "networks"),
+    ("peak", "Peak: theoretical and measured", peaks, "roofline"),
+    ("reliability", "How reliable are these numbers?", reliability, None),
+]
+
+
+def answers(a: Analysis) -> list[dict[str, Any]]:
+    """Every question with its blocks and the key of its figure."""
+    return [{"id": qid, "question": question, "blocks": answer(a), "figure": figure}
+            for qid, question, answer, figure in QUESTIONS]
