@@ -1,5 +1,8 @@
 """The README's main job, end to end, on the tiny smoke catalog: tox installs each framework in its own env,
-measures every pass on the CPU, and builds the HTML report. This is the command a new user runs."""
+measures every pass on the CPU in every variant that can be a framework's fastest there (torch NCHW and
+channels_last, TensorFlow tf.function and eager, JAX with and without its YNNPACK conv fusion), records the memory
+bandwidth, and builds the HTML report. This is the command a new user runs; the extra arguments after ``--`` must
+compose with each env's own."""
 
 import os
 import shutil
@@ -42,16 +45,34 @@ def test_main_job_end_to_end_on_smoke(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     results = read_many([tmp_path / "results" / "cpu"])
-    smoke = {case.id for case in load_catalog().subset("smoke")}
+    cases = load_catalog().subset("smoke")
+    smoke = {case.id for case in cases}
+    convs = {case.id for case in cases if case.op.kind == "conv2d"}
     for backend in BACKENDS:
         mine = [m for m in results.measurements if m["backend"] == backend]
         assert {(m["case"], m["pass"]) for m in mine} == {(c, p) for c in smoke for p in PASSES}, backend
+        variants = {(m["case"], m["pass"], m["mode"], m["layout"], tuple(sorted(m["options"].items()))) for m in mine}
+        assert len(variants) == len(mine), f"{backend}: a measurement was repeated"
+    expected_variants = {  # per backend: (mode, layout, options) for a conv and for a GEMM
+        "torch": ({("eager", "NCHW", ()), ("eager", "channels_last", ())}, {("eager", "row-major", ())}),
+        "tensorflow": ({("function", "NHWC", ()), ("eager", "NHWC", ())},
+                       {("function", "row-major", ()), ("eager", "row-major", ())}),
+        "jax": ({("jit", "NCHW", ()), ("jit", "NCHW", (("ynn_conv", "off"),))}, {("jit", "row-major", ())}),
+    }
+    for backend, (conv_variants, gemm_variants) in expected_variants.items():
+        for case in smoke:
+            got = {(m["mode"], m["layout"], tuple(sorted(m["options"].items()))) for m in results.measurements
+                   if m["backend"] == backend and m["case"] == case and m["pass"] == "forward"}
+            assert got == (conv_variants if case in convs else gemm_variants), (backend, case, got)
         for m in mine:
             assert m["status"] in ("ok", "unsupported"), (backend, m["case"], m["pass"], m.get("reason"))
             if m["status"] == "ok":
                 assert m["check"]["status"] == "pass", (backend, m["case"], m["pass"], m["check"])
                 assert m["stats"]["median"] > 0 and len(m["block_times"]) >= 1
     assert {w["backend"] for w in results.workers} == set(BACKENDS)
+    bandwidths = [h["environment"]["memory_bandwidth"] for h in results.headers
+                  if h["environment"].get("memory_bandwidth")]
+    assert len(bandwidths) == 1 and bandwidths[0]["gbps"] > 0  # measured once, by the torch env
     assert all(w["flags"].get("threads") or w["flags"].get("intra_op_threads") or w["flags"].get("affinity")
                for w in results.workers)
 
