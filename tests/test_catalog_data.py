@@ -423,7 +423,7 @@ QUICK_BUDGET = 80e9
 
 def test_quick_fits_the_cpu_budget(catalog):
     quick = catalog.subset("quick")
-    assert 40 <= len(quick) <= 60, len(quick)
+    assert 40 <= len(quick) <= 50, len(quick)
     big = [c.id for c in quick if c.op.flops() > 5e9]
     assert big == ["sweep-gemm-2048"], big  # the one compute-bound GEMM point (and the measured peak)
     assert sum(c.op.flops("forward") for c in quick) <= QUICK_BUDGET
@@ -445,8 +445,8 @@ def test_quick_covers_what_it_should(catalog):
     assert any(c.op.kind == "conv2d" and c.op.r != c.op.s for c in quick)  # a non-square filter
     assert any(c.op.kind == "gemm" and (c.op.transpose_a or c.op.transpose_b) for c in quick)
     assert tags["seed"] == 4
-    assert tags["deepbench-train"] >= 2
-    assert tags["deepbench-inference-server"] + tags["deepbench-inference-device"] >= 2
+    assert tags["deepbench-train"] >= 1
+    assert tags["deepbench-inference-server"] + tags["deepbench-inference-device"] >= 1
     assert tags["modern"] >= 28 and tags["inference"] >= 2 and tags["decode"] >= 1
     assert 5 <= tags["sweep-gemm"] <= 6  # enough sizes to fit a log-log slope, 2048³ among them
     assert max(c.op.m for c in quick if "sweep-gemm" in c.tags) == 2048
