@@ -121,9 +121,10 @@ def comparison_table(track: Track, base: int, new: int) -> dict[str, Any]:
     rows = []
     for p in pairs:
         case, what = _describe(p.base)
-        rows.append({"case": case, "what": what,
-                     "base": format_seconds(float((p.base.get("stats") or {}).get("median") or math.nan)),
-                     "new": format_seconds(float((p.new.get("stats") or {}).get("median") or math.nan)),
+        base_s, new_s = (float((m.get("stats") or {}).get("median") or math.nan) for m in (p.base, p.new))
+        rows.append({"case": case, "what": what, "base": format_seconds(base_s), "new": format_seconds(new_s),
+                     "base_s": base_s if math.isfinite(base_s) else "inf",  # sort keys: a failed one last
+                     "new_s": new_s if math.isfinite(new_s) else "inf",
                      "ratio": f"{p.ratio:.3f}" if math.isfinite(p.ratio) else "",
                      "ci": f"{p.low:.3f}–{p.high:.3f}" if math.isfinite(p.low) else "",
                      "verdict": p.verdict, "reason": p.reason})
