@@ -627,9 +627,9 @@ def _print_comparison(result) -> None:
 # ---------------------------------------------------------------------------------------------- selfcheck
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """Time a few ops with opbench and with torch.utils.benchmark in one process, and measure machine noise."""
-    from backends.selfcheck import selfcheck
+    from suite.selfcheck import selfcheck
 
-    return selfcheck(console, threads=args.threads)
+    return selfcheck(console, err_console, threads=args.threads)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -1,0 +1,179 @@
+"""``python -m suite selfcheck``: is opbench's timing trustworthy on this machine?
+
+Times each op two ways in one process, in alternating rounds: opbench's ``prepare(...).run_block`` through the
+PyTorch backend and ``measure``, and ``torch.utils.benchmark`` (an independent, well-kept timer) on the same call
+written directly against torch, on tensors torch allocated itself, so input placement is part of the comparison.
+The ratio per op is the median of the rounds' ratios. Small ops (a batch-1 dense layer, ~20 µs) are included:
+there the harness's own per-call cost would show. Then it measures the harness's cost per call (a block of empty
+steps) and the machine's noise (IQR/median of a fixed GEMM's blocks), so a user knows how far apart two results
+must be to differ. An orchestration tool like the CLI: it imports torch and the torch backend inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from suite.catalog import SHAPES_DIR, load_file
+from suite.environment import usable_cpus
+from suite.ops import WRT, Conv2d, Gemm, Op, Pass
+from suite.reference import make_inputs
+from suite.stats import format_seconds, summarize
+from suite.timing import TimingConfig, measure
+from suite.variant import Settings, Variant
+
+ROUNDS = 3  # alternating opbench / torch.utils.benchmark rounds per op; the ratio is their median
+TIMING = TimingConfig(max_time_s=1.0)  # opbench's timing, with a short cap so the check takes seconds
+TORCH_MIN_RUN_S = 0.2  # torch.utils.benchmark's blocked_autorange default
+NOISE_OP = Gemm(256, 256, 256)
+
+
+@dataclass(frozen=True)
+class Check:
+    label: str
+    op: Op
+    pass_: Pass
+
+
+def checks() -> list[Check]:
+    """The ops compared: the two small seed ops (overhead-bound) from the catalog, a GEMM and a conv."""
+    seed = {case.id: case.op for case in load_file(SHAPES_DIR / "seed.yaml")}
+    gemm, conv = Gemm(512, 512, 512), Conv2d(8, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1))
+    return [Check("seed-dense-1024x512", seed["seed-dense-1024x512"], "forward"),
+            Check("seed-conv-3x3", seed["seed-conv-3x3"], "forward"),
+            Check("GEMM 512³", gemm, "forward"), Check("GEMM 512³", gemm, "backward"),
+            Check("conv N8 C64 28² K64 3×3", conv, "forward"),
+            Check("conv N8 C64 28² K64 3×3", conv, "backward_data")]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Medians per call of one op from each round: opbench's and torch.utils.benchmark's, in round order."""
+
+    label: str
+    pass_: str
+    ours: tuple[float, ...]
+    theirs: tuple[float, ...]
+
+    @property
+    def ratios(self) -> np.ndarray:
+        return np.asarray(self.ours) / np.asarray(self.theirs)
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of opbench / torch.utils.benchmark (each round's pair ran back to back)."""
+        return float(np.median(self.ratios))
+
+    def row(self) -> list[str]:
+        low, high = self.ratios.min(), self.ratios.max()
+        return [self.label, self.pass_, format_seconds(float(np.median(self.ours))),
+                format_seconds(float(np.median(self.theirs))), f"{self.ratio:.3f}", f"{low:.3f} – {high:.3f}"]
+
+
+def comparison_table(comparisons: Sequence[Comparison], title: str) -> Table:
+    table = Table(title=title)
+    rounds = max((len(c.ours) for c in comparisons), default=0)
+    for column in ("op", "pass", "opbench median", "torch.utils.benchmark median", f"ratio (median of {rounds})",
+                   "ratio range"):
+        table.add_column(column, justify="left" if column in ("op", "pass") else "right")
+    for comparison in comparisons:
+        table.add_row(*comparison.row())
+    return table
+
+
+def noise_summary(medians: Sequence[float], rel_iqrs: Sequence[float], worst_ratio: float) -> tuple[float, str]:
+    """How much results move on this machine: the largest of the blocks' IQR/median, the drift of the median
+    between repeated runs, and opbench's largest difference from torch.utils.benchmark; and a sentence saying so."""
+    drift = (max(medians) - min(medians)) / min(medians)
+    noise = max(worst_ratio, drift, *rel_iqrs)
+    text = (f"machine noise: IQR/median of a 256³ GEMM's blocks = {', '.join(f'{x:.1%}' for x in rel_iqrs)} "
+            f"({len(rel_iqrs)} runs); the median moved {drift:.1%} between runs. Largest opbench / "
+            f"torch.utils.benchmark difference: {worst_ratio:.1%}. Treat differences between results smaller than "
+            f"about {noise:.0%} as noise on this machine.")
+    return noise, text
+
+
+def _median(samples: Any) -> float:
+    return summarize(samples.block_times, samples.calls_per_block).median
+
+
+def _torch_timer(check: Check, threads: int) -> Any:
+    """torch.utils.benchmark.Timer for the same call as opbench's step, on tensors torch allocates itself."""
+    import torch
+    import torch.utils.benchmark as tb
+
+    op, grad = check.op, WRT.get(check.pass_, ())
+    if isinstance(op, Gemm):  # the checked GEMMs are untransposed: logical shapes are the stored ones
+        shapes, call = (op.a_shape, op.b_shape), "torch.matmul(x, w)"
+    else:
+        assert isinstance(op, Conv2d)
+        shapes = (op.input_shape, op.weight_shape)
+        call = (f"torch.nn.functional.conv2d(x, w, stride={op.stride}, padding={op.symmetric_padding}, "
+                f"dilation={op.dilation}, groups={op.groups})")
+    x, w = (torch.randn(shape, requires_grad=name in grad) for name, shape in zip("xw", shapes, strict=True))
+    names = {"torch": torch, "x": x, "w": w, "wrt": tuple(t for t in (x, w) if t.requires_grad)}
+    if check.pass_ == "forward":
+        return tb.Timer(call, globals=names, num_threads=threads)
+    names["dy"] = torch.randn(op.out_shape)
+    return tb.Timer("torch.autograd.grad(y, wrt, dy, retain_graph=True)", setup=f"y = {call}", globals=names,
+                    num_threads=threads)
+
+
+def selfcheck(console: Console, progress_console: Console | None = None, threads: int | None = None) -> int:
+    """Compare opbench with torch.utils.benchmark on every check, then print the harness cost and machine noise."""
+    from backends.torch_backend import TorchBackend
+
+    settings = Settings(device="cpu", threads=threads)
+    backend = TorchBackend(settings)
+    flags = backend.configure(settings)
+    todo = checks()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=progress_console or console, transient=True) as progress:
+        bar = progress.add_task("selfcheck", total=len(todo) * ROUNDS + 2)
+        pairs: list[tuple[Callable[[], float], Callable[[], float]]] = []
+        for check in todo:
+            prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
+            timer = _torch_timer(check, flags["threads"])
+            pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING)),
+                          lambda timer=timer: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median))
+        ours: list[list[float]] = [[] for _ in todo]
+        theirs: list[list[float]] = [[] for _ in todo]
+        for round_ in range(ROUNDS):
+            for i, (check, (time_ours, time_theirs)) in enumerate(zip(todo, pairs, strict=True)):
+                progress.update(bar, description=f"round {round_ + 1}/{ROUNDS}: {check.label} {check.pass_}")
+                if round_ % 2:  # alternate which timer goes first, so a drift in time favours neither
+                    theirs[i].append(time_theirs())
+                    ours[i].append(time_ours())
+                else:
+                    ours[i].append(time_ours())
+                    theirs[i].append(time_theirs())
+                progress.advance(bar)
+
+        progress.update(bar, description="harness cost per call")
+        empty = measure(backend.block_runner(tuple), TimingConfig(max_time_s=0.5))  # tuple() is a near-free C call
+        progress.advance(bar)
+        progress.update(bar, description="machine noise")
+        prepared = backend.prepare(NOISE_OP, Variant("forward"), make_inputs(NOISE_OP))
+        noise = [measure(prepared.run_block, TimingConfig(min_blocks=15, max_blocks=15, target_rel_iqr=0.0))
+                 for _ in range(3)]
+        progress.advance(bar)
+
+    comparisons = [Comparison(check.label, check.pass_, tuple(o), tuple(t))
+                   for check, o, t in zip(todo, ours, theirs, strict=True)]
+    console.print(comparison_table(comparisons, f"opbench vs torch.utils.benchmark (torch {backend.versions()['torch']}"
+                                                f", {flags['threads']} threads, fp32, same process, {ROUNDS} rounds)"))
+    console.print(f"harness cost per call: {format_seconds(_median(empty))} (opbench's block loop around an empty "
+                  "step; torch.utils.benchmark's timeit loop costs about the same)")
+    worst = max(abs(c.ratio - 1) for c in comparisons)
+    _, text = noise_summary([_median(s) for s in noise],
+                            [summarize(s.block_times, s.calls_per_block).rel_iqr for s in noise], worst)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    console.print(f"{text} Load average {load} on {usable_cpus()} usable CPUs while this ran.", highlight=False)
+    return 0
