@@ -290,7 +290,8 @@ def load_catalog(directories: str | Path | Iterable[str | Path] = SHAPES_DIR) ->
         unique.setdefault(Path(folder).resolve(), Path(folder))
     for directory in unique.values():
         if not directory.is_dir():
-            raise CatalogError(directory, "no such catalog directory")
+            raise CatalogError(directory, "not a folder; a catalog is a folder of *.yaml files" if directory.exists()
+                               else "no such catalog directory")
         for path in sorted(directory.glob("*.yaml")):
             if path.name == SUBSETS_FILE:
                 continue

@@ -166,7 +166,7 @@ def list_backends(form: str) -> int:
 def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> None:
     """The flags of ``run``; ``check`` and ``peak`` take only those they honour (the rest get fixed defaults)."""
     if command == "peak":  # the `peak` subset, forward only
-        parser.set_defaults(catalog="peak", id=[], tag=[], op=None, source=None, shapes=str(SHAPES_DIR),
+        parser.set_defaults(catalog="peak", id=[], tag=[], op=None, source=None, shapes=None,
                             passes="forward")
     else:
         add_selection(parser)
@@ -251,8 +251,8 @@ def _backend_names(text: str) -> list[str]:
         if not names:
             raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
         return names
-    known = [*backends.REGISTRY, *backends.ALIASES]
-    names = [backends.canonical(name) for name in _choices(text, known, "backend", ("available",))]
+    named = ",".join(backends.ALIASES.get(name, name) for name in _csv(text))
+    names = _choices(named, backends.REGISTRY, "backend", ("available",))
     for name in names:
         if not backends.is_available(name):
             backends.load(name)  # raises BackendUnavailable with install advice
@@ -697,13 +697,13 @@ class Parser(argparse.ArgumentParser):
 
 def parser() -> Parser:
     top = Parser(prog="python -m suite", description="opbench: GEMM and conv2d across frameworks",
-                 epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+                 epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = top.add_subparsers(dest="command", required=True, metavar="command")
     top.commands = {}
     for name, (func, configure) in COMMANDS.items():
         summary = (func.__doc__ or "").replace("%", "%%")  # argparse %-formats help texts
         command = sub.add_parser(name, help=summary, description=func.__doc__, epilog=EXIT_STATUS,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
         configure(command)
         command.set_defaults(func=func)
         top.commands[name] = command
@@ -727,7 +727,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # --help (0), or a mistake argparse found and printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:

@@ -54,24 +54,64 @@ def one_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- command line
 @pytest.mark.parametrize("argv, expected", [
-    (["--backend", "nope"], "unknown backend 'nope'; known: torch"),
-    (["--dtype", "fp64"], "unknown dtype 'fp64'; choose from fp32"),
+    (["--backend", "nope"], "unknown backend 'nope'; choose from torch, tensorflow, jax"),
+    (["--backend", "torhc"], "unknown backend 'torhc' (did you mean 'torch'?)"),
+    (["--backend", ","], "--backend needs at least one value"),
+    (["--dtype", "fp64"], "unknown dtype 'fp64'"),
+    (["--dtype", "fp33"], "unknown dtype 'fp33' (did you mean 'fp32'?); choose from fp32, fp16, bf16"),
     (["--pass", "sideways"], "unknown pass 'sideways'; choose from forward"),
-    (["--device", "tpu"], "unknown device 'tpu'; choose from cpu, gpu"),
+    (["--pass", "forwrd"], "(did you mean 'forward'?)"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
     (["--catalog", "nope"], "unknown subset 'nope'"),
+    (["--catalog", "quik"], "unknown subset 'quik' (did you mean 'quick'?)"),
     (["--id", "no-such-case*"], "no case matches the selection"),
-    (["--mode", "sideways"], "torch: modes eager, compile"),
+    (["--mode", "sideways"], "unknown mode 'sideways'; choose from eager, compile (or 'default' or 'all')"),
+    (["--mode", "eagr"], "(did you mean 'eager'?)"),
+    (["--layout", "nchw"], "unknown layout 'nchw' (did you mean 'NCHW'?)"),
+    (["--layout", "NHWC"], "choose from row-major, NCHW, channels_last (or"),  # torch has no NHWC
     (["--time-cap", "0"], "--time-cap must be a positive number"),
+    (["--time-cap", "nan"], "--time-cap must be a positive number"),
     (["--case-timeout", "-1"], "--case-timeout must be a positive number"),
     (["--max-run-time", "0"], "--max-run-time must be a positive number"),
     (["--threads", "0"], "--threads must be a positive number"),
+    (["--threads", "two"], "argument --threads: invalid int value: 'two'"),
     (["--shard", "3/2"], "I must be between 1 and N"),
+    (["--shard", "half"], "--shard takes I/N"),
     (["--option", "novalue"], "--option takes KEY=VALUE"),
+    (["--op", "gem"], "invalid choice: 'gem'"),
+    (["--op", "gem"], "(did you mean 'gemm'?)"),
+    (["--math", "tf16"], "argument --math: invalid choice: 'tf16'"),
+    (["--catalg", "smoke"], "unrecognized arguments: --catalg smoke (did you mean '--catalog'?)"),
+    (["--frobnicate"], "unrecognized argument: --frobnicate (see python -m suite run --help)"),
+    (["extra-positional"], "unrecognized argument: extra-positional"),
 ])
 def test_run_mistakes_exit_2_with_one_message(tmp_path, capsys, argv, expected):
     code = main(["run", "--catalog", "smoke", "--backend", "torch", "-o", str(tmp_path / "r.jsonl"), *argv])
     assert expected in one_error(capsys, code)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "the following arguments are required: command"),
+    (["lst"], "invalid choice: 'lst'"),
+    (["lst"], "(did you mean 'list'?)"),
+    (["check", "--resume"], "--resume is an option of run, peak, not of check"),
+    (["check", "--time-cap", "1"], "--time-cap is an option of run, peak, not of check"),
+    (["check", "--shard", "1/2"], "--shard is an option of run, peak, not of check"),
+    (["check", "--max-run-time", "5"], "--max-run-time is an option of run, peak, not of check"),
+    (["check", "--catalog", "smoke", "--case-timeout", "0"], "--case-timeout must be a positive number"),
+    (["peak", "--catalog", "quick"], "--catalog is an option of list, run, check, not of peak"),
+    (["peak", "--pass", "forward"], "--pass is an option of run, check, not of peak"),
+    (["list", "--catalog", "smoke", "--backend", "torch"], "--backend is an option of"),
+    (["show"], "the following arguments are required: results"),
+    (["merge", "a.jsonl"], "the following arguments are required: -o/--output"),
+    (["report", "nowhere.jsonl"], "nowhere.jsonl: no such results file or folder"),
+    (["selfcheck", "--threads", "x"], "argument --threads: invalid int value: 'x'"),
+])
+def test_mistakes_of_every_subcommand_exit_2_with_one_message(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    assert expected in one_error(capsys, main(argv))
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_output_that_is_a_folder_or_unwritable(tmp_path, capsys):
@@ -97,6 +137,23 @@ def test_output_that_is_a_folder_or_unwritable(tmp_path, capsys):
     ({**CONV, "dims": {**CONV["dims"], "stride": 0}}, "field 'dims.stride': must be an integer >= 1"),
     ({**CONV, "dims": {**CONV["dims"], "groups": 3}}, "must be divisible by groups=3"),
     ({**CONV, "dims": {**CONV["dims"], "padding": -1}}, "field 'dims.padding': must be an integer >= 0"),
+    ({**GEMM, "dims": {"m": 4.5, "n": 8, "k": 16}}, "field 'dims.m': must be an integer >= 1, got 4.5"),
+    ({**GEMM, "dims": {"m": True, "n": 8, "k": 16}}, "field 'dims.m': must be an integer >= 1, got True"),
+    ({**GEMM, "dims": {"m": 99999999999999999999, "n": 8, "k": 16}},
+     "field 'dims.m': 99999999999999999999 is beyond int64 (2**63 - 1): no framework can index it"),
+    ({**GEMM, "dims": {"m": 2**32, "n": 2**32, "k": 2}},  # each dim fits; the m×n output does not
+     "field 'dims': the output tensor 4294967296×4294967296 has 1.84e+19 elements, beyond int64"),
+    ({**CONV, "dims": {**CONV["dims"], "n": 2**16, "c": 2**16, "h": 2**16, "w": 2**16, "groups": 1}},
+     "field 'dims': the input tensor 65536×65536×65536×65536 has 1.84e+19 elements, beyond int64"),
+    ({key: value for key, value in GEMM.items() if key != "provenance"}, "field 'provenance': is required"),
+    ({**GEMM, "provenance": {"network": "Net", "layer": "fc"}}, "field 'provenance.source': is required"),
+    ({**GEMM, "provenance": {**PROV, "source": ""}}, "field 'provenance.source': must be a non-empty string"),
+    ({**GEMM, "provenance": {**PROV, "paper": "x"}}, "field 'provenance.paper': unknown key"),
+    ({**GEMM, "id": "has space"}, "field 'id': must be a non-empty string without spaces"),
+    ({**GEMM, "count": 0}, "field 'count': must be an integer >= 1, got 0"),
+    ({**GEMM, "dims": {"n": 8, "k": 16}}, "field 'dims.m': is required"),
+    ({**GEMM, "op": "gemn"}, "unknown op 'gemn' (did you mean 'gemm'?)"),
+    ({**GEMM, "dims": {"m": 4, "n": 8, "k": 16, "tranpose_a": True}}, "unknown key (did you mean 'transpose_a'?)"),
 ])
 def test_catalog_mistakes_through_the_cli(tmp_path, capsys, entry, expected):
     folder = catalog_dir(tmp_path, entry)
@@ -113,11 +170,19 @@ def test_catalog_mistakes_through_the_cli(tmp_path, capsys, entry, expected):
     ("cases: {a: 1}\n", "field 'cases': must be a list"),
     ("defaults: {provenance: [1]}\ncases: []\n", "defaults, field 'provenance'"),  # was a TypeError
     ("defaults: {tags: 7}\ncases: []\n", "defaults, field 'tags'"),  # was a TypeError
+    ("cases: !!python/object/apply:os.system [touch executed-from-yaml]\n", "not valid YAML"),  # never runs
+    ("cases:\n  - !!python/name:os.system\n", "not valid YAML"),
+    ("cases: [{<<: *nope}]\n", "not valid YAML"),  # an undefined alias
+    ("cases:\n\t- id: x\n", "not valid YAML"),  # a tab
+    (yaml.safe_dump({"cases": [GEMM, GEMM]}), "duplicate id"),
+    (yaml.safe_dump({"cases": [GEMM], "case": []}), "field 'case': unknown key (did you mean 'cases'?)"),
 ])
-def test_malformed_catalog_files(tmp_path, capsys, content, expected):
+def test_malformed_catalog_files(tmp_path, capsys, monkeypatch, content, expected):
+    monkeypatch.chdir(tmp_path)
     folder = catalog_dir(tmp_path, text=content)
     message = one_error(capsys, main(["list", "--shapes", str(folder)]))
     assert str(folder / "cases.yaml") in message and expected in message
+    assert not (tmp_path / "executed-from-yaml").exists()
 
 
 def test_catalog_not_utf8_or_not_a_folder(tmp_path, capsys):
@@ -125,6 +190,8 @@ def test_catalog_not_utf8_or_not_a_folder(tmp_path, capsys):
     (folder / "cases.yaml").write_bytes(b"cases: [\xff\xfe]\n")  # was a UnicodeDecodeError traceback
     assert "not UTF-8" in one_error(capsys, main(["list", "--shapes", str(folder)]))
     assert "no such catalog directory" in one_error(capsys, main(["list", "--shapes", str(tmp_path / "nope")]))
+    message = one_error(capsys, main(["list", "--shapes", str(folder / "cases.yaml")]))
+    assert "cases.yaml: not a folder; a catalog is a folder of *.yaml files" in message
 
 
 def write_lines(path: Path, *records: dict[str, Any] | str) -> Path:
@@ -145,9 +212,56 @@ def write_lines(path: Path, *records: dict[str, Any] | str) -> Path:
     (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measurement(), "schema": 1, "status": "meh"}),
      "unknown status 'meh'"),
     (lambda d: (d / "f.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff") and d / "f.jsonl", "not a text file"),
+    (lambda d: write_lines(d / "f.jsonl"), "f.jsonl: no measurements (an empty results file"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}), "f.jsonl: no measurements"),
+    (lambda d: write_lines(d / "f.jsonl", "[1, 2]"), "line 1: not an opbench record"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, "42"), "line 2: not an opbench record"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": "1"}), "line 1: record has no integer 'schema'"),
+    (lambda d: write_lines(d / "f.jsonl", measured(), {**HEADER, "schema": 1}), "line 1: no header record before"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times="0.1,0.2")),
+     "line 2: measurement of c1 (torch forward): block_times must be a list of positive finite seconds, got "
+     '"0.1,0.2"'),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times=[0.1, "nan", 0.1])),
+     "line 2: measurement of c1 (torch forward): block_times must be a list of positive finite seconds"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times=[0.1, -0.1, 0.1])),
+     "block_times must be a list of positive finite seconds"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times=[0.1, True, 0.1])),
+     "block_times must be a list of positive finite seconds"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(calls_per_block=-4)),
+     "line 2: measurement of c1 (torch forward): calls_per_block must be a positive integer, got -4"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(calls_per_block=2.5)),
+     "calls_per_block must be a positive integer, got 2.5"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(median=0.0005)),
+     "stats.median 0.0005 is not the median of block_times / calls_per_block (0.001)"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(median="nan")),
+     'stats.median "nan" is not the median'),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(blocks=7)),
+     "stats count 7 blocks of 10 calls, the raw samples 3 of 10"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(tflops=1.0)),
+     "tflops 1.0 is not flops / median"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times=None, calls_per_block=None)),
+     "has statistics but no raw block_times and calls_per_block"),
 ])
-def test_show_damaged_or_foreign_results(tmp_path, capsys, make, expected):
-    assert expected in one_error(capsys, main(["show", str(make(tmp_path))]))
+@pytest.mark.parametrize("command", ["show", "report"])
+def test_show_and_report_refuse_damaged_or_foreign_results(tmp_path, capsys, make, expected, command):
+    output = ["-o", str(tmp_path / "report")] if command == "report" else []
+    assert expected in one_error(capsys, main([command, str(make(tmp_path)), *output]))
+    assert not (tmp_path / "report").exists()
+
+
+def measured(median: Any = 0.001, blocks: int = 3, tflops: float | None = None, **raw: Any) -> dict[str, Any]:
+    """A consistent timed measurement (3 blocks of 10 calls, 1 ms per call), with ``raw`` and stats overridden."""
+    times = {"block_times": [0.009, 0.010, 0.011], "calls_per_block": 10, **raw}
+    flops = 2 * 64**3
+    return {**measurement(), "schema": 1, "flops": flops, **times, "tflops": tflops or flops / 0.001 / 1e12,
+            "stats": {"median": median, "blocks": blocks, "calls_per_block": 10}}
+
+
+def test_a_consistent_measurement_is_read(tmp_path, capsys):
+    """The corpus above fails for the reason it names: the same record, unchanged, is read and shown."""
+    path = write_lines(tmp_path / "f.jsonl", {**HEADER, "schema": 1}, measured())
+    assert main(["show", str(path)]) == 0
+    assert "1 of 1 measurements" in capsys.readouterr().out
 
 
 def test_show_warns_about_a_partial_last_line_and_shows_the_rest(tmp_path, capsys):
@@ -269,7 +383,7 @@ def test_a_written_file_cut_at_any_byte_keeps_every_complete_record(tmp_path, ca
     with ResultsWriter(path) as writer:
         writer.write(HEADER)
         for case in cases:
-            writer.write(measurement(case, stats={"median": float("inf")}, reason="×✓\n\"quoted\""))
+            writer.write({**measured(), "case": case, "first_call_s": float("inf"), "reason": "×✓\n\"quoted\""})
     full = path.read_bytes()
     cut = data.draw(st.integers(len(full.split(b"\n")[0]) + 1, len(full)))
     path.write_bytes(full[:cut])
@@ -372,8 +486,8 @@ class FakeBackend:
         pass
 
 
-TASK = {"key": "k", "op": {"kind": "gemm", "m": 2**20, "n": 2**20, "k": 2**20}, "pass": "forward",
-        "dtype": "fp32", "mode": "", "layout": ""}
+TASK = {"key": "k", "op": {"kind": "gemm", "m": 2**20, "n": 2**20, "k": 2**20},
+        "variant": {"pass_": "forward", "dtype": "fp32", "mode": "", "layout": ""}}
 
 
 @pytest.mark.parametrize("free, words", [(0, "free on the device (gpu)"), (2**30, "1.0 GiB free on the device"),
