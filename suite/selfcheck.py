@@ -104,10 +104,10 @@ def _median(samples: Any) -> float:
     return summarize(samples.block_times, samples.calls_per_block).median
 
 
-def _torch_timer(check: Check, threads: int) -> Any:
-    """torch.utils.benchmark.Timer for the same call as opbench's step, on tensors torch allocates itself."""
+def torch_statement(check: Check) -> tuple[str, str, dict[str, Any]]:
+    """The same call as opbench's step, written directly against torch on tensors torch allocates itself:
+    (statement, setup, globals) for torch.utils.benchmark.Timer. Backward replays ``y``'s graph, as opbench does."""
     import torch
-    import torch.utils.benchmark as tb
 
     op, grad = check.op, WRT.get(check.pass_, ())
     if isinstance(op, Gemm):  # the checked GEMMs are untransposed: logical shapes are the stored ones
@@ -118,16 +118,17 @@ def _torch_timer(check: Check, threads: int) -> Any:
         call = (f"torch.nn.functional.conv2d(x, w, stride={op.stride}, padding={op.symmetric_padding}, "
                 f"dilation={op.dilation}, groups={op.groups})")
     x, w = (torch.randn(shape, requires_grad=name in grad) for name, shape in zip("xw", shapes, strict=True))
-    names = {"torch": torch, "x": x, "w": w, "wrt": tuple(t for t in (x, w) if t.requires_grad)}
+    names = {"torch": torch, "x": x, "w": w, "dy": torch.randn(op.out_shape)}
     if check.pass_ == "forward":
-        return tb.Timer(call, globals=names, num_threads=threads)
-    names["dy"] = torch.randn(op.out_shape)
-    return tb.Timer("torch.autograd.grad(y, wrt, dy, retain_graph=True)", setup=f"y = {call}", globals=names,
-                    num_threads=threads)
+        return call, "pass", names
+    names["wrt"] = tuple(names[name] for name in grad)
+    return "torch.autograd.grad(y, wrt, dy, retain_graph=True)", f"y = {call}", names
 
 
 def selfcheck(console: Console, progress_console: Console | None = None, threads: int | None = None) -> int:
     """Compare opbench with torch.utils.benchmark on every check, then print the harness cost and machine noise."""
+    import torch.utils.benchmark as tb
+
     from backends.torch_backend import TorchBackend
 
     settings = Settings(device="cpu", threads=threads)
@@ -140,7 +141,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
         pairs: list[tuple[Callable[[], float], Callable[[], float]]] = []
         for check in todo:
             prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
-            timer = _torch_timer(check, flags["threads"])
+            stmt, setup, names = torch_statement(check)
+            timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"])
             pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING)),
                           lambda timer=timer: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median))
         ours: list[list[float]] = [[] for _ in todo]

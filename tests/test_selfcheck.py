@@ -1,0 +1,96 @@
+"""selfcheck: its table logic on given numbers (nothing timed), its torch statements against the float64 reference,
+and one end-to-end run of `python -m suite selfcheck`."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from suite.ops import OUTPUTS, Conv2d, Gemm
+from suite.reference import compare, reference
+from suite.selfcheck import ROUNDS, Comparison, checks, comparison_table, noise_summary, torch_statement
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def render(table) -> str:
+    console = Console(width=200, file=io.StringIO())
+    console.print(table)
+    return console.file.getvalue()
+
+
+def test_ratio_is_the_median_of_the_rounds_ratios_not_the_ratio_of_medians():
+    comparison = Comparison("op", "forward", ours=(2e-6, 3e-6, 10e-6), theirs=(1e-6, 3e-6, 4e-6))
+    assert comparison.ratios.tolist() == pytest.approx([2.0, 1.0, 2.5])
+    assert comparison.ratio == pytest.approx(2.0)  # the ratio of the medians would be 3/3 = 1
+
+
+def test_row_formats_times_like_the_rest_of_opbench():
+    comparison = Comparison("GEMM 512³", "backward", ours=(8.153e-3, 8.2e-3, 8.1e-3), theirs=(8e-3, 8.1e-3, 8.3e-3))
+    assert comparison.row() == ["GEMM 512³", "backward", "8.15 ms", "8.1 ms", "1.012", "0.976 – 1.019"]
+    small = Comparison("seed-dense-1024x512", "forward", ours=(19.6e-6,), theirs=(18.2e-6,))
+    assert small.row()[2:5] == ["19.6 µs", "18.2 µs", "1.077"]
+
+
+def test_table_lists_every_op_with_its_ratio():
+    comparisons = [Comparison("seed-conv-3x3", "forward", (31e-6, 30e-6, 29e-6), (30e-6, 30e-6, 30e-6)),
+                   Comparison("conv N8", "backward_data", (1.5e-3, 1.6e-3, 1.4e-3), (1.5e-3, 1.5e-3, 1.5e-3))]
+    text = render(comparison_table(comparisons, "title"))
+    assert "ratio (median of 3)" in text
+    assert re.search(r"seed-conv-3x3\s+│ forward\s+│\s+30 µs\s+│\s+30 µs\s+│\s+1\.000\s+│\s+0\.967 – 1\.033", text)
+    assert re.search(r"conv N8\s+│ backward_data\s+│\s+1\.5 ms\s+│\s+1\.5 ms\s+│\s+1\.000\s+│\s+0\.933 – 1\.067", text)
+    assert "µs" in text and "," not in text  # "30 µs", never "30,000.0 ns" or "8,153.1 µs"
+
+
+def test_noise_is_the_largest_of_spread_drift_and_disagreement():
+    noise, text = noise_summary([1.0e-3, 1.1e-3, 1.05e-3], [0.02, 0.03, 0.01], worst_ratio=0.04)
+    assert noise == pytest.approx(0.10)  # the median drifted 10% between runs: the largest of the three
+    assert "2.0%, 3.0%, 1.0% (3 runs)" in text and "moved 10.0%" in text and "about 10%" in text
+    noise, _ = noise_summary([1e-3, 1e-3, 1e-3], [0.02, 0.07, 0.01], worst_ratio=0.04)
+    assert noise == pytest.approx(0.07)
+    noise, _ = noise_summary([1e-3, 1e-3, 1e-3], [0.02, 0.03, 0.01], worst_ratio=0.06)
+    assert noise == pytest.approx(0.06)
+
+
+def test_checks_cover_the_small_seed_ops_from_the_catalog():
+    todo = {(check.label, check.pass_): check.op for check in checks()}
+    assert todo[("seed-dense-1024x512", "forward")] == Gemm(1, 512, 1024)
+    assert todo[("seed-conv-3x3", "forward")] == Conv2d(1, 3, 32, 32, 64, 3, 3, padding=(1, 1, 1, 1))
+    assert ("GEMM 512³", "backward") in todo and ("conv N8 C64 28² K64 3×3", "backward_data") in todo
+
+
+def test_torch_statements_compute_the_checked_op():
+    """torch.utils.benchmark's statement for each check computes that op and pass (float64 reference, same inputs)."""
+    pytest.importorskip("torch")
+    for check in checks():
+        stmt, setup, names = torch_statement(check)
+        exec(setup, names)
+        out = eval(stmt, names)
+        parts = out if isinstance(out, tuple) else (out,)  # autograd.grad returns a tuple, the forward a tensor
+        got = {name: part.detach().double().numpy() for name, part in zip(OUTPUTS[check.pass_], parts, strict=True)}
+        inputs = {name: names[name].detach().numpy() for name in ("x", "w", "dy")}
+        result = compare(got, reference(check.op, inputs, check.pass_), "fp32", "strict")
+        assert result["status"] == "pass", (check, result)
+
+
+@pytest.mark.slow
+def test_selfcheck_end_to_end():
+    proc = subprocess.run([sys.executable, "-m", "suite", "selfcheck"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for check in checks():
+        line = next((line for line in proc.stdout.splitlines() if check.label in line and f" {check.pass_} " in line),
+                    None)
+        assert line is not None, f"{check.label} {check.pass_} missing from\n{proc.stdout}"
+        cells = re.findall(r"│\s+(\d+\.\d{3})\s+│\s+(\d+\.\d{3}) – (\d+\.\d{3})", line)
+        ratio, low, high = (float(x) for x in cells[0])
+        assert low <= ratio <= high
+    assert f"median of {ROUNDS}" in proc.stdout
+    assert re.search(r"harness cost per call: [\d.]+ (ns|µs)", proc.stdout)
+    assert "machine noise: IQR/median" in proc.stdout
