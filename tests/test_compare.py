@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from suite.cli import main
 from suite.compare import compare, compare_pair
@@ -70,6 +72,18 @@ def test_known_slowdown_is_reported_slower_with_its_ratio(tmp_path):
     assert geomean["pairs"] == 4 and geomean["slower"] == 1 and geomean["geomean"] == pytest.approx(1.3 ** 0.25)
 
 
+@settings(max_examples=25, deadline=None)
+@given(factor=st.floats(0.2, 5.0), seed=st.integers(0, 2**32 - 1))
+def test_a_scaled_copy_gives_its_factor_and_the_verdict_of_its_direction(factor, seed):
+    times = blocks(np.random.default_rng(seed), n=20, noise=0.01)
+    pair = compare_pair(record("c", times), record("c", [t * factor for t in times]))
+    assert pair.ratio == pytest.approx(factor) and pair.low <= pair.ratio <= pair.high
+    expected = "slower" if factor > 1.1 else "faster" if factor < 0.9 else None
+    assert expected is None or pair.verdict == expected
+    if 0.995 <= factor <= 1.005:
+        assert pair.verdict == "same"
+
+
 def test_faster_is_reported_faster():
     rng = np.random.default_rng(2)
     times = blocks(rng)
@@ -95,8 +109,9 @@ def test_a_file_compared_with_itself_is_same_everywhere_and_passes_the_gate(caps
 
 
 def test_done_when_one_case_twice_as_slow_fails_the_gate_and_is_named(tmp_path, capsys):
-    slow = scaled(GOLDEN, tmp_path / "b.jsonl", "seed-conv-7x7", 2.0)
-    assert main(["compare", str(GOLDEN), str(slow), "--fail-on-regression", "5"]) == 1
+    (tmp_path / "new").mkdir()
+    slow = scaled(GOLDEN, tmp_path / "new" / "b.jsonl", "seed-conv-7x7", 2.0)
+    assert main(["compare", str(GOLDEN), str(tmp_path / "new"), "--fail-on-regression", "5"]) == 1  # a folder
     captured = capsys.readouterr()
     regressions = [line for line in captured.err.splitlines() if line.startswith("regression:")]
     assert regressions and all("seed-conv-7x7" in line for line in regressions)
