@@ -626,10 +626,15 @@ def _print_comparison(result) -> None:
 
 # ---------------------------------------------------------------------------------------------- selfcheck
 def cmd_selfcheck(args: argparse.Namespace) -> int:
-    """Time a few ops with opbench and with torch.utils.benchmark in one process, and measure machine noise."""
+    """Time a few ops with opbench and with torch.utils.benchmark (and CUDA events on a GPU) in one process, and
+    measure machine noise."""
+    from backends.base import DeviceMissing
     from suite.selfcheck import selfcheck
 
-    return selfcheck(console, err_console, threads=args.threads)
+    try:
+        return selfcheck(console, err_console, threads=args.threads, device=args.device)
+    except DeviceMissing as exc:  # a CPU-only torch asked for the GPU
+        raise UsageError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -669,7 +674,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
                        help="exit 1 when a measurement is significantly slower by more than PCT%% (its whole CI "
                             "above 1 + PCT%%) or was fine in base and fails in new"),
         p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table"))),
-    "selfcheck": (cmd_selfcheck, lambda p: p.add_argument("--threads", type=int, default=usable_cpus())),
+    "selfcheck": (cmd_selfcheck, lambda p: (
+        p.add_argument("--threads", type=int, default=usable_cpus()),
+        p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                       help="gpu: also time opbench's blocks with CUDA events (default %(default)s)"))),
 }
 
 

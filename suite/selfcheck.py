@@ -7,6 +7,10 @@ The ratio per op is the median of the rounds' ratios. Small ops (a batch-1 dense
 there the harness's own per-call cost would show. Then it measures the harness's cost per call (a block of empty
 steps) and the machine's noise (IQR/median of a fixed GEMM's blocks), so a user knows how far apart two results
 must be to differ. An orchestration tool like the CLI: it imports torch and the torch backend inside functions.
+
+On a GPU (``--device gpu``) each round also times opbench's own blocks with CUDA events (a start and an end event
+around a block of the same calls, on the GPU's timeline), so host timing, its synchronizations and the GPU's own
+clock are compared on the same work; torch.utils.benchmark synchronizes CUDA itself.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Comparison:
     pass_: str
     ours: tuple[float, ...]
     theirs: tuple[float, ...]
+    events: tuple[float, ...] = ()  # GPU: opbench's blocks timed by CUDA events, per call
 
     @property
     def ratios(self) -> np.ndarray:
@@ -71,17 +76,25 @@ class Comparison:
         """Median over rounds of opbench / torch.utils.benchmark (each round's pair ran back to back)."""
         return float(np.median(self.ratios))
 
+    @property
+    def events_ratio(self) -> float:
+        """Median over rounds of opbench / CUDA events on the same blocks (NaN without events)."""
+        return float(np.median(np.asarray(self.ours) / np.asarray(self.events))) if self.events else float("nan")
+
     def row(self) -> list[str]:
         low, high = self.ratios.min(), self.ratios.max()
+        events = [format_seconds(float(np.median(self.events))), f"{self.events_ratio:.3f}"] if self.events else []
         return [self.label, self.pass_, format_seconds(float(np.median(self.ours))),
-                format_seconds(float(np.median(self.theirs))), f"{self.ratio:.3f}", f"{low:.3f} – {high:.3f}"]
+                format_seconds(float(np.median(self.theirs))), f"{self.ratio:.3f}", f"{low:.3f} – {high:.3f}",
+                *events]
 
 
 def comparison_table(comparisons: Sequence[Comparison], title: str) -> Table:
     table = Table(title=title)
     rounds = max((len(c.ours) for c in comparisons), default=0)
+    events = ("CUDA events median", "opbench / events") if any(c.events for c in comparisons) else ()
     for column in ("op", "pass", "opbench median", "torch.utils.benchmark median", f"ratio (median of {rounds})",
-                   "ratio range"):
+                   "ratio range", *events):
         table.add_column(column, justify="left" if column in ("op", "pass") else "right")
     for comparison in comparisons:
         table.add_row(*comparison.row())
@@ -104,7 +117,7 @@ def _median(samples: Any) -> float:
     return summarize(samples.block_times, samples.calls_per_block).median
 
 
-def torch_statement(check: Check) -> tuple[str, str, dict[str, Any]]:
+def torch_statement(check: Check, device: str = "cpu") -> tuple[str, str, dict[str, Any]]:
     """The same call as opbench's step, written directly against torch on tensors torch allocates itself:
     (statement, setup, globals) for torch.utils.benchmark.Timer. Backward replays ``y``'s graph, as opbench does."""
     import torch
@@ -117,21 +130,44 @@ def torch_statement(check: Check) -> tuple[str, str, dict[str, Any]]:
         shapes = (op.input_shape, op.weight_shape)
         call = (f"torch.nn.functional.conv2d(x, w, stride={op.stride}, padding={op.symmetric_padding}, "
                 f"dilation={op.dilation}, groups={op.groups})")
-    x, w = (torch.randn(shape, requires_grad=name in grad) for name, shape in zip("xw", shapes, strict=True))
-    names = {"torch": torch, "x": x, "w": w, "dy": torch.randn(op.out_shape)}
+    where = "cuda" if device == "gpu" else "cpu"
+    x, w = (torch.randn(shape, device=where, requires_grad=name in grad)
+            for name, shape in zip("xw", shapes, strict=True))
+    names = {"torch": torch, "x": x, "w": w, "dy": torch.randn(op.out_shape, device=where)}
     if check.pass_ == "forward":
         return call, "pass", names
     names["wrt"] = tuple(names[name] for name in grad)
     return "torch.autograd.grad(y, wrt, dy, retain_graph=True)", f"y = {call}", names
 
 
-def selfcheck(console: Console, progress_console: Console | None = None, threads: int | None = None) -> int:
-    """Compare opbench with torch.utils.benchmark on every check, then print the harness cost and machine noise."""
+def event_timer(run_block: Callable[[int], None], calls: int, blocks: int = 7) -> Callable[[], float]:
+    """Median seconds per call of ``blocks`` blocks of ``calls`` calls, each block between two CUDA events."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def per_call() -> float:
+        times = []
+        for _ in range(blocks):
+            start.record()
+            run_block(calls)  # ends with torch.cuda.synchronize(), after which the end event is at once reached
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / calls)
+        return float(np.median(times))
+
+    return per_call
+
+
+def selfcheck(console: Console, progress_console: Console | None = None, threads: int | None = None,
+              device: str = "cpu") -> int:
+    """Compare opbench with torch.utils.benchmark (and, on a GPU, CUDA events) on every check, then print the
+    harness cost and machine noise. Raises backends.base.DeviceMissing where torch sees no GPU."""
     import torch.utils.benchmark as tb
 
     from backends.torch_backend import TorchBackend
 
-    settings = Settings(device="cpu", threads=threads)
+    settings = Settings(device=device, threads=threads)
     backend = TorchBackend(settings)
     flags = backend.configure(settings)
     todo = checks()
@@ -139,14 +175,18 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     with Progress(*columns, console=progress_console or console, transient=True) as progress:
         bar = progress.add_task("selfcheck", total=len(todo) * ROUNDS + 2)
         pairs: list[tuple[Callable[[], float], Callable[[], float]]] = []
+        on_gpu: list[Callable[[], float]] = []
         for check in todo:
             prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
-            stmt, setup, names = torch_statement(check)
+            stmt, setup, names = torch_statement(check, device)
             timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"])
             pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING)),
                           lambda timer=timer: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median))
+            if device == "gpu":  # the same blocks, timed on the GPU's clock
+                on_gpu.append(event_timer(prepared.run_block, measure(prepared.run_block, TIMING).calls_per_block))
         ours: list[list[float]] = [[] for _ in todo]
         theirs: list[list[float]] = [[] for _ in todo]
+        events: list[list[float]] = [[] for _ in todo]
         for round_ in range(ROUNDS):
             for i, (check, (time_ours, time_theirs)) in enumerate(zip(todo, pairs, strict=True)):
                 progress.update(bar, description=f"round {round_ + 1}/{ROUNDS}: {check.label} {check.pass_}")
@@ -156,6 +196,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
                 else:
                     ours[i].append(time_ours())
                     theirs[i].append(time_theirs())
+                if on_gpu:
+                    events[i].append(on_gpu[i]())
                 progress.advance(bar)
 
         progress.update(bar, description="harness cost per call")
@@ -167,10 +209,11 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
                  for _ in range(3)]
         progress.advance(bar)
 
-    comparisons = [Comparison(check.label, check.pass_, tuple(o), tuple(t))
-                   for check, o, t in zip(todo, ours, theirs, strict=True)]
+    comparisons = [Comparison(check.label, check.pass_, tuple(o), tuple(t), tuple(e))
+                   for check, o, t, e in zip(todo, ours, theirs, events, strict=True)]
+    where = f"{flags['gpu']}, CUDA events too" if device == "gpu" else f"{flags['threads']} threads"
     console.print(comparison_table(comparisons, f"opbench vs torch.utils.benchmark (torch {backend.versions()['torch']}"
-                                                f", {flags['threads']} threads, fp32, same process, {ROUNDS} rounds)"))
+                                                f", {where}, fp32, same process, {ROUNDS} rounds)"))
     console.print(f"harness cost per call: {format_seconds(_median(empty))} (opbench's block loop around an empty "
                   "step; torch.utils.benchmark's timeit loop costs about the same)")
     worst = max(abs(c.ratio - 1) for c in comparisons)

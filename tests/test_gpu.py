@@ -400,6 +400,9 @@ def test_a_gpu_run_with_cpu_builds_exits_2_naming_each_build_and_its_cuda_instal
     """Through the real command line with the CPU builds installed here: refused before measuring anything."""
     import backends
 
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver: the frameworks may see its GPU")
+
     out = tmp_path / "gpu.jsonl"
     proc = subprocess.run([sys.executable, "-m", "suite", "run", "--device", "gpu", "--catalog", "smoke", "-o",
                            str(out)], capture_output=True, text=True, timeout=600)
@@ -492,3 +495,57 @@ def test_a_device_no_framework_sees_stops_the_run_before_its_header(fake_workers
         run(tasks, out, RunOptions())
     assert fake_workers.started == ["torch:gpu", "jax:gpu"]  # one pre-flight per GPU backend, none for the CPU
     assert out.read_text() == ""
+
+
+# ---------------------------------------------------------------------------------------------- selfcheck --device gpu
+def test_selfcheck_on_a_gpu_adds_the_cuda_event_columns():
+    from suite.selfcheck import Comparison, comparison_table
+
+    plain = Comparison("GEMM 512³", "forward", (2e-3, 2e-3, 2e-3), (1e-3, 1e-3, 1e-3))
+    gpu = Comparison("GEMM 512³", "forward", (2e-3, 2e-3, 2e-3), (1e-3, 1e-3, 1e-3), (1.6e-3, 1.6e-3, 1.6e-3))
+    assert gpu.events_ratio == pytest.approx(1.25) and np.isnan(plain.events_ratio)
+    assert gpu.row()[-2:] == ["1.6 ms", "1.250"] and len(plain.row()) == 6
+    headers = [column.header for column in comparison_table([gpu], "t").columns]
+    assert headers[-2:] == ["CUDA events median", "opbench / events"]
+    assert "CUDA events median" not in [column.header for column in comparison_table([plain], "t").columns]
+
+
+def test_the_event_timer_gives_the_median_per_call_of_blocks_between_two_events(monkeypatch):
+    import torch
+
+    from suite.selfcheck import event_timer
+
+    clock = {"now": 0.0}
+
+    class FakeEvent:  # the GPU's clock: advanced by the fake block below
+        def __init__(self, enable_timing: bool = False):
+            self.at = None
+
+        def record(self) -> None:
+            self.at = clock["now"]
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return (end.at - self.at) * 1e3  # milliseconds, as CUDA's
+
+    block_seconds = iter([0.010, 0.011, 0.012, 0.050, 0.010, 0.011, 0.012])  # one slow block: the median ignores it
+    calls = []
+
+    def run_block(n: int) -> None:
+        calls.append(n)
+        clock["now"] += next(block_seconds)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    assert event_timer(run_block, calls=10, blocks=7)() == pytest.approx(0.011 / 10)
+    assert calls == [10] * 7
+
+
+def test_selfcheck_on_the_gpu_with_a_cpu_only_torch_exits_2_naming_the_build(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    code = main(["selfcheck", "--device", "gpu"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: torch ") and "CPU-only build" in err and "tox -e torch-gpu" in err
