@@ -114,6 +114,8 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
             warmup_calls=samples.warmup_calls, warmup_s=samples.warmup_s, stop_reason=samples.stop_reason,
             stats=summary.as_dict(), **({"cold_cache": cold} if cold else {}),
         )
+        if cold.get("timer") == "cuda events":  # one call on the GPU's clock: no host timer or sync in its time
+            result["stats"]["flags"] = [flag for flag in result["stats"]["flags"] if flag != "short_blocks"]
         if monitor is not None:
             result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by)
             if result["gpu_state"]["throttled"]:  # the report's warnings list shows the stats flags
