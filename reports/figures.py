@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from reports.frame import BACKENDS, PASS_LABELS
 from suite.ops import PASSES
@@ -53,7 +53,7 @@ def tidy_log_ticks(fig: Figure) -> Figure:
     for ax in fig.axes:
         for axis, scale, limits in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
                                     (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
-            if scale != "log":
+            if scale != "log" or isinstance(axis.get_major_locator(), FixedLocator):  # ticks placed on purpose
                 continue
             low, high = sorted(limits)
             if low > 0 and math.log10(high / low) > 2:
@@ -159,7 +159,7 @@ def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
             ax.set_xscale("log") if per_case else ax.set_yscale("log")
             ax.set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
     _legend(fig, backends)
-    fig.suptitle("Achieved throughput per case (fastest mode/layout of each framework; bars: 95% CI)")
+    fig.suptitle("Achieved throughput per case (fastest measured variant of each framework; bars: 95% CI)")
     return fig
 
 
@@ -243,7 +243,7 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
     extra += [Line2D([], [], color="0.3", linestyle="--", label="theoretical roof"),
               Line2D([], [], color="0.3", linestyle=":", label="measured peak")]
     _legend(fig, backends, extra)
-    fig.suptitle("Roofline: every pass of every case (fastest variant of each framework)")
+    fig.suptitle("Roofline: every pass of every case (fastest measured variant of each framework)")
     return fig
 
 
@@ -412,26 +412,33 @@ def training_shares(networks: pd.DataFrame) -> Figure | None:
 
 
 def network_rollup(networks: pd.DataFrame) -> Figure | None:
-    """(h) Per complete network and phase: Σ count × time over its layers, each framework's variants."""
+    """(h) One panel per complete network layer set: Σ count × time over its layers per framework variant."""
     if networks.empty:
         return None
     data = networks.assign(panel=panel_labels(networks))
-    data["category"] = data["name"].str.replace(f" {data['phase'].iloc[0]}", "", regex=False) + " · " + \
-        data["variant"] + data["panel"].map(lambda p: f" · {p}" if p else "")
-    phases, backends = list(dict.fromkeys(data["phase"])), backend_order(data["backend"])
+    data["title"] = data["name"] + data["panel"].map(lambda p: f"\n{p}" if p else "")
+    titles, backends = sorted(data["title"].unique()), backend_order(data["backend"])
     scale, unit = time_unit(data["time_s"])
-    data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale)
-    fig = _figure(max(7.0, 5.5 * len(phases)), 0.3 * data["category"].nunique() + 2.4)
-    axes = fig.subplots(1, len(phases), squeeze=False)[0]
-    for ax, phase in zip(axes, phases, strict=True):
-        part = data[data["phase"] == phase]
+    data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale,
+                       category=data["variant"])
+    columns = min(len(titles), 3)
+    rows = math.ceil(len(titles) / columns)
+    height = 0.35 * data.groupby("title")["variant"].nunique().max() + 1.4
+    fig = _figure(4.6 * columns, height * rows + 0.8)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, title in zip(axes, titles, strict=False):
+        part = data[data["title"] == title]
         cats = sorted(part["category"].unique())
         _dodged(ax, part, cats, "t", "lo", "hi", backends)
         ax.set_yticks(range(len(cats)), cats)
         ax.set_ylim(len(cats) - 0.5, -0.5)
-        ax.set(xscale="log", xlabel=f"Σ layer time × count ({unit}, log)", title=phase)
+        ax.set_xlim(0, float(part["hi"].fillna(part["t"]).max()) * 1.1)
+        ax.set_xlabel(f"Σ layer time × count ({unit})")
+        ax.set_title(title, fontsize=9)
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
     _legend(fig, backends)
-    fig.suptitle("Complete networks: GEMM/conv layers only")
+    fig.suptitle("Complete networks: GEMM/conv layers only, per framework variant")
     return fig
 
 

@@ -22,7 +22,6 @@ from reports.analysis import CONFIG, Analysis
 from reports.frame import PASS_LABELS, export, machine_name
 from suite.catalog import Case
 from suite.ops import op_from_dict
-from suite.stats import format_seconds
 
 HERE = Path(__file__).parent
 
@@ -135,7 +134,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
                     r = r.iloc[0] if isinstance(r, pd.DataFrame) else r
                     cells.append({"text": f"{r['median_s'] * col['scale']:.3g}", "sort": r["median_s"],
                                   "cls": "num" + (" fastest" if r["median_s"] == fastest.get(col["pass"]) else ""),
-                                  "title": f"95% CI {format_seconds(r['ci_low_s'])}–{format_seconds(r['ci_high_s'])}"
+                                  "title": f"95% CI {summary.seconds_ci(r['ci_low_s'], r['ci_high_s'])}"
                                            f"; {summary.flops_text(r['tflops'])}; {r['variant']}"
                                            + (f"; {r['runs']} runs pooled" if r["runs"] > 1 else "")
                                            + (f"; flags: {' '.join(r['flags'])}" if r["flags"] else "")})

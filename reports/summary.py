@@ -15,12 +15,14 @@ import pandas as pd
 
 from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
 from reports.frame import BACKENDS, PASS_LABELS
-from suite.stats import format_seconds
+from suite.stats import NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs"}
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
-                 "noisy": "IQR/median ≥ 10%", "overhead_bound": "median below 50 µs: measures dispatch overhead",
-                 "short_blocks": "a block shorter than 1 ms", "few_blocks": "too few blocks for a 95% CI"}
+                 "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
+                 "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
+                 "short_blocks": f"a block shorter than {format_seconds(SHORT_BLOCK_S)}",
+                 "few_blocks": "too few blocks for a 95% CI"}
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -35,6 +37,11 @@ def speedup_text(x: float) -> str:
 
 def ci_text(low: float, high: float, unit: str = "×") -> str:
     return f"{low:.2f}–{high:.2f}{unit}" if np.isfinite(low) and np.isfinite(high) else "no CI"
+
+
+def seconds_ci(low: float, high: float) -> str:
+    """A CI of a time, e.g. '1.2 ms–1.3 ms'; 'no CI' when a bound is missing (too few blocks)."""
+    return f"{format_seconds(low)}–{format_seconds(high)}" if np.isfinite(low) and np.isfinite(high) else "no CI"
 
 
 def flops_text(tflops: float) -> str:
@@ -185,7 +192,7 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
                          f"{len(bwd)} framework{'s' if len(bwd) > 1 else ''}")
         head = f"{on(key[1])}, " + "; ".join(first) + f". {caveat}"
         rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
-                 cell(format_seconds(r.time_s), f"{format_seconds(r.low_s)}–{format_seconds(r.high_s)}"),
+                 cell(format_seconds(r.time_s), seconds_ci(r.low_s, r.high_s)),
                  cell(pct(100 * r.forward_share)), cell(pct(100 * r.dx_share)), cell(pct(100 * r.dw_share))]
                 for r in group.sort_values(["name", "time_s"]).itertuples()]
         notes = []
@@ -290,7 +297,7 @@ def seed_table(a: Analysis, key: tuple) -> list[dict[str, Any]]:
         rows.append([cell(case, num=False), cell(first["shape"], num=False), cell(f"{int(first['input_elements']):,}"),
                      cell(f"{first['flops'] / first['input_elements']:,.0f}")] + [
             cell(format_seconds(by.loc[b, "median_s"]),
-                 f"{format_seconds(by.loc[b, 'ci_low_s'])}–{format_seconds(by.loc[b, 'ci_high_s'])}")
+                 seconds_ci(by.loc[b, "ci_low_s"], by.loc[b, "ci_high_s"]))
             if b in by.index else cell("–") for b in backends])
     return [table(["case", "shape", "input values", "FLOPs per input value"] + [f"{b} forward" for b in backends],
                   rows, stacked=True, caption="The seed cases: a conv does about 2·K·R·S FLOPs per input value, a "
@@ -339,7 +346,8 @@ def scaling(a: Analysis) -> list[dict[str, Any]]:
             "Least-squares slope of log(time) on log(size), each framework's fastest variant; inference = forward, "
             "training = forward + backward. A point is fitted only when its time is at least "
             f"{OVERHEAD_FACTOR:.0f}× the fastest call of that framework in the sweep (the smallest size bounds the "
-            "per-call overhead, so overhead is at most a tenth of a fitted point) and not flagged overhead_bound."))],
+            f"per-call overhead, so overhead is at most 1/{OVERHEAD_FACTOR:.0f} of a fitted point) and not flagged "
+            "overhead_bound."))],
             where=where))
     return blocks
 
@@ -363,7 +371,7 @@ def networks(a: Analysis) -> list[dict[str, Any]]:
             head += f" {len(sentences) - 2} more complete layer sets are in the table."
         rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
                  cell(r.layers),
-                 cell(format_seconds(r.time_s), f"{format_seconds(r.low_s)}–{format_seconds(r.high_s)}")]
+                 cell(format_seconds(r.time_s), seconds_ci(r.low_s, r.high_s))]
                 for r in group.sort_values(["name", "time_s"]).itertuples()]
         columns = ["network (layer set)", "framework", "variant", "layers", "time (Σ layer CIs)"]
         caption = ("Σ over every layer of the network of count × median time; training step = forward + dW + dX "
@@ -410,7 +418,8 @@ def peaks(a: Analysis) -> list[dict[str, Any]]:
                         "its assumptions (clock, FMA units) understate this machine, or the kernel does fewer FLOPs "
                         "(Winograd)")
         if over:
-            head += " " + "; ".join(over).capitalize() + "."
+            text = "; ".join(over)
+            head += f" {text[0].upper()}{text[1:]}."
         rows = [[cell(r.theoretical_label, num=False), cell(flops_text(theo)),
                  cell(r.theoretical_basis, num=False, wrap=True)],
                 [cell("measured peak", num=False), cell(flops_text(measured)),
