@@ -352,6 +352,17 @@ def test_cold_cache_writes_a_buffer_sized_from_the_l2_and_records_the_timer():
     assert result["cold_cache"] == {"cache_bytes": 300 * MiB, "clear_bytes": 600 * MiB, "timer": "host clock"}
 
 
+def test_cold_calls_timed_by_cuda_events_are_not_flagged_as_short_blocks():
+    class EventGpu(NumpyGpu):
+        def single_call_timer(self, step):
+            return host_timed(step), "cuda events"  # stands in for events: only the name matters here
+
+    host = run_task(NumpyGpu(), {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
+    events = run_task(EventGpu(), {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
+    assert "short_blocks" in host["stats"]["flags"]  # µs calls on the host clock: overhead-dominated
+    assert "short_blocks" not in events["stats"]["flags"] and events["cold_cache"]["timer"] == "cuda events"
+
+
 def test_cold_cache_counts_the_buffer_in_the_memory_guard():
     need_without = run_task(NumpyGpu(free=1), TASK, FAST, check=False, seed=0)["memory"]["need_bytes"]
     cold = run_task(NumpyGpu(free=1), {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
