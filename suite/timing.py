@@ -2,7 +2,8 @@
 
 A backend hands over ``run_block(n)``: n back-to-back calls closed by ONE device synchronization. This module
 decides how many calls and blocks to run and keeps every block time; it never looks at a framework, and tests
-drive it with a fake clock.
+drive it with a fake clock. For a cold cache (``--l2 cold``), ``measure_per_call`` takes ``run_one()`` (one call,
+returning its own time) and ``clear()`` (a write larger than the cache) and times every call on its own.
 """
 
 from __future__ import annotations
