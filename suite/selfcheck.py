@@ -16,6 +16,7 @@ clock are compared on the same work; torch.utils.benchmark synchronizes CUDA its
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ ROUNDS = 3  # alternating opbench / torch.utils.benchmark rounds per op; the rat
 TIMING = TimingConfig(max_time_s=1.0)  # opbench's timing, with a short cap so the check takes seconds
 TORCH_MIN_RUN_S = 0.2  # torch.utils.benchmark's blocked_autorange default
 NOISE_OP = Gemm(256, 256, 256)
+OVERSUBSCRIBED_SHARE = 0.9  # a CPU share below this: other processes took the CPUs for a tenth of the time or more
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,23 @@ def noise_summary(medians: Sequence[float], rel_iqrs: Sequence[float], worst_rat
     return noise, text
 
 
+def cpu_share(cpu_s: float, wall_s: float, threads: int) -> float:
+    """The fraction of the wall time that the process's threads ran on a CPU (about 1 on a machine to itself;
+    spinning thread pools count as running)."""
+    return cpu_s / (wall_s * threads)
+
+
+def contention_note(share: float, load: float, cpus: int) -> str:
+    """Whether the comparison ran on a machine to itself; on an oversubscribed one, wall-clock block times include
+    the time the process waited for a CPU, and each timer's figure depends on how often its blocks were preempted."""
+    state = (f"CPU share {share:.0%}: while the comparison ran, this process's threads were on a CPU {share:.0%} "
+             f"of the time (1-minute load average {load:.1f} on {cpus} usable CPUs).")
+    if share < OVERSUBSCRIBED_SHARE:
+        return (f"{state} The machine is oversubscribed: wall-clock times include waiting for a CPU, so these "
+                "ratios say more about scheduling than about opbench; run selfcheck on a quiet machine.")
+    return state
+
+
 def _median(samples: Any) -> float:
     return summarize(samples.block_times, samples.calls_per_block).median
 
@@ -187,6 +206,7 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
         ours: list[list[float]] = [[] for _ in todo]
         theirs: list[list[float]] = [[] for _ in todo]
         events: list[list[float]] = [[] for _ in todo]
+        cpu, wall = time.process_time(), time.perf_counter()
         for round_ in range(ROUNDS):
             for i, (check, (time_ours, time_theirs)) in enumerate(zip(todo, pairs, strict=True)):
                 progress.update(bar, description=f"round {round_ + 1}/{ROUNDS}: {check.label} {check.pass_}")
@@ -200,6 +220,7 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
                     events[i].append(on_gpu[i]())
                 progress.advance(bar)
 
+        share = cpu_share(time.process_time() - cpu, time.perf_counter() - wall, flags["threads"])
         progress.update(bar, description="harness cost per call")
         empty = measure(backend.block_runner(tuple), TimingConfig(max_time_s=0.5))  # tuple() is a near-free C call
         progress.advance(bar)
@@ -219,6 +240,7 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     worst = max(abs(c.ratio - 1) for c in comparisons)
     _, text = noise_summary([_median(s) for s in noise],
                             [summarize(s.block_times, s.calls_per_block).rel_iqr for s in noise], worst)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    console.print(f"{text} Load average {load} on {usable_cpus()} usable CPUs while this ran.", highlight=False)
+    console.print(text, highlight=False)
+    if device == "cpu":  # on a GPU the host threads mostly wait for the device: their share says nothing
+        console.print(contention_note(share, os.getloadavg()[0], usable_cpus()), highlight=False)
     return 0

@@ -14,7 +14,17 @@ from rich.console import Console
 
 from suite.ops import OUTPUTS, Conv2d, Gemm
 from suite.reference import compare, reference
-from suite.selfcheck import ROUNDS, Comparison, checks, comparison_table, noise_summary, torch_statement
+from suite.selfcheck import (
+    OVERSUBSCRIBED_SHARE,
+    ROUNDS,
+    Comparison,
+    checks,
+    comparison_table,
+    contention_note,
+    cpu_share,
+    noise_summary,
+    torch_statement,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,6 +87,17 @@ def test_torch_statements_compute_the_checked_op():
         inputs = {name: names[name].detach().numpy() for name in ("x", "w", "dy")}
         result = compare(got, reference(check.op, inputs, check.pass_), "fp32", "strict")
         assert result["status"] == "pass", (check, result)
+
+
+def test_contention_note_says_when_the_machine_was_oversubscribed():
+    assert cpu_share(cpu_s=1.8, wall_s=1.0, threads=2) == pytest.approx(0.9)
+    assert cpu_share(cpu_s=0.33, wall_s=1.0, threads=1) == pytest.approx(0.33)
+    busy = contention_note(0.33, load=9.3, cpus=2)
+    assert "CPU share 33%" in busy and "load average 9.3 on 2 usable CPUs" in busy and "oversubscribed" in busy
+    quiet = contention_note(0.97, load=1.1, cpus=2)
+    assert "CPU share 97%" in quiet and "oversubscribed" not in quiet
+    assert "oversubscribed" in contention_note(OVERSUBSCRIBED_SHARE - 0.01, 2.0, 2)
+    assert "oversubscribed" not in contention_note(OVERSUBSCRIBED_SHARE, 2.0, 2)
 
 
 @pytest.mark.slow
