@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.ops import op_from_dict
 from suite.stats import median_per_call
 
 SCHEMA_VERSION = 1
@@ -74,9 +75,52 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "worker": {"backend": _TEXT, "device": _TEXT},
     "measurement": {**{name: _TEXT for name in KEY_FIELDS[:8]}, "status": _TEXT},
 }
-OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {  # measurement fields that must have this type when present
-    "stats": (dict, type(None)), "tflops": (int, float, type(None)), "check": (dict, type(None)),
-    "reason": (str, type(None)), "threads": (int, type(None)), "options": (dict,), "l2": (str,),
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_value(value: Any) -> bool:
+    """A number as the writer stores it: finite, or the text of a non-finite float, or null."""
+    return value is None or _is_number(value) or value in ("nan", "inf", "-inf")
+
+
+def _is_stats(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(
+        _is_value(v) for k, v in value.items() if k != "flags") and _is_texts(value.get("flags", [])))
+
+
+def _is_check(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("status", "pass") in ("pass", "fail")
+                             and isinstance(value.get("errors", {}), dict)
+                             and all(_is_value(e) for e in value.get("errors", {}).values())
+                             and _is_value(value.get("tolerance")))
+
+
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# Fields a record of a kind may lack, but that must have this form when present: (test, what it must be).
+OPTIONAL_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+    "header": {"environment": (lambda v: isinstance(v, dict), "an object"),
+               "timing": (lambda v: v is None or isinstance(v, dict), "an object or null")},
+    "worker": {"versions": (lambda v: v is None or isinstance(v, dict), "an object"),
+               "flags": (lambda v: v is None or isinstance(v, dict), "an object")},
+    "measurement": {
+        "stats": (_is_stats, "an object of numbers (and a list of flags) or null"),
+        "tflops": (_is_value, "a number or null"), "check": (_is_check, "an object: status pass/fail, errors"),
+        "reason": (lambda v: v is None or isinstance(v, str), "text or null"),
+        "threads": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"),
+        "options": (lambda v: isinstance(v, dict), "an object"), "l2": (lambda v: isinstance(v, str), "text"),
+        "dims": (lambda v: isinstance(v, dict), "an object"),
+        "provenance": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                       "an object of text"),
+        "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+        "tags": (_is_texts, "a list of text"), "flops": (_is_value, "a number"), "bytes": (_is_value, "a number"),
+        "versions": (lambda v: isinstance(v, dict), "an object"), "flags": (lambda v: isinstance(v, dict), "an object"),
+    },
 }
 
 
@@ -86,11 +130,17 @@ def validate(record: dict[str, Any], where: str) -> None:
         if not isinstance(record.get(name), types):
             raise ResultsError(f"{where}: {kind} record has no valid {name!r} field; the file is damaged or not "
                                "opbench results")
+    for name, (valid, form) in OPTIONAL_FIELDS[kind].items():
+        if name in record and not valid(record[name]):
+            raise ResultsError(f"{where}: {kind} field {name!r} has the wrong type: must be {form}, got "
+                               f"{_excerpt(record[name])}")
     if kind == "measurement":
-        for name, types in OPTIONAL_FIELDS.items():
-            if name in record and not isinstance(record[name], types):
-                raise ResultsError(f"{where}: measurement field {name!r} has the wrong type "
-                                   f"({type(record[name]).__name__})")
+        if "dims" in record:
+            try:
+                op_from_dict(record["dims"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ResultsError(f"{where}: measurement field 'dims' does not describe a gemm or conv2d "
+                                   f"({type(exc).__name__}: {exc}): {_excerpt(record['dims'])}") from None
         if record["status"] not in STATUSES:
             raise ResultsError(f"{where}: unknown status {record['status']!r}; expected one of {', '.join(STATUSES)}")
         problem = raw_samples_problem(record)

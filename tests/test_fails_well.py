@@ -241,6 +241,27 @@ def write_lines(path: Path, *records: dict[str, Any] | str) -> Path:
      "tflops 1.0 is not flops / median"),
     (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, measured(block_times=None, calls_per_block=None)),
      "has statistics but no raw block_times and calls_per_block"),
+    # fields the report reads as truth (each was a traceback in `report`)
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "dims": "64x64"}),
+     "line 2: measurement field 'dims' has the wrong type: must be an object, got \"64x64\""),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "dims": {"kind": "gemm", "m": 2}}),
+     "line 2: measurement field 'dims' does not describe a gemm or conv2d"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "provenance": [1]}),
+     "measurement field 'provenance' has the wrong type: must be an object of text"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "count": 0}),
+     "measurement field 'count' has the wrong type: must be a positive integer, got 0"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "tags": "a,b"}),
+     "measurement field 'tags' has the wrong type: must be a list of text"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "check": {"errors": "small"}}),
+     "measurement field 'check' has the wrong type"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {**measured(), "stats": {"flags": "noisy"}}),
+     "measurement field 'stats' has the wrong type"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1, "environment": "x"}, measured()),
+     "line 1: header field 'environment' has the wrong type: must be an object"),
+    (lambda d: write_lines(d / "f.jsonl", {**HEADER, "schema": 1}, {"record": "worker", "schema": 1, "run_id": "r1",
+                                                                    "backend": "torch", "device": "cpu",
+                                                                    "versions": "2.13"}, measured()),
+     "line 2: worker field 'versions' has the wrong type: must be an object, got \"2.13\""),
 ])
 @pytest.mark.parametrize("command", ["show", "report"])
 def test_show_and_report_refuse_damaged_or_foreign_results(tmp_path, capsys, make, expected, command):
