@@ -344,8 +344,9 @@ def scaling_points(pooled: pd.DataFrame) -> pd.DataFrame:
                     parts = at.loc[passes]
                     rows.append({**dict(zip([*CONFIG, "backend"], key, strict=True)), "sweep": tag, "dimension": label,
                                  "flop_slope": flop_slope, "phase": phase, "size": float(size),
-                                 "time_s": float(parts["median_s"].sum()), "low_s": float(parts["ci_low_s"].sum()),
-                                 "high_s": float(parts["ci_high_s"].sum()),
+                                 "time_s": float(parts["median_s"].sum()),  # a missing CI bound stays missing:
+                                 "low_s": float(parts["ci_low_s"].sum(skipna=False)),
+                                 "high_s": float(parts["ci_high_s"].sum(skipna=False)),
                                  "overhead_flag": "overhead_bound" in parts.loc["forward", "flags"]})
     points = pd.DataFrame(rows)
     if points.empty:

@@ -243,7 +243,7 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
     extra += [Line2D([], [], color="0.3", linestyle="--", label="theoretical roof"),
               Line2D([], [], color="0.3", linestyle=":", label="measured peak")]
     _legend(fig, backends, extra)
-    fig.suptitle("Roofline: every pass of every case (fastest measured variant of each framework)")
+    fig.suptitle("Roofline: every pass of every case\n(fastest measured variant of each framework)")
     return fig
 
 

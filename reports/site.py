@@ -120,7 +120,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
             for p in passes:
                 values = best.loc[best["backend"].eq(b) & best["pass"].eq(p), "median_s"] if not best.empty else []
                 scale, unit = time_unit(values)
-                columns.append({"backend": b, "pass": p, "scale": scale, "label": f"{PASS_LABELS[p]} ({unit})"})
+                columns.append({"backend": b, "pass": p, "scale": scale, "label": PASS_LABELS[p], "unit": unit})
         rows = []
         for case, cg in group.sort_values(["kind", "flops"]).groupby("case", sort=False):
             first = cg.iloc[0]
@@ -148,7 +148,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
             rows.append({"case": case, "shape": first["shape"], "flops": forward_flops(first),
                          "provenance": f"{first['network']}: {first['layer']}", "source": first["source"],
                          "cells": cells})
-        title = " · ".join(f"{v} threads" if k == "threads" else str(v) for k, v in zip(CONFIG, key, strict=True))
+        title = summary.config_title(key)
         tables.append({"title": title, "backends": backends, "passes": len(passes), "columns": columns,
                        "rows": rows})
     return tables
@@ -213,9 +213,10 @@ def environments(report: Analysis) -> list[dict[str, Any]]:
         for h, f in zip(headers, facts, strict=True):
             load = ", ".join(f"{v:.2f}" for v in (h.get("environment") or {}).get("load_average") or [])
             ws = [w for w in workers if w.get("run_id") == h.get("run_id")] or [{}]
-            for w in ws:
-                runs.append({"run_id": h.get("run_id"), "created": h.get("created", ""), "load": load,
-                             "varying": [f[k] for k in varying], "backend": w.get("backend", ""),
+            for i, w in enumerate(ws):  # the run's own facts once, on its first worker's row
+                runs.append({"run_id": h.get("run_id"), "created": h.get("created", "") if not i else "",
+                             "load": load if not i else "",
+                             "varying": [f[k] if not i else "" for k in varying], "backend": w.get("backend", ""),
                              "device": w.get("device", ""),
                              "versions": ", ".join(f"{k} {v}" for k, v in (w.get("versions") or {}).items()),
                              "flags": ", ".join(f"{k}={v}" for k, v in (w.get("flags") or {}).items())})

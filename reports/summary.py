@@ -27,12 +27,13 @@ WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell bel
 
 # ------------------------------------------------------------------------------------------------ formats
 def speedup_text(x: float) -> str:
-    """A speedup as words: 1.23 → '1.23× faster', 0.28 → '3.6× slower' (never '0.28×')."""
+    """A speedup as words, two significant digits: 1.23 → '1.2× faster', 0.28 → '3.6× slower' (never '0.28×')."""
     if not np.isfinite(x):
         return "–"
     if abs(x - 1) < 0.005:
         return "same speed"
-    return f"{x:.2f}× faster" if x > 1 else f"{1 / x:.2g}× slower" if x > 0.1 else f"{1 / x:.0f}× slower"
+    factor = x if x > 1 else 1 / x
+    return (f"{factor:.2g}×" if factor < 10 else f"{factor:.0f}×") + (" faster" if x > 1 else " slower")
 
 
 def ci_text(low: float, high: float, unit: str = "×") -> str:
@@ -87,8 +88,13 @@ def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iter
     """(key, a title naming the configuration when the results hold several, rows) per configuration."""
     several = not all_configs.empty and len(all_configs.groupby(CONFIG, dropna=False)) > 1
     for key, group in data.groupby(by, dropna=False, sort=True):
-        yield key, " · ".join(f"{v} threads" if k == "threads" else str(v)
-                              for k, v in zip(by, key, strict=True)) if several else "", group
+        yield key, config_title(key) if several else "", group
+
+
+def config_title(key: tuple) -> str:
+    """'machine · device · dtype · math · N threads' for a CONFIG key."""
+    return " · ".join(f"{v} thread{'s' if v != 1 else ''}" if k == "threads" else str(v)
+                      for k, v in zip(CONFIG, key, strict=True))
 
 
 def on(device: str) -> str:
@@ -168,11 +174,12 @@ def variant_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
         for (backend, variant), g in e.groupby(["backend", "variant"], sort=False):
             by_pass = g.set_index("pass")
             rows.append([cell(backend, num=False), cell(variant, num=False)] + [
-                cell(f"{by_pass.loc[p, 'geomean']:.2f}×", f"{ci_text(by_pass.loc[p, 'low'], by_pass.loc[p, 'high'])}, "
-                     f"{by_pass.loc[p, 'cases']} cases") if p in by_pass.index else cell("–") for p in passes])
-        out.append(table(["framework", "variant"] + [f"{PASS_LABELS[p]}: time vs default" for p in passes], rows,
-                         stacked=True, caption="Variant effect: geomean of time(variant) / time(the framework's "
-                                               "default variant) over the cases both ran; below 1: faster."))
+                cell(speedup_text(1 / by_pass.loc[p, "geomean"]),
+                     f"time ratio {ci_text(by_pass.loc[p, 'low'], by_pass.loc[p, 'high'])}, {by_pass.loc[p, 'cases']} "
+                     "cases") if p in by_pass.index else cell("–") for p in passes])
+        out.append(table(["framework", "variant"] + [f"{PASS_LABELS[p]} vs default" for p in passes], rows,
+                         stacked=True, caption="Variant effect: geomean over the cases both ran of time(variant) / "
+                                               "time(the framework's default variant), in words, with its 95% CI."))
     return out
 
 

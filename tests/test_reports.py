@@ -147,7 +147,8 @@ def test_speedup_best_variant_and_variant_table() -> None:
     effect = a.variant_effects.iloc[0]
     assert effect["variant"] == "eager · row-major" and effect["geomean"] == pytest.approx(0.5)
     assert summary.speedup_text(tf["speedup"]) == "2× slower"
-    assert summary.speedup_text(1 / 0.28) == "3.57× faster" and summary.speedup_text(0.28) == "3.6× slower"
+    assert summary.speedup_text(1 / 0.28) == "3.6× faster" and summary.speedup_text(0.28) == "3.6× slower"
+    assert summary.speedup_text(1 / 114.2) == "114× slower" and summary.speedup_text(1.0) == "same speed"
 
 
 def test_pass_ratios_use_the_ops_flop_ratio() -> None:
