@@ -1,10 +1,22 @@
 """The float64 NumPy reference, checked without any framework: direct loops and adjoint identities."""
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
 from suite.ops import Conv2d, Gemm
-from suite.reference import compare, expected, make_inputs, reduced, reference, round_to
+from suite.reference import (
+    CHECK_FLOP_LIMIT,
+    compare,
+    expected,
+    make_inputs,
+    reduced,
+    reference,
+    relative_error,
+    round_to,
+)
 
 CONVS = [
     Conv2d(n=2, c=4, h=7, w=6, k=6, r=3, s=2, stride=(2, 1), padding=(1, 0, 2, 1)),
@@ -83,3 +95,25 @@ def test_expected_is_the_reference_of_the_seeded_inputs_computed_once():
     assert set(first) == set(direct) and all(np.array_equal(first[k], direct[k]) for k in direct)
     assert expected(op, 7, "backward", "fp32") is first  # a second variant of the case reuses it
     assert not np.array_equal(expected(op, 8, "backward", "fp32")["dx"], first["dx"])  # the seed is part of the key
+
+
+def test_reduced_gemm_keeps_the_most_rows_under_the_limit():
+    at_limit = Gemm(1, 2, int(CHECK_FLOP_LIMIT // 4))
+    side = 512
+    assert at_limit.flops() == CHECK_FLOP_LIMIT and reduced(at_limit) == at_limit  # at the limit: full size
+    big = Gemm(64 * side, side, side)
+    small = reduced(big)
+    assert small.n == big.n and small.k == big.k
+    assert small.flops() <= CHECK_FLOP_LIMIT < dataclasses.replace(small, m=small.m + 1).flops()
+    assert reduced(Gemm(2, 100 * side, 100 * side)).m == 1  # never fewer than one row
+
+
+def test_relative_error_by_hand():
+    assert relative_error(np.array([3.0, 4.0]), np.array([0.0, 0.0])) == 5.0  # zero reference: absolute error
+    assert relative_error(np.array([1.0]), np.array([0.5])) == 1.0  # a norm below 1 still divides
+    assert relative_error(np.ones((2, 3)), np.ones((3, 2))) == math.inf
+
+
+def test_an_error_exactly_at_the_tolerance_passes():
+    result = compare({"y": np.array([1.0, 2e-5])}, {"y": np.array([1.0, 0.0])}, "fp32", "strict")
+    assert result["errors"]["y"] == 2e-5 == result["tolerance"] and result["status"] == "pass"

@@ -140,3 +140,36 @@ def test_stops_at_min_blocks_once_the_spread_is_at_most_the_target():
     samples = measure(device.run_block, config, device.clock)
     assert samples.calls_per_block == 1 and samples.warmup_calls == 1
     assert samples.stop_reason == "stable" and samples.block_times == (1.0, 1.0625) * 3 + (1.0,)
+
+
+def test_elapsed_time_counts_from_the_start_not_from_zero():
+    device = FakeDevice(lambda i: 1e-3)
+    device.now = 5_000.0  # perf_counter is not zero when a measurement starts
+    config = TimingConfig(warmup_s=0.01, target_block_s=0.02, min_blocks=7)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.warmup_calls == 10 and samples.warmup_s == pytest.approx(0.01)
+    assert samples.calls_per_block == 20 and len(samples.block_times) == 7
+
+
+def test_recalibration_boundaries_are_half_the_target():
+    # binary fractions keep the fake clock exact. Warm-up: two calls of 1/128 s = 1/64 s → 4 calls per 1/32 s block
+    config = TimingConfig(warmup_s=2**-6, target_block_s=2**-5)
+    at_half = FakeDevice(lambda i: 2**-7 if i < 2 else 2**-8)  # probe 4 × 1/256 = 1/64 s: exactly half, kept
+    assert measure(at_half.run_block, config, at_half.clock).calls_per_block == 4
+    below = FakeDevice(lambda i: 5e-3 if i < 2 else 2e-3)  # probe 4 × 2 ms = 8 ms = 0.4 × 20 ms: recalibrated
+    samples = measure(below.run_block, TimingConfig(warmup_s=0.01, target_block_s=0.02), below.clock)
+    assert samples.calls_per_block == 10
+
+
+def test_block_loop_stops_when_elapsed_reaches_the_cap():
+    device = FakeDevice(lambda i: 2.0)  # warm-up call ends at 2 s, the probe at 4 s, blocks at 6, 8 and 10 s
+    samples = measure(device.run_block, TimingConfig(max_time_s=10.0), device.clock)
+    assert samples.block_times == (2.0, 2.0, 2.0) and samples.stop_reason == "time_cap"
+
+
+def test_calls_for_a_call_too_fast_to_time():
+    from suite.timing import _calls_for
+
+    config = TimingConfig(target_block_s=0.02, max_calls_per_block=500)
+    assert _calls_for(config, 0.0) == 500  # a clock that did not move: as many calls as allowed
+    assert _calls_for(config, 1e-9) == 500 and _calls_for(config, 0.03) == 1 and _calls_for(config, 0.008) == 2
