@@ -39,7 +39,7 @@ def _csv(text: str) -> list[str]:
 def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, ...] = ("all",)) -> list[str]:
     """The comma list ``text``, every item one of ``allowed`` (or a ``special`` word); 'all' alone means all."""
     allowed = list(allowed)
-    values = allowed if text == "all" and special == ("all",) else _csv(text)
+    values = allowed if text == "all" and special == ("all",) else list(dict.fromkeys(_csv(text)))
     if not values:
         raise UsageError(f"--{what} needs at least one value; choose from {', '.join(allowed)}")
     for value in values:
@@ -293,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             for cls in map(backends.backend_class, _backend_names(args.backend)))
         raise UsageError(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
                          f"with --layout {args.layout} ({offered})")
-    out = Path(args.output or f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
+    out = Path(args.output if args.output is not None else f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
     check_output(out, args.resume)  # before the progress display, so a refusal is the only output
     preflight((t.group for t in tasks), out.with_suffix(".worker.log"))  # a GPU no framework sees: refuse now
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
@@ -361,6 +361,9 @@ def _parse_limits(args: argparse.Namespace) -> None:
                         ("--max-run-time", args.max_run_time), ("--threads", args.threads)):
         if value is not None and not value > 0:  # also refuses nan
             raise UsageError(f"{flag} must be a positive number, got {value}")
+    if getattr(args, "seed", 0) < 0:
+        raise UsageError(f"--seed must be an integer >= 0 (NumPy's random generator takes no negative seed), got "
+                         f"{args.seed}")
 
 
 # ---------------------------------------------------------------------------------------------- show
@@ -631,6 +634,8 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     from backends.base import DeviceMissing
     from suite.selfcheck import selfcheck
 
+    if not args.threads > 0:
+        raise UsageError(f"--threads must be a positive number, got {args.threads}")
     try:
         return selfcheck(console, err_console, threads=args.threads, device=args.device)
     except DeviceMissing as exc:  # a CPU-only torch asked for the GPU

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import suite.runner
-from suite.cli import COMMANDS, main, parser
+from suite.cli import COMMANDS, build_plan, main, parser
 from suite.results import read_results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,3 +158,10 @@ def test_golden_results_are_consistent_with_their_raw_samples():
     """The reader's raw-sample checks accept what opbench writes (the golden files are real runs)."""
     for path in (REPO / "tests" / "data" / "golden").glob("*.jsonl"):
         assert read_results(path).measurements  # raises on a record its raw samples contradict
+
+
+def test_a_value_named_twice_is_planned_once():
+    args = parser().parse_args(["run", *TINY, "--pass", "forward,forward", "--device", "cpu,cpu", "--dtype",
+                                "fp32,fp32", "--mode", "eager,default"])
+    tasks = build_plan(args)
+    assert len(tasks) == len({task.key for task in tasks}) == 1

@@ -107,6 +107,9 @@ def test_run_mistakes_exit_2_with_one_message(tmp_path, capsys, argv, expected):
     (["merge", "a.jsonl"], "the following arguments are required: -o/--output"),
     (["report", "nowhere.jsonl"], "nowhere.jsonl: no such results file or folder"),
     (["selfcheck", "--threads", "x"], "argument --threads: invalid int value: 'x'"),
+    (["selfcheck", "--threads", "0"], "--threads must be a positive number, got 0"),
+    (["run", "--catalog", "smoke", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["run", "--catalog", "smoke", "--backend", "torch", "-o", ""], "is a folder; -o takes a results file"),
 ])
 def test_mistakes_of_every_subcommand_exit_2_with_one_message(tmp_path, capsys, monkeypatch, argv, expected):
     monkeypatch.chdir(tmp_path)
