@@ -251,12 +251,14 @@ def _sets_from_results(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
-    """A network's layers in one variant each: same mode and options, one conv layout (GEMMs have one layout)."""
+    """A network's layers in one variant each: same mode and options, and one layout for the op kinds measured in
+    several (conv NCHW or channels_last); kinds measured in one layout (GEMM row-major) join every variant."""
     for (mode, options), group in rows.groupby(["mode", "options"], dropna=False, sort=True):
-        convs = group["kind"].ne("gemm")
-        for layout in sorted(set(group.loc[convs, "layout"])) or [None]:
-            part = group[~convs | group["layout"].eq(layout)]
-            shown = layout or part["layout"].iloc[0]
+        layouts_per_kind = group.groupby("kind")["layout"].nunique()
+        varied = group["kind"].isin(layouts_per_kind[layouts_per_kind > 1].index)
+        for layout in sorted(set(group.loc[varied, "layout"])) or [None]:
+            part = group[~varied | group["layout"].eq(layout)]
+            shown = layout or " / ".join(sorted(set(part["layout"])))
             yield " · ".join(filter(None, [str(mode), str(shown), str(options or "")])), part
 
 

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from reports.frame import BACKENDS, PASS_LABELS
+from reports.summary import speedup_text
 from suite.ops import PASSES
 
 # Okabe & Ito (2008) colour-blind-safe palette; one fixed colour per framework in every figure.
@@ -166,17 +167,19 @@ def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
 def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | None:
     """(b) Speedup over the baseline (time of baseline / time of framework): cases × frameworks, one panel per pass.
 
-    Cells read "1.23×"; a trailing "≈" marks a CI that does not exclude 1 ± 3% (no clear difference).
+    Cells read "1.5× faster" or "3.6× slower"; a trailing "≈" marks a CI that does not exclude 1 ± 3% (no clear
+    difference). The baseline's own column (all 1×) is left out.
     """
     best = _best(frame).dropna(subset=["speedup"])
     if best.empty or best["backend"].nunique() < 2:
         return None
+    best = best[best["backend"] != baseline].copy()
     best["panel"] = panel_labels(best)
-    best["text"] = best["speedup"].map("{:.2f}×".format) + best["speedup_verdict"].map({"same": "≈"}).fillna("")
+    best["text"] = best["speedup"].map(speedup_text) + best["speedup_verdict"].map({"same": " ≈"}).fillna("")
     passes, panels, backends = _passes(best), sorted(best["panel"].unique()), backend_order(best["backend"])
     cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
     row_h = 0.24 if len(cases) <= 60 else 0.16
-    fig = _figure(1.1 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
+    fig = _figure(1.3 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
     axes = fig.subplots(len(panels), len(passes), squeeze=False)
     # colour range: the 90th percentile of |log2 speedup|, at least 1.25× and at most 8×, so that a few extreme cases
     # do not wash out the rest (cells beyond it take the end colour; their text gives the value)

@@ -7,7 +7,7 @@ A block is ``{"where", "headline", "tables", "notes", "missing"}``; a table is `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -27,13 +27,17 @@ WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell bel
 
 # ------------------------------------------------------------------------------------------------ formats
 def speedup_text(x: float) -> str:
-    """A speedup as words, two significant digits: 1.23 → '1.2× faster', 0.28 → '3.6× slower' (never '0.28×')."""
+    """A speedup as words: 1.23 → '1.2× faster', 0.28 → '3.6× slower' (never '0.28×'), 0.0175 → '57× slower'."""
     if not np.isfinite(x):
         return "–"
     if abs(x - 1) < 0.005:
         return "same speed"
-    factor = x if x > 1 else 1 / x
-    return (f"{factor:.2g}×" if factor < 10 else f"{factor:.0f}×") + (" faster" if x > 1 else " slower")
+    return f"{factor_text(x if x > 1 else 1 / x)}× " + ("faster" if x > 1 else "slower")
+
+
+def factor_text(x: float) -> str:
+    """A factor of at least 1: one decimal below 10 ('3.6'), none above ('57')."""
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
 def ci_text(low: float, high: float, unit: str = "×") -> str:
@@ -55,11 +59,13 @@ def pct(x: float) -> str:
     return f"{x:.0f}%" if np.isfinite(x) else "–"
 
 
-def span(values: Iterable[float], fmt: str = "{:.2f}", unit: str = "×") -> str:
+def span(values: Iterable[float], fmt: str | Callable[[float], str] = "{:.2f}", unit: str = "×") -> str:
+    """'low–high' of the values (one value when they agree at this precision)."""
     values = sorted(v for v in values if np.isfinite(v))
     if not values:
         return "–"
-    low, high = fmt.format(values[0]), fmt.format(values[-1])
+    text = fmt if callable(fmt) else fmt.format
+    low, high = text(values[0]), text(values[-1])
     return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
 
 
@@ -285,9 +291,9 @@ def time_ratio_text(ratios: Iterable[float]) -> str:
     disagree, 'takes 0.3–2.4× the time'."""
     ratios = [r for r in ratios if np.isfinite(r)]
     if ratios and min(ratios) > 1:
-        return f"is {span(ratios, '{:.2g}')} slower"
+        return f"is {span(ratios, factor_text)} slower"
     if ratios and max(ratios) < 1:
-        return f"is {span([1 / r for r in ratios], '{:.2g}')} faster"
+        return f"is {span([1 / r for r in ratios], factor_text)} faster"
     return f"takes {span(ratios, '{:.2g}')} the time"
 
 

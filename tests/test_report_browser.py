@@ -51,7 +51,7 @@ VIEWPORT = 1400
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = [*sorted(GOLDEN.glob("*_3fw.jsonl")), GOLDEN / "handmade_failures.jsonl"]
-    return build_site(files, tmp_path_factory.mktemp("report") / "site")
+    return build_site(files, tmp_path_factory.mktemp("report") / "site", cases=())  # networks as run (net: tags)
 
 
 def test_page_loads_images_links_numbers(site: Path, tmp_path: Path) -> None:

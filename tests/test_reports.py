@@ -146,9 +146,10 @@ def test_speedup_best_variant_and_variant_table() -> None:
                                                                                     "default"]
     effect = a.variant_effects.iloc[0]
     assert effect["variant"] == "eager · row-major" and effect["geomean"] == pytest.approx(0.5)
-    assert summary.speedup_text(tf["speedup"]) == "2× slower"
+    assert summary.speedup_text(tf["speedup"]) == "2.0× slower"
     assert summary.speedup_text(1 / 0.28) == "3.6× faster" and summary.speedup_text(0.28) == "3.6× slower"
     assert summary.speedup_text(1 / 114.2) == "114× slower" and summary.speedup_text(1.0) == "same speed"
+    assert summary.speedup_text(1.04) == "1.0× faster"
 
 
 def test_pass_ratios_use_the_ops_flop_ratio() -> None:
@@ -199,13 +200,18 @@ def test_conv_vs_dense_both_framings() -> None:
     c = analysis.analyze(results(*records), cases=()).conv_dense.set_index("framing")
     assert c.loc["same input values", "dense"] == "dense-values" and c.loc["same input values", "ratio"] == 2.0
     assert c.loc["features = pixels", "dense"] == "dense-pixels" and c.loc["features = pixels", "ratio"] == 0.5
-    assert summary.time_ratio_text([2.0]) == "is 2× slower" and summary.time_ratio_text([0.5]) == "is 2× faster"
+    assert summary.time_ratio_text([2.0]) == "is 2.0× slower" and summary.time_ratio_text([0.5]) == "is 2.0× faster"
 
 
 # ------------------------------------------------------------------------------------------------ golden results
+# The golden results are judged against the layer sets they were measured with (their net: tags), not against
+# the catalog of the day, which grows; judging against the catalog is tested above with hand-made catalogs.
+AS_RUN: tuple[Case, ...] = ()
+
+
 @pytest.fixture(scope="module")
 def golden() -> analysis.Analysis:
-    return analysis.build(FILES, baseline="torch")
+    return analysis.build(FILES, baseline="torch", cases=AS_RUN)
 
 
 def _records(paths: list[Path]) -> list[dict]:
@@ -252,7 +258,7 @@ def test_scaling_axes_carry_several_labelled_ticks(golden: analysis.Analysis) ->
 
 
 def test_site(golden: analysis.Analysis, tmp_path: Path) -> None:
-    index = build_site(FILES, tmp_path / "site")
+    index = build_site(FILES, tmp_path / "site", cases=AS_RUN)
     html = index.read_text()
     for ref in re.findall(r'(?:href|src)="([^"#][^"]*)"', html):
         assert (index.parent / ref).is_file(), ref
