@@ -278,8 +278,8 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
     Intervals sum the per-layer CI bounds.
     """
     info_cols = [*CONFIG, "set", "name", "network", "phase", "backend", "variant", "layers"]
-    complete_cols = [*info_cols, "time_s", "low_s", "high_s", "forward_s", "dx_s", "dw_s", "forward_share", "dx_share",
-                     "dw_share", "first_layer_marked"]
+    complete_cols = [*info_cols, "kinds", "time_s", "low_s", "high_s", "forward_s", "dx_s", "dw_s", "forward_share",
+                     "dx_share", "dw_share", "first_layer_marked"]
     partial_cols = [*info_cols, "measured", "missing"]
     complete, partial = [], []
     if pooled.empty or sets.empty:
@@ -308,7 +308,8 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
                         for column in ("median_s", "ci_low_s", "ci_high_s")}
                 parts = sums["median_s"]
                 overall = sum(parts.values())
-                complete.append({**info, "time_s": overall, "low_s": sum(sums["ci_low_s"].values()),
+                complete.append({**info, "kinds": ", ".join(sorted(set(part["kind"]))), "time_s": overall,
+                                 "low_s": sum(sums["ci_low_s"].values()),
                                  "high_s": sum(sums["ci_high_s"].values()), "forward_s": parts["forward"],
                                  "dx_s": parts.get("backward_data", math.nan),
                                  "dw_s": parts.get("backward_weight", math.nan),

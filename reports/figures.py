@@ -408,9 +408,9 @@ def training_shares(networks: pd.DataFrame) -> Figure | None:
         left += values
     ax.set_yticks(range(len(train)), train["label"])
     ax.set_ylim(len(train) - 0.5, -0.5)
-    ax.set(xlim=(0, 100), xlabel="share of the training step's GEMM/conv time (%)")
+    ax.set(xlim=(0, 100), xlabel="share of the training step's measured time (%)")
     fig.legend(loc="outside lower center", ncols=3, frameon=False)
-    fig.suptitle("Training step: forward, dX and dW (GEMM/conv layers only)")
+    fig.suptitle("Training step: forward, dX and dW (measured layers only)")
     return fig
 
 
@@ -441,7 +441,7 @@ def network_rollup(networks: pd.DataFrame) -> Figure | None:
     for ax in axes[len(titles):]:
         ax.set_visible(False)
     _legend(fig, backends)
-    fig.suptitle("Complete networks: GEMM/conv layers only, per framework variant")
+    fig.suptitle("Complete networks (measured layers only)\nper framework variant")
     return fig
 
 

@@ -45,7 +45,8 @@ FIGURES = [
                "fewer than two frameworks have successful measurements of the same cases"),
     FigureSpec("training_shares", "Forward or backward: a training step",
                "Per complete network and framework (its fastest complete variant): the share of the training step's "
-               "GEMM/conv time in forward, dX and dW. The first layer's dX is not counted; other ops are not measured.",
+               "measured time (GEMM, conv, attention layers) in forward, dX and dW. The first layer's dX is not "
+               "counted; normalization, activations and the optimizer are not measured.",
                lambda a: figures.training_shares(a.networks),
                "no network with every layer measured in forward, dX and dW"),
     FigureSpec("conv_vs_gemm", "Conv vs dense layer",

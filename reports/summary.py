@@ -17,7 +17,8 @@ from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysi
 from reports.frame import BACKENDS, PASS_LABELS
 from suite.stats import NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
-KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs"}
+KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
+               "attention": "attention"}
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
                  "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
@@ -101,6 +102,12 @@ def config_title(key: tuple) -> str:
     """'machine · device · dtype · math · N threads' for a CONFIG key."""
     return " · ".join(f"{v} thread{'s' if v != 1 else ''}" if k == "threads" else str(v)
                       for k, v in zip(CONFIG, key, strict=True))
+
+
+def kinds_text(kinds: Iterable[str]) -> str:
+    """'GEMMs, attention' from the networks' comma-joined op kinds."""
+    names = sorted({k for joined in kinds for k in str(joined).split(", ") if k})
+    return ", ".join(KIND_LABELS.get(k, k) for k in names)
 
 
 def on(device: str) -> str:
@@ -193,8 +200,7 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
     """Forward or backward: the share of a whole network's training step in forward, dX and dW; op-level ratios."""
     train = a.networks[a.networks["phase"].eq(PHASES["train"])] if len(a.networks) else a.networks
     blocks = []
-    caveat = ("Only the GEMM and conv layers are measured: normalization, activations, attention and the optimizer "
-              "are not in these shares.")
+    caveat = "Only the measured layers ({}) count: normalization, activations and the optimizer are not in the shares."
     for key, where, group in groups(train, CONFIG, a.pooled) if len(train) else []:
         fastest = group.loc[group.groupby(["name", "backend"])["time_s"].idxmin()]
         first = []
@@ -203,7 +209,7 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
             first.append(f"in a {name} the backward passes (dX + dW) take "
                          f"{span([100 * v for v in bwd.values()], '{:.0f}', '%')} of the time across "
                          f"{len(bwd)} framework{'s' if len(bwd) > 1 else ''}")
-        head = f"{on(key[1])}, " + "; ".join(first) + f". {caveat}"
+        head = f"{on(key[1])}, " + "; ".join(first) + ". " + caveat.format(kinds_text(group["kinds"]))
         rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
                  cell(format_seconds(r.time_s), seconds_ci(r.low_s, r.high_s)),
                  cell(pct(100 * r.forward_share)), cell(pct(100 * r.dx_share)), cell(pct(100 * r.dw_share))]
@@ -214,7 +220,7 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
             notes.append(f"The catalog marks no first layer (tag first-layer) for {names}: every layer's dX is "
                          "counted, as when the first layer's input is trainable (e.g. an embedding).")
         shares = table(["network", "framework", "variant", "step time (Σ layer CIs)", "forward", "dX", "dW"], rows,
-                       caption="Share of a training step's GEMM/conv time: forward and dW of every layer, dX of every "
+                       caption="Share of a training step's measured time: forward and dW of every layer, dX of every "
                                "layer but the first.")
         blocks.append(block(head, [shares, *ratio_tables(a, key)], notes, where))
     if blocks:
@@ -226,9 +232,9 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
         full = group[group["which"].eq("backward")]
         if len(full):
             head = (f"No complete network was measured in training; per op, backward (dX+dW) takes "
-                    f"{span(full['geomean'])} the forward time against a FLOP ratio of 2×. {caveat}")
+                    f"{span(full['geomean'])} the forward time against a FLOP ratio of 2×.")
         else:
-            head = f"No complete network was measured in training; see the per-op ratios below. {caveat}"
+            head = "No complete network was measured in training; see the per-op ratios below."
         blocks.append(block(head, ratio_tables(a, key), where=where))
     return blocks
 
@@ -378,8 +384,8 @@ def networks(a: Analysis) -> list[dict[str, Any]]:
         for name, g in fastest.groupby("name", sort=True):
             sentences.append(f"a {name} takes " + ", ".join(
                 f"{format_seconds(r.time_s)} with {r.backend}" for r in g.sort_values("time_s").itertuples()))
-        head = f"{on(key[1])}, " + "; ".join(sentences[:2]) + " (GEMM/conv layers only, each framework's fastest " \
-            "complete variant)."
+        head = (f"{on(key[1])}, " + "; ".join(sentences[:2]) + f" (measured layers only: {kinds_text(group['kinds'])};"
+                " each framework's fastest complete variant).")
         if len(sentences) > 2:
             head += f" {len(sentences) - 2} more complete layer sets are in the table."
         rows = [[cell(r.name, num=False), cell(r.backend, num=False), cell(r.variant, num=False),
