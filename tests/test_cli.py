@@ -12,7 +12,7 @@ import pytest
 
 import suite.runner
 from suite.cli import COMMANDS, build_plan, main, parser
-from suite.results import read_results
+from suite.results import failed, read_results
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "golden" / "smoke_torch_tf.jsonl"
@@ -165,3 +165,12 @@ def test_a_value_named_twice_is_planned_once():
                                 "fp32,fp32", "--mode", "eager,default"])
     tasks = build_plan(args)
     assert len(tasks) == len({task.key for task in tasks}) == 1
+
+
+@pytest.mark.parametrize("status, check, is_failure", [
+    ("ok", {"status": "pass"}, False), ("ok", None, False), ("ok", {"status": "fail"}, True),
+    ("unsupported", None, False), ("skipped", None, False),
+    ("error", None, True), ("oom", None, True), ("timeout", None, True), ("crashed", None, True),
+])
+def test_which_records_make_the_exit_status_1(status, check, is_failure):
+    assert failed({"status": status, "check": check}) is is_failure
