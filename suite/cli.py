@@ -636,8 +636,11 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
     if not args.threads > 0:
         raise UsageError(f"--threads must be a positive number, got {args.threads}")
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        raise UsageError("--clock cpu counts the calling thread's CPU time, which is the op's time only on the CPU "
+                         "with --threads 1")
     try:
-        return selfcheck(console, err_console, threads=args.threads, device=args.device)
+        return selfcheck(console, err_console, threads=args.threads, device=args.device, clock=args.clock)
     except DeviceMissing as exc:  # a CPU-only torch asked for the GPU
         raise UsageError(str(exc)) from None
 
@@ -682,7 +685,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "selfcheck": (cmd_selfcheck, lambda p: (
         p.add_argument("--threads", type=int, default=usable_cpus()),
         p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                       help="gpu: also time opbench's blocks with CUDA events (default %(default)s)"))),
+                       help="gpu: also time opbench's blocks with CUDA events (default %(default)s)"),
+        p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                       help="cpu: time by the thread's CPU time, leaving out waits for a CPU on a busy machine "
+                            "(with --threads 1; default %(default)s)"))),
 }
 
 

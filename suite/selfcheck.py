@@ -121,14 +121,17 @@ def cpu_share(cpu_s: float, wall_s: float, threads: int) -> float:
     return cpu_s / (wall_s * threads)
 
 
-def contention_note(share: float, load: float, cpus: int) -> str:
+def contention_note(share: float, load: float, cpus: int, clock: str = "wall") -> str:
     """Whether the comparison ran on a machine to itself; on an oversubscribed one, wall-clock block times include
     the time the process waited for a CPU, and each timer's figure depends on how often its blocks were preempted."""
     state = (f"CPU share {share:.0%}: while the comparison ran, this process's threads were on a CPU {share:.0%} "
              f"of the time (1-minute load average {load:.1f} on {cpus} usable CPUs).")
+    if clock == "cpu":
+        return f"{state} Timed by the thread's CPU time, which leaves that waiting out."
     if share < OVERSUBSCRIBED_SHARE:
         return (f"{state} The machine is oversubscribed: wall-clock times include waiting for a CPU, so these "
-                "ratios say more about scheduling than about opbench; run selfcheck on a quiet machine.")
+                "ratios say more about scheduling than about opbench; run selfcheck on a quiet machine, or with "
+                "--threads 1 --clock cpu.")
     return state
 
 
@@ -178,10 +181,15 @@ def event_timer(run_block: Callable[[int], None], calls: int, blocks: int = 7) -
     return per_call
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # cpu: the calling thread's CPU time (one thread)
+
+
 def selfcheck(console: Console, progress_console: Console | None = None, threads: int | None = None,
-              device: str = "cpu") -> int:
+              device: str = "cpu", clock: str = "wall") -> int:
     """Compare opbench with torch.utils.benchmark (and, on a GPU, CUDA events) on every check, then print the
-    harness cost and machine noise. Raises backends.base.DeviceMissing where torch sees no GPU."""
+    harness cost and machine noise. ``clock="cpu"`` times by the thread's CPU time (with one thread: the comparison
+    on a busy machine, without the time spent waiting for a CPU). Raises backends.base.DeviceMissing where torch
+    sees no GPU."""
     import torch.utils.benchmark as tb
 
     from backends.torch_backend import TorchBackend
@@ -189,6 +197,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     settings = Settings(device=device, threads=threads)
     backend = TorchBackend(settings)
     flags = backend.configure(settings)
+    timer_clock = CLOCKS[clock]
+    tb_clock = {"timer": timer_clock} if clock == "cpu" else {}  # tb's default timer synchronizes CUDA
     todo = checks()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=progress_console or console, transient=True) as progress:
@@ -198,8 +208,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
         for check in todo:
             prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
             stmt, setup, names = torch_statement(check, device)
-            timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"])
-            pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING)),
+            timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"], **tb_clock)
+            pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING, timer_clock)),
                           lambda timer=timer: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median))
             if device == "gpu":  # the same blocks, timed on the GPU's clock
                 on_gpu.append(event_timer(prepared.run_block, measure(prepared.run_block, TIMING).calls_per_block))
@@ -222,17 +232,18 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
 
         share = cpu_share(time.process_time() - cpu, time.perf_counter() - wall, flags["threads"])
         progress.update(bar, description="harness cost per call")
-        empty = measure(backend.block_runner(tuple), TimingConfig(max_time_s=0.5))  # tuple() is a near-free C call
+        empty = measure(backend.block_runner(tuple), TimingConfig(max_time_s=0.5), timer_clock)  # tuple(): ~free
         progress.advance(bar)
         progress.update(bar, description="machine noise")
         prepared = backend.prepare(NOISE_OP, Variant("forward"), make_inputs(NOISE_OP))
-        noise = [measure(prepared.run_block, TimingConfig(min_blocks=15, max_blocks=15, target_rel_iqr=0.0))
-                 for _ in range(3)]
+        noise = [measure(prepared.run_block, TimingConfig(min_blocks=15, max_blocks=15, target_rel_iqr=0.0),
+                         timer_clock) for _ in range(3)]
         progress.advance(bar)
 
     comparisons = [Comparison(check.label, check.pass_, tuple(o), tuple(t), tuple(e))
                    for check, o, t, e in zip(todo, ours, theirs, events, strict=True)]
     where = f"{flags['gpu']}, CUDA events too" if device == "gpu" else f"{flags['threads']} threads"
+    where += ", the thread's CPU time" if clock == "cpu" else ""
     console.print(comparison_table(comparisons, f"opbench vs torch.utils.benchmark (torch {backend.versions()['torch']}"
                                                 f", {where}, fp32, same process, {ROUNDS} rounds)"))
     console.print(f"harness cost per call: {format_seconds(_median(empty))} (opbench's block loop around an empty "
@@ -242,5 +253,5 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
                             [summarize(s.block_times, s.calls_per_block).rel_iqr for s in noise], worst)
     console.print(text, highlight=False)
     if device == "cpu":  # on a GPU the host threads mostly wait for the device: their share says nothing
-        console.print(contention_note(share, os.getloadavg()[0], usable_cpus()), highlight=False)
+        console.print(contention_note(share, os.getloadavg()[0], usable_cpus(), clock), highlight=False)
     return 0

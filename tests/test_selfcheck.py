@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from suite.cli import main
 from suite.ops import OUTPUTS, Conv2d, Gemm
 from suite.reference import compare, reference
 from suite.selfcheck import (
@@ -98,6 +99,16 @@ def test_contention_note_says_when_the_machine_was_oversubscribed():
     assert "CPU share 97%" in quiet and "oversubscribed" not in quiet
     assert "oversubscribed" in contention_note(OVERSUBSCRIBED_SHARE - 0.01, 2.0, 2)
     assert "oversubscribed" not in contention_note(OVERSUBSCRIBED_SHARE, 2.0, 2)
+
+    timed_by_cpu = contention_note(0.33, load=9.3, cpus=2, clock="cpu")
+    assert "oversubscribed" not in timed_by_cpu and "CPU time" in timed_by_cpu
+
+
+@pytest.mark.parametrize("argv", [["--clock", "cpu", "--threads", "2"], ["--clock", "cpu", "--device", "gpu",
+                                                                         "--threads", "1"]])
+def test_cpu_clock_needs_one_cpu_thread(argv, capsys):
+    assert main(["selfcheck", *argv]) == 2  # refused before anything is timed
+    assert "--clock cpu" in capsys.readouterr().err
 
 
 @pytest.mark.slow
