@@ -41,6 +41,18 @@ def factor_text(x: float) -> str:
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
+def speedup_ci_text(low: float, high: float) -> str:
+    """The CI of a speedup in the same words: '1.3–3.7× slower', '1.1–1.4× faster', or '1.2× slower to 1.1× faster'
+    when it straddles 1."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no CI"
+    if high < 1:
+        return f"{factor_text(1 / high)}–{factor_text(1 / low)}× slower"
+    if low > 1:
+        return f"{factor_text(low)}–{factor_text(high)}× faster"
+    return f"{factor_text(1 / low)}× slower to {factor_text(high)}× faster"
+
+
 def ci_text(low: float, high: float, unit: str = "×") -> str:
     return f"{low:.2f}–{high:.2f}{unit}" if np.isfinite(low) and np.isfinite(high) else "no CI"
 
@@ -152,7 +164,7 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
                     continue
                 r = by_backend.loc[b]
                 row.append(cell("baseline", num=False) if b == base else
-                           cell(speedup_text(r["geomean"]), ci_text(r["low"], r["high"])))
+                           cell(speedup_text(r["geomean"]), speedup_ci_text(r["low"], r["high"])))
                 row.append(cell(int(r["wins"]), bold=r["wins"] == most))
             rows.append(row)
         rows.sort(key=lambda r: (list(KIND_LABELS.values()).index(r[0]["text"]) if r[0]["text"] in
@@ -188,8 +200,8 @@ def variant_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
             by_pass = g.set_index("pass")
             rows.append([cell(backend, num=False), cell(variant, num=False)] + [
                 cell(speedup_text(1 / by_pass.loc[p, "geomean"]),
-                     f"time ratio {ci_text(by_pass.loc[p, 'low'], by_pass.loc[p, 'high'])}, {by_pass.loc[p, 'cases']} "
-                     "cases") if p in by_pass.index else cell("–") for p in passes])
+                     f"{speedup_ci_text(1 / by_pass.loc[p, 'high'], 1 / by_pass.loc[p, 'low'])}, "
+                     f"{by_pass.loc[p, 'cases']} cases") if p in by_pass.index else cell("–") for p in passes])
         out.append(table(["framework", "variant"] + [f"{PASS_LABELS[p]} vs default" for p in passes], rows,
                          stacked=True, caption="Variant effect: geomean over the cases both ran of time(variant) / "
                                                "time(the framework's default variant), in words, with its 95% CI."))

@@ -150,6 +150,8 @@ def test_speedup_best_variant_and_variant_table() -> None:
     assert summary.speedup_text(1 / 0.28) == "3.6× faster" and summary.speedup_text(0.28) == "3.6× slower"
     assert summary.speedup_text(1 / 114.2) == "114× slower" and summary.speedup_text(1.0) == "same speed"
     assert summary.speedup_text(1.04) == "1.0× faster"
+    assert summary.speedup_ci_text(0.27, 0.79) == "1.3–3.7× slower" and summary.speedup_ci_text(0.8, 1.25) == \
+        "1.2× slower to 1.2× faster"
 
 
 def test_pass_ratios_use_the_ops_flop_ratio() -> None:
