@@ -1,9 +1,10 @@
 """Every figure the report states, computed once from the tidy frame of ``reports.frame``.
 
-Results of different configurations (machine, device, dtype, math mode, threads) are never mixed. Repeated runs of
-one variant (mode · layout · options) of a case and pass are pooled: their per-call samples are joined and the median
-and its CI recomputed, never the fastest run picked. Each framework enters a cross-framework comparison with its
-fastest variant for that case and pass (``best``); which variants were tried and which won is reported alongside.
+Results of different configurations (machine, device, dtype, math mode, threads, GPU cache state) are never mixed.
+Repeated runs of one variant (mode · layout · options) of a case and pass are pooled: their per-call samples are
+joined and the median and its CI recomputed, never the fastest run picked. Each framework enters a cross-framework
+comparison with its fastest variant for that case and pass (``best``); which variants were tried and which won is
+reported alongside.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from suite.ops import PASSES, op_from_dict
 from suite.results import Results, read_many
 from suite.stats import OVERHEAD_BOUND_S, median_ci, ratio_ci
 
-CONFIG = ["machine", "device", "dtype", "math", "threads"]  # what a comparison never crosses
+CONFIG = ["machine", "device", "dtype", "math", "threads", "l2"]  # what a comparison never crosses
 COMPARE_KEY = [*CONFIG, "case", "pass"]
 VARIANT_KEY = [*COMPARE_KEY, "backend", "variant"]
 SAME_BAND = 0.03  # a ratio whose CI lies inside 1 ± 3% is "no clear difference" (methodology.md)

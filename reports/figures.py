@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
+from reports.analysis import CONFIG
 from reports.frame import BACKENDS, PASS_LABELS
 from reports.summary import speedup_text
 from suite.ops import PASSES
@@ -73,11 +74,12 @@ def _best(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def panel_labels(frame: pd.DataFrame) -> pd.Series:
-    """machine / device / dtype / math, naming only what varies; a single panel is called ''."""
-    parts = [c for c in ("machine", "device", "dtype", "math") if c in frame and frame[c].nunique() > 1]
-    if not parts:
-        return pd.Series("", index=frame.index)
-    return frame[parts].astype(str).agg(" · ".join, axis=1)
+    """The configuration (machine, device, dtype, math, threads, L2), naming only what varies; a single panel is ''."""
+    parts = [c for c in CONFIG if c in frame and frame[c].nunique(dropna=False) > 1]
+    if frame.empty or not parts:
+        return pd.Series("", index=frame.index, dtype=object)
+    words = {"threads": lambda v: f"{v} thread{'s' if v != 1 else ''}", "l2": lambda v: f"{v} L2"}
+    return frame[parts].apply(lambda row: " · ".join(words.get(c, str)(row[c]) for c in parts), axis=1)
 
 
 def flop_unit(tflops: pd.Series) -> tuple[float, str]:
@@ -388,7 +390,7 @@ def training_shares(networks: pd.DataFrame) -> Figure | None:
     train = networks[networks["phase"] == "training step"] if not networks.empty else networks
     if train.empty:
         return None
-    train = train.loc[train.groupby(["machine", "device", "dtype", "math", "threads", "set", "backend"],
+    train = train.loc[train.groupby([*CONFIG, "set", "backend"],
                                     dropna=False)["time_s"].idxmin()]
     train = train.assign(panel=panel_labels(train))
     train["label"] = train["name"].str.replace(" training step", "") + " · " + train["backend"] + \

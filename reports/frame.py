@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from reports import peak
-from suite.ops import PASSES, op_from_dict
+from suite.measurement import Measurement
+from suite.ops import PASSES, Conv2d, op_to_dict
 from suite.results import Results
 
 BACKENDS = ("torch", "tensorflow", "jax")  # the fixed order used in every table and figure
@@ -36,46 +37,28 @@ def has_tag(frame: pd.DataFrame, tag: str) -> pd.Series:
     return frame["tags"].map(lambda tags: tag in tags).astype(bool)
 
 
-def _float(value: Any) -> float:
-    """JSON numbers, None and the strings "nan"/"inf" → float."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _row(m: dict[str, Any], machines: dict[str, str]) -> dict[str, Any]:
-    stats, check, prov = m.get("stats") or {}, m.get("check") or {}, m.get("provenance") or {}
-    op = op_from_dict(m["dims"]) if m.get("dims") else None
-    kind = "depthwise" if op is not None and op.kind == "conv2d" and op.depthwise else m.get("op")
-    calls = m.get("calls_per_block") or stats.get("calls_per_block") or 1
-    samples = np.asarray([_float(t) for t in m.get("block_times") or []], dtype=float) / calls
+def _row(m: Measurement, machines: dict[str, str]) -> dict[str, Any]:
+    op = m.op
     return {
-        "run_id": m.get("run_id"), "machine": machines.get(m.get("run_id"), "unknown machine"),
-        "case": m["case"], "op": m.get("op"), "kind": kind, "shape": m.get("shape"),
-        "network": prov.get("network"), "layer": prov.get("layer"), "source": prov.get("source"),
-        "derivation": prov.get("derivation"), "count": m.get("count") or 1, "tags": tuple(m.get("tags") or ()),
-        "backend": m["backend"], "device": m.get("device"), "dtype": m.get("dtype"), "pass": m.get("pass"),
-        "mode": m.get("mode"), "layout": m.get("layout"), "math": m.get("math"), "threads": m.get("threads"),
-        "options": ",".join(f"{k}={v}" for k, v in sorted((m.get("options") or {}).items())),
-        "status": m.get("status"), "reason": m.get("reason"), "flags": tuple(stats.get("flags") or ()),
-        "check": check.get("status"), "check_error": max(map(_float, (check.get("errors") or {}).values()),
-                                                         default=math.nan),
-        "median_s": _float(stats.get("median")), "ci_low_s": _float(stats.get("ci_low")),
-        "ci_high_s": _float(stats.get("ci_high")), "rel_iqr": _float(stats.get("rel_iqr")),
-        "min_s": _float(stats.get("min")), "blocks": stats.get("blocks"), "calls_per_block": calls,
-        "first_call_s": _float(m.get("first_call_s")), "flops": _float(m.get("flops")),
-        "bytes": _float(m.get("bytes")), "input_elements": op.input_elements if op else math.nan,
-        "dims": m.get("dims"), "samples": samples,
-        "default_variant": m.get("default_variant"),  # None in results written before it was recorded
-        "first_layer": FIRST_LAYER_TAG in (m.get("tags") or ()),
+        "run_id": m.run_id, "machine": machines.get(m.run_id, "unknown machine"), "case": m.case,
+        "op": op.kind if op else None, "kind": "depthwise" if isinstance(op, Conv2d) and op.depthwise else
+        (op.kind if op else None), "shape": m.shape, "network": m.network, "layer": m.layer, "source": m.source,
+        "derivation": m.derivation, "count": m.count, "tags": m.tags, "backend": m.backend, "device": m.device,
+        "dtype": m.dtype, "pass": m.pass_, "mode": m.mode, "layout": m.layout, "math": m.math, "threads": m.threads,
+        "l2": m.l2, "options": ",".join(f"{k}={v}" for k, v in m.options), "status": m.status, "reason": m.reason,
+        "flags": m.flags, "check": m.check, "check_error": m.check_error, "median_s": m.median,
+        "ci_low_s": m.ci_low, "ci_high_s": m.ci_high, "rel_iqr": m.rel_iqr, "min_s": m.min, "blocks": m.blocks,
+        "calls_per_block": m.calls_per_block, "first_call_s": m.first_call_s, "flops": m.flops, "bytes": m.bytes,
+        "input_elements": op.input_elements if op else math.nan, "dims": op_to_dict(op) if op else None,
+        "samples": np.asarray(m.per_call, dtype=float), "default_variant": m.default_variant,
+        "first_layer": FIRST_LAYER_TAG in m.tags,
     }
 
 
 def tidy(results: Results) -> pd.DataFrame:
     """One row per measurement with throughput, bandwidth and intensity; nothing dropped."""
     machines = {h["run_id"]: machine_name(h.get("environment") or {}) for h in results.headers}
-    frame = pd.DataFrame([_row(m, machines) for m in results.measurements])
+    frame = pd.DataFrame([_row(Measurement.from_record(m), machines) for m in results.measurements])
     if frame.empty:
         return frame
     ok = frame["status"].eq("ok") & frame["median_s"].gt(0)

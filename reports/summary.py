@@ -111,9 +111,11 @@ def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iter
 
 
 def config_title(key: tuple) -> str:
-    """'machine · device · dtype · math · N threads' for a CONFIG key."""
-    return " · ".join(f"{v} thread{'s' if v != 1 else ''}" if k == "threads" else str(v)
-                      for k, v in zip(CONFIG, key, strict=True))
+    """'machine · device · dtype · math · N threads' for a CONFIG key ('· cold L2' when the cache was flushed)."""
+    parts = {k: v for k, v in zip(CONFIG, key, strict=True)}
+    words = [f"{v} thread{'s' if v != 1 else ''}" if k == "threads" else f"{v} L2" if k == "l2" else str(v)
+             for k, v in parts.items() if k != "l2" or v != "warm"]
+    return " · ".join(words)
 
 
 def kinds_text(kinds: Iterable[str]) -> str:

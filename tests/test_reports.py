@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from reports import analysis, figures, peak, summary
 from reports.site import FIGURES, build_site
 from suite.catalog import Case, Provenance
+from suite.measurement import Measurement
 from suite.ops import Conv2d, Gemm, op_to_dict
 from suite.results import Results
 from suite.stats import format_seconds
@@ -131,6 +132,19 @@ def test_repeated_runs_are_pooled_not_picked() -> None:
     assert len(pooled) == 1 and pooled.iloc[0]["runs"] == 2
     both = np.concatenate([fast["block_times"], slow["block_times"]])
     assert pooled.iloc[0]["median_s"] == pytest.approx(np.median(both))  # 1.51, not the faster run's 1.0
+
+
+def test_measurement_from_an_old_record_gets_defaults() -> None:
+    old = {k: v for k, v in record("G", "torch", "forward", 2.0).items() if k not in ("default_variant", "l2")}
+    m = Measurement.from_record({**old, "stats": {**old["stats"], "ci_low": None}})
+    assert m.default_variant is None and m.l2 == "warm" and np.isnan(m.ci_low) and m.median == 2.0
+    assert m.per_call == tuple(old["block_times"]) and m.op == SMALL and m.pass_ == "forward"
+
+
+def test_warm_and_cold_l2_are_never_pooled() -> None:
+    records = [record("G", "torch", "forward", 1.0), {**record("G", "torch", "forward", 3.0), "l2": "cold"}]
+    pooled = analysis.analyze(results(*records), cases=()).pooled.set_index("l2")["median_s"]
+    assert pooled.to_dict() == pytest.approx({"warm": 1.0, "cold": 3.0})
 
 
 def test_speedup_best_variant_and_variant_table() -> None:
