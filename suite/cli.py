@@ -37,7 +37,11 @@ def _csv(text: str) -> list[str]:
 
 
 def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, ...] = ("all",)) -> list[str]:
-    """The comma list ``text``, every item one of ``allowed`` (or a ``special`` word); 'all' alone means all."""
+    """The comma list ``text`` without repeats, every item one of ``allowed`` or a ``special`` word.
+
+    'all' alone means every allowed value, unless the caller resolves the special words itself (modes and layouts:
+    the plan picks them per backend).
+    """
     allowed = list(allowed)
     values = allowed if text == "all" and special == ("all",) else list(dict.fromkeys(_csv(text)))
     if not values:
