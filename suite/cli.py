@@ -759,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
+    except OSError as exc:  # a file or folder the system refused (permissions, a full disk, a name too long)
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"error: {where}{exc.strerror or exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:  # before or after a run (cmd_run handles one in progress): nothing to lose
         err_console.print("interrupted")
         return 130

@@ -174,3 +174,14 @@ def test_a_value_named_twice_is_planned_once():
 ])
 def test_which_records_make_the_exit_status_1(status, check, is_failure):
     assert failed({"status": status, "check": check}) is is_failure
+
+
+def test_a_file_the_system_refuses_is_one_error_line(monkeypatch, capsys):
+    import suite.cli
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "shapes/locked.yaml")
+
+    monkeypatch.setattr(suite.cli, "load_catalog", refused)  # e.g. a folder another user owns
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "error: shapes/locked.yaml: Permission denied\n"
