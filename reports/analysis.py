@@ -219,13 +219,18 @@ def phase_of(tags: Iterable[str]) -> str | None:
     return None
 
 
-SET_COLUMNS = ["set", "network", "phase", "case", "count", "first_layer"]
+SET_COLUMNS = ["set", "network", "phase", "case", "count", "first_layer", "weightless"]
 
 
 def set_of(tags: Iterable[str], network: str, phase: str) -> str:
     """The layer set a case belongs to: its catalog tag ``net:<id>`` (one network at one batch and phase), else
     the network and phase."""
     return next((t.removeprefix("net:") for t in tags if t.startswith("net:")), f"{network} · {phase}")
+
+
+def weightless(op: Any) -> bool:
+    """An op without a weight (attention): its training backward is the one fused pass, all data gradients."""
+    return "backward_weight" not in getattr(op, "passes", PASSES)
 
 
 def layer_sets(cases: Iterable[Case]) -> pd.DataFrame:
@@ -237,7 +242,7 @@ def layer_sets(cases: Iterable[Case]) -> pd.DataFrame:
         if phase and ("modern" in c.tags or any(t.startswith("net:") for t in c.tags)):
             rows.append({"set": set_of(c.tags, c.provenance.network, phase), "network": c.provenance.network,
                          "phase": phase, "case": c.id, "count": c.count,
-                         "first_layer": tidy_frame.FIRST_LAYER_TAG in c.tags})
+                         "first_layer": tidy_frame.FIRST_LAYER_TAG in c.tags, "weightless": weightless(c.op)})
     return pd.DataFrame(rows, columns=SET_COLUMNS)
 
 
@@ -247,7 +252,8 @@ def _sets_from_results(frame: pd.DataFrame) -> pd.DataFrame:
         phase = phase_of(r.tags)
         if phase and ("modern" in r.tags or any(t.startswith("net:") for t in r.tags)):
             rows.append({"set": set_of(r.tags, r.network, phase), "network": r.network, "phase": phase,
-                         "case": r.case, "count": r.count, "first_layer": r.first_layer})
+                         "case": r.case, "count": r.count, "first_layer": r.first_layer,
+                         "weightless": weightless(op_from_dict(r.dims)) if r.dims else False})
     return pd.DataFrame(rows, columns=SET_COLUMNS)
 
 
@@ -263,10 +269,27 @@ def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
             yield " · ".join(filter(None, [str(mode), str(shown), str(options or "")])), part
 
 
-def _weighted_sum(layers: pd.DataFrame, times: pd.DataFrame, pass_: str, column: str) -> float:
-    """Σ over a set's layers of count × time of the pass; dX counts the first layer once less."""
-    weight = layers["count"] - (layers["first_layer"].astype(int) if pass_ == "backward_data" else 0)
-    return float(sum(weight[c] * times.loc[(c, pass_), column] for c in layers.index if weight[c] > 0))
+def _training_passes(layer: pd.Series) -> dict[str, str]:
+    """Step component → the pass that measures it for one layer: forward, dX (its fused backward for a weightless
+    op such as attention; none for a first layer that occurs once) and dW (none without a weight)."""
+    if layer["weightless"]:
+        return {"forward": "forward", "backward_data": "backward"}
+    parts = {"forward": "forward", "backward_data": "backward_data", "backward_weight": "backward_weight"}
+    if layer["first_layer"] and layer["count"] == 1:
+        del parts["backward_data"]
+    return parts
+
+
+def _weighted_sum(layers: pd.DataFrame, times: pd.DataFrame, component: str, column: str, training: bool) -> float:
+    """Σ over a set's layers of count × time of the pass behind a step component; dX counts the first layer once
+    less (its input is the data)."""
+    total = 0.0
+    for case, layer in layers.iterrows():
+        passes = _training_passes(layer) if training else {"forward": "forward"}
+        if component in passes:
+            first = component == "backward_data" and layer["first_layer"] and not layer["weightless"]
+            total += (layer["count"] - first) * times.loc[(case, passes[component]), column]
+    return float(total)
 
 
 def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -274,7 +297,8 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
 
     For each configuration, framework, variant and catalog layer set (network × phase): a training step is
     Σ count × (forward + dW) + Σ (count − first) × dX, the first layer's dX excluded once (training never computes
-    the gradient of the input data); an inference, prefill or decode is Σ count × forward. A total is given only when
+    the gradient of the input data), a weightless op's fused backward (attention: dQ, dK, dV) counted as dX; an
+    inference, prefill or decode is Σ count × forward. A total is given only when
     every layer of the set was measured in that variant; otherwise the set is listed as partial with what is missing.
     Intervals sum the per-layer CI bounds.
     """
@@ -288,9 +312,9 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
     members = pooled[pooled["case"].isin(sets["case"])]
     for (set_id, network, phase), layer_set in sets.groupby(["set", "network", "phase"], sort=True):
         layers = layer_set.set_index("case")
-        no_dx = layers["first_layer"] & layers["count"].eq(1)  # training never computes this layer's dX
-        needed = {case: ["forward"] if phase != PHASES["train"] else
-                  [p for p in TRAINING_PASSES if p != "backward_data" or not no_dx[case]] for case in layers.index}
+        training = phase == PHASES["train"]
+        needed = {case: list(_training_passes(layer).values()) if training else ["forward"]
+                  for case, layer in layers.iterrows()}
         rows = members[members["case"].isin(layers.index)]
         for key, group in rows.groupby([*CONFIG, "backend"], dropna=False, sort=True):
             for variant, part in _network_variants(group):
@@ -304,8 +328,8 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
                     partial.append({**info, "measured": len(have),
                                     "missing": [c for c in layers.index if c not in have]})
                     continue
-                passes = TRAINING_PASSES if phase == PHASES["train"] else ("forward",)
-                sums = {column: {p: _weighted_sum(layers, times, p, column) for p in passes}
+                components = TRAINING_PASSES if training else ("forward",)
+                sums = {column: {p: _weighted_sum(layers, times, p, column, training) for p in components}
                         for column in ("median_s", "ci_low_s", "ci_high_s")}
                 parts = sums["median_s"]
                 overall = sum(parts.values())

@@ -235,7 +235,7 @@ def backward(a: Analysis) -> list[dict[str, Any]]:
                          "counted, as when the first layer's input is trainable (e.g. an embedding).")
         shares = table(["network", "framework", "variant", "step time (Σ layer CIs)", "forward", "dX", "dW"], rows,
                        caption="Share of a training step's measured time: forward and dW of every layer, dX of every "
-                               "layer but the first.")
+                               "layer but the first (a weightless op's backward, e.g. attention's dQ/dK/dV, is dX).")
         blocks.append(block(head, [shares, *ratio_tables(a, key)], notes, where))
     if blocks:
         return blocks

@@ -16,7 +16,7 @@ from reports import analysis, figures, peak, summary
 from reports.site import FIGURES, build_site
 from suite.catalog import Case, Provenance
 from suite.measurement import Measurement
-from suite.ops import Conv2d, Gemm, op_to_dict
+from suite.ops import Attention, Conv2d, Gemm, op_to_dict
 from suite.results import Results
 from suite.stats import format_seconds
 
@@ -87,6 +87,16 @@ def test_first_layer_dx_need_not_be_measured() -> None:
     records = [r for r in network_records() if not (r["case"] == "L1" and r["pass"] == "backward_data")]
     a = analysis.analyze(results(*records), cases=NET)
     assert len(a.networks) == 1 and a.networks.iloc[0]["time_s"] == pytest.approx(42)
+
+
+def test_attention_backward_counts_as_dx_without_dw() -> None:
+    attention = Attention(1, 2, 8, 8, 4)
+    net = (*NET, Case("A", attention, Provenance("Net", "A", "test"), 2, ("modern", "train", "net:toy")))
+    records = network_records() + [record("A", "torch", p, t, attention, count=2, tags=net[2].tags)
+                                   for p, t in (("forward", 0.5), ("backward", 1.5))]
+    row = analysis.analyze(results(*records), cases=net).networks.iloc[0]
+    assert (row["forward_s"], row["dx_s"], row["dw_s"]) == pytest.approx((10 + 2 * 0.5, 12 + 2 * 1.5, 20))
+    assert row["kinds"] == "attention, gemm"
 
 
 def test_grouping_by_math_never_adds_two_configurations() -> None:
