@@ -200,34 +200,38 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     timer_clock = CLOCKS[clock]
     tb_clock = {"timer": timer_clock} if clock == "cpu" else {}  # tb's default timer synchronizes CUDA
     todo = checks()
+
+    def contenders(check: Check) -> tuple[Callable[[], float], Callable[[], float], Callable[[], float] | None]:
+        """opbench's, torch.utils.benchmark's and (on a GPU) the CUDA events' median per call, on fresh tensors:
+        where a tensor lies in memory moves a ~20 µs op by up to ±10%, so each round draws new placements."""
+        prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
+        stmt, setup, names = torch_statement(check, device)
+        timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"], **tb_clock)
+        on_gpu = None
+        if device == "gpu":  # the same blocks, timed on the GPU's clock
+            on_gpu = event_timer(prepared.run_block, measure(prepared.run_block, TIMING).calls_per_block)
+        return (lambda: _median(measure(prepared.run_block, TIMING, timer_clock)),
+                lambda: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median, on_gpu)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=progress_console or console, transient=True) as progress:
         bar = progress.add_task("selfcheck", total=len(todo) * ROUNDS + 2)
-        pairs: list[tuple[Callable[[], float], Callable[[], float]]] = []
-        on_gpu: list[Callable[[], float]] = []
-        for check in todo:
-            prepared = backend.prepare(check.op, Variant(check.pass_), make_inputs(check.op))
-            stmt, setup, names = torch_statement(check, device)
-            timer = tb.Timer(stmt, setup=setup, globals=names, num_threads=flags["threads"], **tb_clock)
-            pairs.append((lambda run=prepared.run_block: _median(measure(run, TIMING, timer_clock)),
-                          lambda timer=timer: timer.blocked_autorange(min_run_time=TORCH_MIN_RUN_S).median))
-            if device == "gpu":  # the same blocks, timed on the GPU's clock
-                on_gpu.append(event_timer(prepared.run_block, measure(prepared.run_block, TIMING).calls_per_block))
         ours: list[list[float]] = [[] for _ in todo]
         theirs: list[list[float]] = [[] for _ in todo]
         events: list[list[float]] = [[] for _ in todo]
         cpu, wall = time.process_time(), time.perf_counter()
         for round_ in range(ROUNDS):
-            for i, (check, (time_ours, time_theirs)) in enumerate(zip(todo, pairs, strict=True)):
+            for i, check in enumerate(todo):
                 progress.update(bar, description=f"round {round_ + 1}/{ROUNDS}: {check.label} {check.pass_}")
+                time_ours, time_theirs, time_events = contenders(check)
                 if round_ % 2:  # alternate which timer goes first, so a drift in time favours neither
                     theirs[i].append(time_theirs())
                     ours[i].append(time_ours())
                 else:
                     ours[i].append(time_ours())
                     theirs[i].append(time_theirs())
-                if on_gpu:
-                    events[i].append(on_gpu[i]())
+                if time_events:
+                    events[i].append(time_events())
                 progress.advance(bar)
 
         share = cpu_share(time.process_time() - cpu, time.perf_counter() - wall, flags["threads"])
