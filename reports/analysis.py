@@ -258,15 +258,18 @@ def _sets_from_results(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
-    """A network's layers in one variant each: same mode and options, and one layout for the op kinds measured in
-    several (conv NCHW or channels_last); kinds measured in one layout (GEMM row-major) join every variant."""
-    for (mode, options), group in rows.groupby(["mode", "options"], dropna=False, sort=True):
-        layouts_per_kind = group.groupby("kind")["layout"].nunique()
-        varied = group["kind"].isin(layouts_per_kind[layouts_per_kind > 1].index)
-        for layout in sorted(set(group.loc[varied, "layout"])) or [None]:
-            part = group[~varied | group["layout"].eq(layout)]
-            shown = layout or " / ".join(sorted(set(part["layout"])))
-            yield " · ".join(filter(None, [str(mode), str(shown), str(options or "")])), part
+    """A network's layers in one variant each: one mode, and one layout · options setting for the op kinds measured
+    in several (conv NCHW or channels_last, YNNPACK on or off); kinds measured in one setting (GEMM row-major, not run
+    with a conv-only option) join every variant of that mode."""
+    for mode, group in rows.groupby("mode", dropna=False, sort=True):
+        options = group["options"].fillna("").astype(str)
+        setting = group["layout"].astype(str) + options.map(lambda o: f" · {o}" if o else "")
+        per_kind = setting.groupby(group["kind"]).nunique()
+        varied = group["kind"].isin(per_kind[per_kind > 1].index)
+        for chosen in sorted(set(setting[varied])) or [None]:
+            part = group[~varied | setting.eq(chosen)]
+            shown = chosen or " / ".join(sorted(set(setting)))
+            yield f"{mode} · {shown}", part
 
 
 def _training_passes(layer: pd.Series) -> dict[str, str]:

@@ -126,6 +126,20 @@ def test_layouts_are_never_added_and_gemms_join_every_layout() -> None:
     assert n.to_dict() == pytest.approx({"eager · NCHW": 2.5, "eager · channels_last": 1.5})
 
 
+def test_a_conv_only_option_variant_takes_the_gemms_of_its_mode() -> None:
+    conv, dense = Conv2d(1, 8, 8, 8, 8, 3, 3, padding=(1, 1, 1, 1)), Gemm(1, 10, 512)
+    net = (Case("C", conv, Provenance("Net", "C", "t"), 1, ("modern", "inference", "net:cnn")),
+           Case("D", dense, Provenance("Net", "D", "t"), 1, ("modern", "inference", "net:cnn")))
+    off = record("C", "jax", "forward", 1.0, conv, mode="jit", layout="NCHW", tags=net[0].tags, default=False)
+    records = [record("C", "jax", "forward", 2.0, conv, mode="jit", layout="NCHW", tags=net[0].tags),
+               {**off, "options": {"ynn_conv": "off"}}, record("D", "jax", "forward", 0.5, dense, mode="jit",
+                                                                 tags=net[1].tags)]
+    a = analysis.analyze(results(*records), cases=net)
+    assert a.partial_networks.empty
+    assert a.networks.set_index("variant")["time_s"].to_dict() == pytest.approx(
+        {"jit · NCHW": 2.5, "jit · NCHW · ynn_conv=off": 1.5})
+
+
 def test_prefill_and_decode_are_apart() -> None:
     net = (case("P", 1, ("inference", "prefill", "net:lm-prefill")),
            case("D", 1, ("inference", "decode", "net:lm-decode")))
