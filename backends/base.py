@@ -108,6 +108,10 @@ class Backend(ABC):
 
     def resolve(self, op: Op, variant: Variant) -> Variant:
         """Fill in the default mode and layout, and reject what this backend does not offer."""
+        if op.kind not in self.layouts:
+            raise Unsupported(f"{self.name} has no {op.kind} op; it runs {', '.join(self.layouts)}")
+        if variant.pass_ not in op.passes:
+            raise Unsupported(getattr(op, "no_pass_reason", f"{op.kind} has no pass {variant.pass_!r}"))
         mode = variant.mode or self.modes[0]
         layouts = self.layouts[op.kind]
         layout = variant.layout or layouts[0]
@@ -129,7 +133,7 @@ class Backend(ABC):
         def outputs() -> dict[str, np.ndarray]:
             out = step()
             self.sync(out)
-            names = OUTPUTS[variant.pass_]
+            names = op.outputs(variant.pass_)
             parts = out if len(names) > 1 else (out,)
             return {name: self.to_numpy(part, name, op, variant) for name, part in zip(names, parts, strict=True)}
 

@@ -1,9 +1,14 @@
 """JAX: jax.jit, compiled ahead of time; conv in logical NCHW/OIHW (default) or NHWC/HWIO dimension numbers.
 
-Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both, so the forward's output is dead code
-that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and the compile time is
-recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the logical dimension
-order the operands are handed over in.
+(Batched) GEMM is ``lax.dot_general``; attention is ``jax.nn.dot_product_attention`` on its native
+batch×length×heads×head_dim layout ("BLHD"; KV heads fewer than query heads are grouped by JAX itself), with JAX's
+own choice of implementation, recorded as ``implementation`` ("cudnn" when the compiled program calls cuDNN's
+fused attention, else "xla").
+
+Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both (attention: q, k, v), so the forward's
+output is dead code that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and
+the compile time is recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the
+logical dimension order the operands are handed over in.
 
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
@@ -23,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Conv2d, Op
+from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from suite.ops import Attention, BatchedGemm, Conv2d, Op
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
 # option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
@@ -37,7 +42,7 @@ _ROLE = {"dx": "x", "dw": "w", "y": "dy"}
 class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
-    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC")}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -141,6 +146,8 @@ class JaxBackend(Backend):
         return {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}[variant.dtype]
 
     def _perm(self, role: str, op: Op, variant: Variant) -> tuple[int, ...] | None:
+        if op.kind == "attention":  # every operand and gradient: B, H, L, D -> B, L, H, D
+            return (0, 2, 1, 3)
         return _TO_NHWC[_ROLE.get(role, role)] if op.kind == "conv2d" and variant.layout == "NHWC" else None
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
@@ -149,8 +156,13 @@ class JaxBackend(Backend):
         # The cast runs on the device (round to nearest even, as suite.reference.round_to assumes).
         return self.jax.block_until_ready(self.jax.device_put(native, self.device).astype(self._dtype(variant)))
 
-    def _forward(self, op: Op, variant: Variant) -> Callable[[Any, Any], Any]:
+    def _forward(self, op: Op, variant: Variant) -> Callable[..., Any]:
         lax = self.jax.lax
+        if isinstance(op, Attention):
+            def attention(q, k, v):
+                return self.jax.nn.dot_product_attention(q, k, v, is_causal=op.causal)
+
+            return attention
         # Explicit precision from the configured math mode: "float32" -> HIGHEST, "tensorfloat32" -> HIGH.
         precision = lax.Precision(self.jax.config.jax_default_matmul_precision)
         if isinstance(op, Conv2d):
@@ -163,29 +175,35 @@ class JaxBackend(Backend):
                     precision=precision)
 
             return conv
-        # Contract A's K dim with B's K dim wherever the stored layout puts them (no transpose op).
-        contract = ((0 if op.transpose_a else 1,), (1 if op.transpose_b else 0,))
+        # Contract A's K dim with B's K dim wherever the stored layout puts them (no transpose op); a batched GEMM
+        # has its batch as dim 0 of both.
+        lead = 1 if isinstance(op, BatchedGemm) else 0
+        contract = ((lead + (0 if op.transpose_a else 1),), (lead + (1 if op.transpose_b else 0),))
+        batch = ((0,), (0,)) if lead else ((), ())
 
         def gemm(x, w):
-            return lax.dot_general(x, w, (contract, ((), ())), precision=precision)
+            return lax.dot_general(x, w, (contract, batch), precision=precision)
 
         return gemm
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax
         forward = self._forward(op, variant)
-        wrt = WRT.get(variant.pass_, ())
+        names, wrt = op.inputs, op.wrt(variant.pass_)
 
-        def run(x, w, dy):  # vjp w.r.t. only the wanted operands; the primal output is unused, so DCE'd
+        def run(*operands):  # vjp w.r.t. only the wanted operands; the primal output is unused, so DCE'd
+            *inputs, dy = operands
             if not wrt:
-                return forward(x, w)
-            if wrt == ("x",):
-                return jax.vjp(lambda x_: forward(x_, w), x)[1](dy)[0]
-            if wrt == ("w",):
-                return jax.vjp(lambda w_: forward(x, w_), w)[1](dy)[0]
-            return jax.vjp(forward, x, w)[1](dy)
+                return forward(*inputs)
+            given = dict(zip(names, inputs, strict=True))
 
-        operands = (args["x"], args["w"], args["dy"])
+            def of_wrt(*varied):  # the forward as a function of the differentiated operands alone
+                return forward(*(varied[wrt.index(name)] if name in wrt else given[name] for name in names))
+
+            grads = jax.vjp(of_wrt, *(given[name] for name in wrt))[1](dy)
+            return grads if len(grads) > 1 else grads[0]
+
+        operands = (*(args[name] for name in names), args["dy"])
         start = time.perf_counter()
         try:
             compiled = jax.jit(run).lower(*operands).compile()
@@ -193,7 +211,10 @@ class JaxBackend(Backend):
             raise Unsupported(f"XLA could not compile {op.kind} {variant.pass_} {variant.dtype} on "
                               f"{self.settings.device}: {type(error).__name__}: {error}") from None
         compile_s = time.perf_counter() - start
-        return (lambda: compiled(*operands)), {"compile_s": compile_s}
+        details: dict[str, Any] = {"compile_s": compile_s}
+        if isinstance(op, Attention):  # cuDNN's fused attention shows as a custom call in the compiled program
+            details["implementation"] = "cudnn" if "cudnn$fmha" in compiled.as_text() else "xla"
+        return (lambda: compiled(*operands)), details
 
     def sync(self, out: Any) -> None:
         self.jax.block_until_ready(out)

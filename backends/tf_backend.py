@@ -8,6 +8,12 @@ pruned by the function runtime, dead code for XLA); in "eager" a persistent tape
 the timed region and each call replays ``tape.gradient`` (like torch's retain_graph); MatMul's gradient honours
 the skipped input, so dA alone does not compute dB.
 
+Attention is the composition Keras' MultiHeadAttention core runs (``_compute_attention``) on its
+batch×length×heads×head_dim layout ("BLHD"): the query scaled by 1/√D, ``einsum("aecd,abcd->acbe", k, q)``, softmax
+(masked above the diagonal when causal), ``einsum("acbe,aecd->abcd", p, v)``; with fewer KV heads, K and V are
+repeated over each head group first, as Keras' GroupedQueryAttention does. TensorFlow has no fused attention op.
+Batched GEMM is ``tf.linalg.matmul`` on 3-D operands with the transpose flags.
+
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
 Option ``conv_padding="explicit"`` forces the explicit list (to measure that penalty).
@@ -23,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Conv2d, Op
+from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from suite.ops import Attention, Conv2d, Op
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
 _NHWC = (0, 2, 3, 1)  # NCHW -> NHWC, for x/dx and y/dy
@@ -52,7 +58,7 @@ def padding_form(op: Conv2d) -> str:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     modes = ("function", "eager", "xla")
-    layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW")}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -151,7 +157,9 @@ class TensorFlowBackend(Backend):
     def _perm(self, role: str, op: Op, variant: Variant) -> tuple[int, ...] | None:
         """The transpose from logical to native layout of an operand or output, None when they coincide."""
         role = _ROLE.get(role, role)
-        if op.kind == "gemm" or (variant.layout == "NCHW" and role != "w"):
+        if op.kind == "attention":  # every operand and gradient: B, H, L, D -> B, L, H, D
+            return (0, 2, 1, 3)
+        if op.kind in ("gemm", "bgemm") or (variant.layout == "NCHW" and role != "w"):
             return None
         if role == "w" and op.depthwise:  # depthwise_conv2d's filter is R, S, C, K/C
             return (2, 3, 0, 1)
@@ -206,26 +214,46 @@ class TensorFlowBackend(Backend):
                            f"{variant.layout} in mode {variant.mode!r} on {self.settings.device}: "
                            f"{type(error).__name__}: {message}")
 
+    def _attention(self, op: Attention, variant: Variant):
+        """Keras MultiHeadAttention's core on B, L, H, D tensors: (q, k, v) -> output."""
+        tf = self.tf
+        mask = tf.constant(np.tril(np.ones((op.q_len, op.kv_len), dtype=bool)))  # query i sees keys j <= i
+
+        def attention(q, k, v):
+            if op.group > 1:  # Keras GroupedQueryAttention: each KV head repeated for its group of query heads
+                k, v = tf.repeat(k, op.group, axis=2), tf.repeat(v, op.group, axis=2)
+            scores = tf.einsum("aecd,abcd->acbe", k, q * tf.cast(op.scale, q.dtype))  # B, H, Lq, Lk
+            if op.causal:
+                scores = tf.where(mask, scores, tf.cast(-np.inf, scores.dtype))
+            return tf.einsum("acbe,aecd->abcd", tf.nn.softmax(scores, axis=-1), v)
+
+        return attention
+
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         tf = self.tf
-        x, w, dy = args["x"], args["w"], args["dy"]
-        wrt_names = WRT.get(variant.pass_, ())
+        names, wrt_names = op.inputs, op.wrt(variant.pass_)
+        operands = (*(args[name] for name in names), args["dy"])
         errors = self.kernel_errors
         details: dict[str, Any] = {}
         if isinstance(op, Conv2d):
             passes, details = self._conv(op, variant)
             body = passes[variant.pass_]
         else:
-            def forward(x, w):
-                return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
+            if isinstance(op, Attention):
+                forward = self._attention(op, variant)
+                details = {"implementation": "einsum + softmax (Keras MultiHeadAttention core)"}
+            else:
+                def forward(x, w):
+                    return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
 
-            def body(x, w, dy):
+            def body(*operands):
+                *inputs, dy = operands
                 if not wrt_names:
-                    return forward(x, w)
+                    return forward(*inputs)
                 with tf.GradientTape() as tape:
-                    wrt = [{"x": x, "w": w}[name] for name in wrt_names]
+                    wrt = [inputs[names.index(name)] for name in wrt_names]
                     tape.watch(wrt)
-                    y = forward(x, w)
+                    y = forward(*inputs)
                 grads = tape.gradient(y, wrt, output_gradients=dy)
                 return tuple(grads) if len(grads) > 1 else grads[0]
 
@@ -233,16 +261,17 @@ class TensorFlowBackend(Backend):
             traced = tf.function(body, jit_compile=variant.mode == "xla", autograph=False)
 
             def run():
-                return traced(x, w, dy)
+                return traced(*operands)
         elif isinstance(op, Conv2d) or not wrt_names:
             def run():
-                return body(x, w, dy)
+                return body(*operands)
         else:
             wrt = [args[name] for name in wrt_names]
+            dy = args["dy"]
             try:  # record the forward ONCE; each call only replays the backward (torch's retain_graph)
                 with tf.GradientTape(persistent=True) as tape:
                     tape.watch(wrt)
-                    y = forward(x, w)
+                    y = forward(*operands[:-1])
             except errors as error:
                 raise self._unsupported(error, op, variant) from None
 

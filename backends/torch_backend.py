@@ -1,5 +1,10 @@
 """PyTorch: eager and torch.compile; conv layouts NCHW and channels_last.
 
+(Batched) GEMM is ``torch.matmul``; attention is ``torch.nn.functional.scaled_dot_product_attention`` on
+batch×heads×length×head_dim tensors (``enable_gqa`` when KV heads are fewer), and the kernel torch's dispatcher picks
+for those inputs (``torch._fused_sdp_choice``: flash, memory-efficient, cuDNN or math) is recorded as ``sdpa_backend``
+(eager mode; torch.compile may substitute its own kernel).
+
 Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
 the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the
 gradients asked for (ConvolutionBackward's output mask follows the requested inputs), so backward_data does not
@@ -13,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import WRT, Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Conv2d, Gemm, Op
+from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op
 
 
 class TorchBackend(Backend):
     name = "torch"
     modes = ("eager", "compile")
-    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last")}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
+               "attention": ("BHLD",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -92,11 +98,14 @@ class TorchBackend(Backend):
         tensor = torch.tensor(array, device=self.device, dtype=dtype)
         if variant.layout == "channels_last" and tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor.requires_grad_(role in WRT.get(variant.pass_, ()))
+        return tensor.requires_grad_(role in op.wrt(variant.pass_))
 
     def _forward(self, op: Op, variant: Variant):
-        """The framework call as a function of its two operands, the op's other arguments bound (no Python frame)."""
+        """The framework call as a function of its operands, the op's other arguments bound (no Python frame)."""
         torch = self.torch
+        if isinstance(op, Attention):
+            return functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=op.causal,
+                                     enable_gqa=op.kv_heads != op.heads)
         if isinstance(op, Conv2d):
             pads = op.symmetric_padding
             if pads is None:
@@ -109,23 +118,34 @@ class TorchBackend(Backend):
         torch = self.torch
         forward = self._forward(op, variant)
         if variant.mode == "compile":
-            # Every case compiles the same closure code; dynamo caches per code object and stops recompiling
+            # Every case of a kind compiles the same function; dynamo caches per code object and stops recompiling
             # after a few shapes, so start each case from an empty cache.
             torch._dynamo.reset()
             forward = torch.compile(forward, dynamic=False, fullgraph=True)
-        x, w, dy = args["x"], args["w"], args["dy"]
-        if isinstance(op, Gemm):  # transposed views made once; matmul reads the transposed storage as it is
-            x, w = (x.t() if op.transpose_a else x), (w.t() if op.transpose_b else w)
+        inputs, dy = [args[name] for name in op.inputs], args["dy"]
+        if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
+            inputs = [x.mT if flag else x for x, flag in zip(inputs, (op.transpose_a, op.transpose_b), strict=True)]
+        # Eager only: under torch.compile Inductor may replace the call with its own kernel
+        details = self._sdpa_backend(op, inputs) if isinstance(op, Attention) and variant.mode == "eager" else {}
         if variant.pass_ == "forward":  # no operand requires grad here, so autograd records nothing
-            return functools.partial(forward, x, w), {}  # one call per step, no harness frame around it
-        y = forward(x, w)  # once, outside the timed region
-        wrt = tuple(args[name] for name in WRT[variant.pass_])
+            return functools.partial(forward, *inputs), details  # one call per step, no harness frame around it
+        y = forward(*inputs)  # once, outside the timed region
+        wrt = tuple(args[name] for name in op.wrt(variant.pass_))
 
         def run_backward():
             grads = torch.autograd.grad(y, wrt, dy, retain_graph=True)
             return grads if len(grads) > 1 else grads[0]
 
-        return run_backward, {}
+        return run_backward, details
+
+    def _sdpa_backend(self, op: Attention, inputs: list[Any]) -> dict[str, Any]:
+        """The kernel scaled_dot_product_attention dispatches to for these tensors, as torch itself decides it."""
+        torch = self.torch
+        from torch.nn.attention import SDPBackend
+
+        choice = torch._fused_sdp_choice(*inputs, None, 0.0, op.causal, scale=None,
+                                         enable_gqa=op.kv_heads != op.heads)
+        return {"sdpa_backend": SDPBackend(choice).name.lower()}
 
     def sync(self, out: Any) -> None:
         if self.settings.device == "gpu":

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from suite.ops import OP_KINDS, Conv2d, Gemm, Op
+from suite.ops import OP_KINDS, Conv2d, InvalidDims, Op
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
 SUBSETS_FILE = "subsets.yaml"
@@ -27,8 +27,12 @@ REQUIRED_PROVENANCE = ("network", "layer", "source")
 DIM_KEYS = {
     "gemm": {"m", "n", "k", "transpose_a", "transpose_b"},
     "conv2d": {"n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation", "groups"},
+    "bgemm": {"batch", "m", "n", "k", "transpose_a", "transpose_b"},
+    "attention": {"batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal"},
 }
-REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s")}
+REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s"),
+                 "bgemm": ("batch", "m", "n", "k"), "attention": ("batch", "heads", "q_len", "kv_len", "head_dim")}
+FLAG_DIMS = {"gemm": ("transpose_a", "transpose_b"), "bgemm": ("transpose_a", "transpose_b"), "attention": ("causal",)}
 INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
 
 
@@ -112,8 +116,9 @@ def _positive_int(value: Any, err, name: str, minimum: int = 1) -> int:
 
 def _check_elements(op: Op, err) -> None:
     """Every tensor of the op must be indexable: its element count within int64."""
-    x, w = (op.a_shape, op.b_shape) if isinstance(op, Gemm) else (op.input_shape, op.weight_shape)
-    for role, shape in (("input", x), ("weight", w), ("output", op.out_shape)):
+    names = {"x": "input", "w": "weight", "dy": "output"}  # dy has the output's shape
+    for role, shape in {**op.operands, "dy": op.out_shape}.items():
+        role = names.get(role, role)
         elements = math.prod(shape)
         if elements > INT64_MAX:
             raise err(f"the {role} tensor {'×'.join(map(str, shape))} has {elements:.3g} elements, beyond int64 "
@@ -151,13 +156,18 @@ def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
         if name not in dims:
             raise err("is required", f"dims.{name}")
         _positive_int(dims[name], err, f"dims.{name}")
-    if kind == "gemm":
-        for flag in ("transpose_a", "transpose_b"):
-            if not isinstance(dims.get(flag, False), bool):
-                raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
-        gemm = Gemm(**dims)
-        _check_elements(gemm, err)
-        return gemm
+    for flag in FLAG_DIMS.get(kind, ()):
+        if not isinstance(dims.get(flag, False), bool):
+            raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
+    if kind != "conv2d":
+        if "kv_heads" in dims:
+            _positive_int(dims["kv_heads"], err, "dims.kv_heads")
+        try:
+            op = OP_KINDS[kind](**dims)
+        except InvalidDims as exc:  # e.g. heads not a multiple of kv_heads
+            raise err(str(exc), f"dims.{exc.field}") from None
+        _check_elements(op, err)
+        return op
     spec = dict(dims)
     spec["stride"] = _pair(dims.get("stride", 1), err, "dims.stride", 1)
     spec["dilation"] = _pair(dims.get("dilation", 1), err, "dims.dilation", 1)

@@ -18,7 +18,7 @@ from rich.table import Table
 import backends
 from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
 from suite.environment import usable_cpus
-from suite.ops import DTYPES, PASSES
+from suite.ops import DTYPES, OP_KINDS, PASSES
 from suite.results import Results, ResultsError, read_many
 from suite.stats import format_seconds
 from suite.timing import TimingConfig
@@ -59,7 +59,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--catalog", default=None, help="named subset of the catalog (see `list --subsets`)")
     group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
-    group.add_argument("--op", choices=("gemm", "conv2d"), help="keep one op kind")
+    group.add_argument("--op", choices=tuple(OP_KINDS), help="keep one op kind")
     group.add_argument("--source", help="keep cases whose network or source contains this text")
     group.add_argument("--shapes", action="append", default=None, metavar="DIR",
                        help="catalog folder; repeatable or a comma list, which load as one catalog ('bundled' "
@@ -100,16 +100,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         catalog = load_catalog(shape_folders(args.shapes))
         table = Table(title="catalog subsets")
         subsets = []
-        for col in ("subset", "cases", "GEMM", "conv2d", "GFLOP fwd", "GFLOP fwd+bwd", "description"):
-            table.add_column(col, justify="right" if col[0] in "cGG" and col != "conv2d" else "left")
+        kind_columns = {"gemm": "GEMM", "conv2d": "conv2d", "bgemm": "batched GEMM", "attention": "attention"}
+        for col in ("subset", "cases", *kind_columns.values(), "GFLOP fwd", "GFLOP fwd+bwd", "description"):
+            table.add_column(col, justify="left" if col in ("subset", "description") else "right")
         for name, subset in catalog.subsets.items():
             cases = catalog.subset(name)
-            fwd = sum(c.op.flops("forward") for c in cases)
-            table.add_row(name, str(len(cases)), str(sum(c.op.kind == "gemm" for c in cases)),
-                          str(sum(c.op.kind == "conv2d" for c in cases)), _gflop(fwd), _gflop(3 * fwd),
+            fwd = sum(c.op.flops("forward") for c in cases)  # every kind's backward is 2× its forward
+            kinds = {kind: sum(c.op.kind == kind for c in cases) for kind in kind_columns}
+            table.add_row(name, str(len(cases)), *map(str, kinds.values()), _gflop(fwd), _gflop(3 * fwd),
                           subset.description)
             subsets.append({"subset": name, "cases": len(cases), "description": subset.description,
-                            "flops_forward": fwd})
+                            "flops_forward": fwd, "kinds": kinds})
         if args.format == "json":
             print(json.dumps(subsets, indent=1))
         else:

@@ -1,4 +1,4 @@
-"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM and Conv2d, per pass.
+"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d and attention, per pass.
 
 FLOPs count the useful multiply-adds of the direct algorithm (2 per MAC), as DeepBench and CUTLASS do;
 a Winograd or FFT kernel may do fewer and so appear to beat peak. Minimum bytes count every distinct tensor a
@@ -8,7 +8,7 @@ pass reads or writes once, which gives the arithmetic intensity of a roofline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 Pass = Literal["forward", "backward_data", "backward_weight", "backward"]
 PASSES: tuple[Pass, ...] = get_args(Pass)
@@ -27,8 +27,31 @@ def _check_pass(pass_: str) -> None:
         raise ValueError(f"unknown pass {pass_!r}; expected one of {', '.join(PASSES)}")
 
 
+class InvalidDims(ValueError):
+    """Dimensions that cannot form the op; ``field`` names the dimension at fault."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        super().__init__(problem)
+
+
+class _Operands:
+    """Operands and passes of an op with a data operand x and a weight w (GEMM, conv): all four passes."""
+
+    passes: ClassVar[tuple[Pass, ...]] = PASSES
+    inputs: ClassVar[tuple[str, ...]] = ("x", "w")  # the operands of the forward call, in call order
+
+    def wrt(self, pass_: Pass) -> tuple[str, ...]:
+        """The inputs a pass differentiates with respect to."""
+        return WRT.get(pass_, ())
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        """What a pass returns, in order (what the numerical check compares)."""
+        return OUTPUTS[pass_]
+
+
 @dataclass(frozen=True)
-class Gemm:
+class Gemm(_Operands):
     """C[M, N] = op(A) @ op(B), where op(A) is M×K and op(B) is K×N (transposed storage when the flag is set)."""
 
     m: int
@@ -55,6 +78,11 @@ class Gemm:
     @property
     def out_shape(self) -> tuple[int, int]:
         return (self.m, self.n)
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every input tensor, dy included, by role."""
+        return {"x": self.a_shape, "w": self.b_shape, "dy": self.out_shape}
 
     @property
     def input_elements(self) -> int:
@@ -86,7 +114,7 @@ class Gemm:
 
 
 @dataclass(frozen=True)
-class Conv2d:
+class Conv2d(_Operands):
     """2-D cross-correlation of input N×C×H×W with K filters of (C/groups)×R×S (R = height, S = width).
 
     ``padding`` is (top, bottom, left, right); ``stride`` and ``dilation`` are (height, width).
@@ -159,6 +187,10 @@ class Conv2d:
         return (self.n, self.k, self.p, self.q)
 
     @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        return {"x": self.input_shape, "w": self.weight_shape, "dy": self.out_shape}
+
+    @property
     def input_elements(self) -> int:
         return self.n * self.c * self.h * self.w
 
@@ -197,8 +229,166 @@ class Conv2d:
         return text
 
 
-Op = Gemm | Conv2d
-OP_KINDS: dict[str, type[Gemm] | type[Conv2d]] = {"gemm": Gemm, "conv2d": Conv2d}
+@dataclass(frozen=True)
+class BatchedGemm(_Operands):
+    """C[b] = op(A[b]) @ op(B[b]) for b < batch: ``batch`` independent M×N×K products (torch.bmm, tf.linalg.matmul
+    and jnp.matmul on 3-D operands), A as batch×M×K (batch×K×M with transpose_a), B as batch×K×N (batch×N×K).
+
+    FLOPs and bytes are ``batch`` times those of one product (2·M·N·K forward; backward = dA + dB).
+    """
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    transpose_a: bool = False
+    transpose_b: bool = False
+
+    kind = "bgemm"
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "m", "n", "k"):
+            if getattr(self, name) < 1:
+                raise InvalidDims(name, f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def product(self) -> Gemm:
+        """One of the ``batch`` products."""
+        return Gemm(self.m, self.n, self.k, self.transpose_a, self.transpose_b)
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        return {role: (self.batch, *shape) for role, shape in self.product.operands.items()}
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.batch, self.m, self.n)
+
+    @property
+    def input_elements(self) -> int:
+        return self.batch * self.m * self.k
+
+    def flops(self, pass_: Pass = "forward") -> int:
+        return self.batch * self.product.flops(pass_)
+
+    def min_bytes(self, pass_: Pass, itemsize: int) -> int:
+        return self.batch * self.product.min_bytes(pass_, itemsize)
+
+    def equivalent_gemm(self) -> Gemm:
+        """One GEMM with the same FLOPs: the products stacked along M."""
+        return Gemm(m=self.batch * self.m, n=self.n, k=self.k)
+
+    def describe(self) -> str:
+        return f"{self.batch}× {self.product.describe()}"
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Scaled dot-product attention Y = softmax(Q·Kᵀ/√D [+ causal mask])·V over ``heads`` query heads.
+
+    Q and dY are batch×heads×q_len×head_dim, K and V batch×kv_heads×kv_len×head_dim (logical layout); with
+    grouped-query attention (kv_heads < heads) query head h reads KV head h // (heads / kv_heads). Causal attention
+    masks key j > query i (top-left aligned) and is defined only for q_len == kv_len here.
+
+    FLOPs count the two products' multiply-adds over the (query, key) pairs that are not masked: 4·B·H·pairs·D
+    forward with pairs = Lq·Lk, or Lq·(Lq+1)/2 when causal (the exact useful work, slightly over half). The backward
+    is the exact product count of dV = Pᵀ·dY, dP = dY·Vᵀ, dQ = dS·K, dK = dSᵀ·Q: 8·B·H·pairs·D (2× forward); a
+    kernel that recomputes Q·Kᵀ in its backward (FlashAttention: 2.5×) does that work on top. Softmax, scaling and
+    masking are not counted. Passes: forward, and backward (dQ, dK, dV together); attention has no weight, so
+    backward_data/backward_weight do not apply.
+    """
+
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    kv_heads: int | None = None  # None: as many as query heads (multi-head attention)
+    causal: bool = False
+
+    kind = "attention"
+    passes: ClassVar[tuple[Pass, ...]] = ("forward", "backward")
+    inputs: ClassVar[tuple[str, ...]] = ("q", "k", "v")
+    no_pass_reason: ClassVar[str] = ("attention has no weight operand: its backward computes dQ, dK and dV together "
+                                     "(pass 'backward'); backward_data/backward_weight do not apply")
+
+    def __post_init__(self) -> None:
+        if self.kv_heads is None:
+            object.__setattr__(self, "kv_heads", self.heads)
+        for name in ("batch", "heads", "q_len", "kv_len", "head_dim", "kv_heads"):
+            if getattr(self, name) < 1:
+                raise InvalidDims(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.heads % self.kv_heads:
+            raise InvalidDims("kv_heads", f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads} "
+                                          "(each KV head serves a group of query heads)")
+        if self.causal and self.q_len != self.kv_len:
+            raise InvalidDims("causal", f"causal attention needs q_len == kv_len (got {self.q_len} and {self.kv_len}): "
+                                        "frameworks align a rectangular causal mask differently")
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.heads // self.kv_heads  # type: ignore[operator]
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        q = (self.batch, self.heads, self.q_len, self.head_dim)
+        kv = (self.batch, self.kv_heads, self.kv_len, self.head_dim)
+        return {"q": q, "k": kv, "v": kv, "dy": q}
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.heads, self.q_len, self.head_dim)
+
+    @property
+    def input_elements(self) -> int:
+        return self.batch * self.heads * self.q_len * self.head_dim
+
+    @property
+    def pairs(self) -> int:
+        """Unmasked (query, key) pairs per batch and head."""
+        return self.q_len * (self.q_len + 1) // 2 if self.causal else self.q_len * self.kv_len
+
+    @property
+    def score_elements(self) -> int:
+        """Elements of the B·H·Lq·Lk score matrix that an unfused implementation materializes."""
+        return self.batch * self.heads * self.q_len * self.kv_len
+
+    def _check(self, pass_: str) -> None:
+        _check_pass(pass_)
+        if pass_ not in self.passes:
+            raise ValueError(self.no_pass_reason)
+
+    def wrt(self, pass_: Pass) -> tuple[str, ...]:
+        return self.inputs if pass_ == "backward" else ()
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        self._check(pass_)
+        return ("dq", "dk", "dv") if pass_ == "backward" else ("y",)
+
+    def flops(self, pass_: Pass = "forward") -> int:
+        self._check(pass_)
+        forward = 4 * self.batch * self.heads * self.pairs * self.head_dim
+        return 2 * forward if pass_ == "backward" else forward
+
+    def min_bytes(self, pass_: Pass, itemsize: int) -> int:
+        """Forward reads Q, K, V and writes Y; backward reads Q, K, V, dY and writes dQ, dK, dV."""
+        self._check(pass_)
+        q = self.input_elements
+        kv = 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim  # type: ignore[operator]
+        return itemsize * (q + kv + q if pass_ == "forward" else 2 * (q + kv) + q)
+
+    def describe(self) -> str:
+        heads = f"H{self.heads}" + (f"/KV{self.kv_heads}" if self.kv_heads != self.heads else "")
+        return f"B{self.batch} {heads} {self.q_len}×{self.kv_len} d{self.head_dim}" + (" causal" if self.causal else "")
+
+
+Op = Gemm | Conv2d | BatchedGemm | Attention
+OP_KINDS: dict[str, type[Op]] = {"gemm": Gemm, "conv2d": Conv2d, "bgemm": BatchedGemm, "attention": Attention}
 
 
 def op_to_dict(op: Op) -> dict:

@@ -1,7 +1,8 @@
 """Seeded inputs shared by every backend, and the float64 NumPy reference the numerical check compares to.
 
 Inputs are random normal (zeros make GPUs run faster at lower power, DeepBench issue #104), float32, in logical
-layout: GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS.
+layout: (batched) GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS,
+attention Q, K, V as batch×heads×length×head_dim.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import zlib
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.special import softmax
 
-from suite.ops import OUTPUTS, Conv2d, Gemm, Op, Pass
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
 TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
@@ -23,13 +25,9 @@ CHECK_FLOP_LIMIT = 2.5e8
 
 
 def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
-    """x, w and dy for an op, reproducible from the seed and the shape alone."""
+    """Every input of an op (x, w, dy; attention's q, k, v, dy), reproducible from the seed and the shape alone."""
     rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode())])
-    if isinstance(op, Gemm):
-        shapes = {"x": op.a_shape, "w": op.b_shape, "dy": op.out_shape}
-    else:
-        shapes = {"x": op.input_shape, "w": op.weight_shape, "dy": op.out_shape}
-    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in op.operands.items()}
 
 
 def reduced(op: Op) -> Op:
@@ -39,6 +37,18 @@ def reduced(op: Op) -> Op:
     if isinstance(op, Gemm):
         rows = max(1, int(op.m * CHECK_FLOP_LIMIT / op.flops()))
         return dataclasses.replace(op, m=rows)
+    if isinstance(op, BatchedGemm):  # fewer products, then fewer rows of each
+        small = dataclasses.replace(op, batch=max(1, int(op.batch * CHECK_FLOP_LIMIT / op.flops())))
+        return dataclasses.replace(small, m=max(1, int(op.m * CHECK_FLOP_LIMIT / small.flops())))
+    if isinstance(op, Attention):  # one sample, one KV group; then shorter sequences (same ratio, same mask kind)
+        small = dataclasses.replace(op, batch=1, heads=op.group, kv_heads=1)
+        factor = min(1.0, (CHECK_FLOP_LIMIT / small.flops()) ** 0.5)
+        while True:  # FLOPs grow as length² (causal: L·(L+1)/2, so the first factor can fall just short)
+            shorter = dataclasses.replace(small, q_len=max(1, int(op.q_len * factor)),
+                                          kv_len=max(1, int(op.kv_len * factor)))
+            if shorter.flops() <= CHECK_FLOP_LIMIT or shorter.q_len == shorter.kv_len == 1:
+                return shorter
+            factor *= 0.99
     return dataclasses.replace(op, n=1)
 
 
@@ -53,15 +63,40 @@ def round_to(array: np.ndarray, dtype: str) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def _gemm(op: Gemm, x: np.ndarray, w: np.ndarray, dy: np.ndarray, pass_: Pass) -> dict[str, np.ndarray]:
-    a = x.T if op.transpose_a else x
-    b = w.T if op.transpose_b else w
-    da, db = dy @ b.T, a.T @ dy  # gradients of the logical A (M×K) and B (K×N)
-    out = {"y": a @ b, "dx": da.T if op.transpose_a else da, "dw": db.T if op.transpose_b else db}
+def _t(array: np.ndarray) -> np.ndarray:
+    """Transpose the last two axes (a matrix, or each matrix of a batch)."""
+    return array.swapaxes(-1, -2)
+
+
+def _gemm(op: Gemm | BatchedGemm, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    x, w, dy = t["x"], t["w"], t["dy"]
+    a = _t(x) if op.transpose_a else x
+    b = _t(w) if op.transpose_b else w
+    da, db = dy @ _t(b), _t(a) @ dy  # gradients of the logical A (M×K) and B (K×N)
+    out = {"y": a @ b, "dx": _t(da) if op.transpose_a else da, "dw": _t(db) if op.transpose_b else db}
     return out
 
 
-def _conv(op: Conv2d, x: np.ndarray, w: np.ndarray, dy: np.ndarray, pass_: Pass) -> dict[str, np.ndarray]:
+def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """softmax(Q·Kᵀ·scale + mask)·V and its gradients; each KV head serves ``group`` consecutive query heads."""
+    q, dy = t["q"], t["dy"]
+    k, v = (np.repeat(t[name], op.group, axis=1) for name in ("k", "v"))
+    scores = q @ _t(k) * op.scale
+    if op.causal:
+        scores = np.where(np.tril(np.ones((op.q_len, op.kv_len), dtype=bool)), scores, -np.inf)
+    p = softmax(scores, axis=-1)
+    if pass_ == "forward":
+        return {"y": p @ v}
+    dp = dy @ _t(v)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # softmax's backward
+    grouped = (op.batch, op.kv_heads, op.group, op.kv_len, op.head_dim)
+    return {"dq": ds @ k * op.scale,
+            "dk": (_t(ds) @ q * op.scale).reshape(grouped).sum(axis=2),  # a shared KV head sums its group's gradients
+            "dv": (_t(p) @ dy).reshape(grouped).sum(axis=2)}
+
+
+def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    x, w, dy = t["x"], t["w"], t["dy"]
     top, bottom, left, right = op.padding
     g, cg, kg = op.groups, op.c // op.groups, op.k // op.groups
     (sh, sw), (dh, dw_) = op.stride, op.dilation
@@ -91,10 +126,10 @@ def _conv(op: Conv2d, x: np.ndarray, w: np.ndarray, dy: np.ndarray, pass_: Pass)
 
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """Float64 outputs of a pass, from the inputs as rounded to ``dtype``."""
-    x, w, dy = (round_to(inputs[name], dtype) for name in ("x", "w", "dy"))
-    compute = _gemm if isinstance(op, Gemm) else _conv
-    full = compute(op, x, w, dy, pass_)  # type: ignore[arg-type]
-    return {name: full[name] for name in OUTPUTS[pass_]}
+    rounded = {name: round_to(array, dtype) for name, array in inputs.items()}
+    compute = _attention if isinstance(op, Attention) else _conv if isinstance(op, Conv2d) else _gemm
+    full = compute(op, rounded, pass_)  # type: ignore[operator]
+    return {name: full[name] for name in op.outputs(pass_)}
 
 
 @functools.lru_cache(maxsize=8)

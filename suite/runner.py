@@ -86,7 +86,7 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
             settings = Settings(device=device, threads=threads, math=math, options=dict(options or {}))
             for case in cases:
                 for mode in _pick(modes, cls.modes):
-                    for layout in _pick(layouts, cls.layouts[case.op.kind]):
+                    for layout in _pick(layouts, cls.layouts.get(case.op.kind, ("",))):  # "": resolve() refuses
                         for dtype in dtypes:
                             tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
                                       for p in passes]
@@ -234,7 +234,8 @@ class RunOptions:
 def is_default_variant(task: Task) -> bool:
     """Whether a task runs its backend's default mode and layout with no options (recorded for the report)."""
     cls, who = backends.backend_class(task.backend), task.identity()
-    return who["mode"] == cls.modes[0] and who["layout"] == cls.layouts[task.case.op.kind][0] and not who["options"]
+    default_layout = cls.layouts.get(task.case.op.kind, ("",))[0]
+    return who["mode"] == cls.modes[0] and who["layout"] == default_layout and not who["options"]
 
 
 def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any]) -> dict[str, Any]:
@@ -244,8 +245,10 @@ def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: 
         "record": "measurement", "run_id": run_id, **task.identity(),
         "op": op.kind, "dims": op_to_dict(op), "shape": op.describe(),
         "provenance": dataclasses.asdict(case.provenance), "count": case.count, "tags": list(case.tags),
-        "flops": op.flops(task.variant.pass_),
-        "bytes": op.min_bytes(task.variant.pass_, DTYPE_BYTES[task.variant.dtype]),
+        # None for a pass the op does not have (attention's backward_data): recorded as unsupported, with the reason
+        "flops": op.flops(task.variant.pass_) if task.variant.pass_ in op.passes else None,
+        "bytes": (op.min_bytes(task.variant.pass_, DTYPE_BYTES[task.variant.dtype])
+                  if task.variant.pass_ in op.passes else None),
         "default_variant": is_default_variant(task),
         "versions": worker.get("versions", {}), "flags": worker.get("flags", {}),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from suite.environment import available_memory_bytes
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
-from suite.ops import DTYPE_BYTES, Op, op_from_dict
+from suite.ops import DTYPE_BYTES, Attention, Op, op_from_dict
 from suite.reference import compare, expected, make_inputs, reduced
 from suite.stats import summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
@@ -33,6 +33,8 @@ MEMORY_HEADROOM = 1.5  # workspaces, allocator slack: a case needs this much mor
 def tensor_bytes(op: Op, dtype: str) -> int:
     """Bytes of every tensor a case holds at once: float32 host copies plus device copies and outputs."""
     elements = op.min_bytes("backward", 1) + op.min_bytes("forward", 1)  # x, w, dy, dx, dw + x, w, y
+    if isinstance(op, Attention):  # an unfused (math) kernel holds the scores and probabilities, and their gradients
+        elements += 2 * op.score_elements
     return elements * (DTYPE_BYTES[dtype] + 4)
 
 

@@ -68,7 +68,7 @@ def one_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
     (["--mode", "sideways"], "unknown mode 'sideways'; choose from eager, compile (or 'default' or 'all')"),
     (["--mode", "eagr"], "(did you mean 'eager'?)"),
     (["--layout", "nchw"], "unknown layout 'nchw' (did you mean 'NCHW'?)"),
-    (["--layout", "NHWC"], "choose from row-major, NCHW, channels_last"),  # torch has no NHWC
+    (["--layout", "NHWC"], "choose from row-major, NCHW, channels_last, BHLD"),  # torch has no NHWC
     (["--time-cap", "0"], "--time-cap must be a positive number"),
     (["--time-cap", "nan"], "--time-cap must be a positive number"),
     (["--case-timeout", "-1"], "--case-timeout must be a positive number"),

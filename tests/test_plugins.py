@@ -149,8 +149,8 @@ def test_list_backends_shows_four(capsys):
     assert list(rows) == [*BUILT_IN, "numpy"] and listed["problems"] == []
     assert {row["status"] for row in rows.values()} == {"available"}
     assert rows["numpy"]["package"].startswith("opbench-numpy") and rows["numpy"]["framework"].startswith("numpy ")
-    assert rows["numpy"]["modes"] == ["eager"] and rows["numpy"]["layouts"] == {"gemm": ["row-major"],
-                                                                               "conv2d": ["NCHW"]}
+    assert rows["numpy"]["modes"] == ["eager"] and rows["numpy"]["layouts"] == {
+        "gemm": ["row-major"], "conv2d": ["NCHW"], "bgemm": ["row-major"]}  # no attention: unsupported, with a reason
     assert rows["torch"]["modes"] == ["eager", "compile"]
 
 

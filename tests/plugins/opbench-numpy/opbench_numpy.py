@@ -1,7 +1,10 @@
 """opbench backend: NumPy on the CPU, a plain BLAS baseline.
 
 GEMM is one ``matmul`` (BLAS sgemm; transposed operands are passed as transposed views, which BLAS takes as
-flags). conv2d is im2col + one batched matmul per pass, in float32:
+flags), a batched GEMM one ``matmul`` on 3-D operands (a BLAS call per product). Attention is not offered (no layout
+for it, so every attention case is unsupported): NumPy has no attention kernel, and a composition of matmul and
+exp would time NumPy's loops, not a library's kernel.
+conv2d is im2col + one batched matmul per pass, in float32:
 
 - forward: the input's sliding windows (``sliding_window_view``, which handles stride, padding and dilation) are
   copied into a (groups, N·P·Q, C/g·R·S) column matrix, then multiplied by the (groups, K/g, C/g·R·S) filter;
@@ -23,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Conv2d, Gemm, Op
+from suite.ops import BatchedGemm, Conv2d, Gemm, Op
 
 UNSUPPORTED_DTYPES = {
     "fp16": "NumPy's float16 matmul does not use BLAS (it runs in generic loops), so it would not time a kernel",
@@ -34,7 +37,7 @@ UNSUPPORTED_DTYPES = {
 class NumpyBackend(Backend):
     name = "numpy"
     modes = ("eager",)
-    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",)}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",), "bgemm": ("row-major",)}  # no attention: see above
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -71,9 +74,9 @@ class NumpyBackend(Backend):
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
         x, w, dy = args["x"], args["w"], args["dy"]
-        if isinstance(op, Gemm):
+        if isinstance(op, Gemm | BatchedGemm):
             passes = gemm_passes(op, x, w, dy)
-            algorithm = "matmul (BLAS sgemm)"
+            algorithm = "matmul (BLAS sgemm)" + (", one per product" if isinstance(op, BatchedGemm) else "")
         else:
             passes = conv_passes(op, x, w, dy)
             algorithm = "im2col + batched matmul"
@@ -89,14 +92,19 @@ class NumpyBackend(Backend):
         return np.asarray(out, dtype=np.float64)
 
 
-def gemm_passes(op: Gemm, x: np.ndarray, w: np.ndarray, dy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
-    """C = A·B with A, B stored transposed when the flags say so; gradients in the operands' stored layout."""
-    a = x.T if op.transpose_a else x
-    b = w.T if op.transpose_b else w
+def gemm_passes(op: Gemm | BatchedGemm, x: np.ndarray, w: np.ndarray,
+                dy: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+    """C = A·B (each product of a batch) with A, B stored transposed when the flags say so; gradients in the
+    operands' stored layout."""
+    def t(array: np.ndarray) -> np.ndarray:  # a transposed view of each matrix
+        return array.swapaxes(-1, -2)
+
+    a = t(x) if op.transpose_a else x
+    b = t(w) if op.transpose_b else w
     return {
         "forward": lambda: a @ b,
-        "backward_data": (lambda: b @ dy.T) if op.transpose_a else (lambda: dy @ b.T),  # dA = dC·Bᵀ
-        "backward_weight": (lambda: dy.T @ a) if op.transpose_b else (lambda: a.T @ dy),  # dB = Aᵀ·dC
+        "backward_data": (lambda: b @ t(dy)) if op.transpose_a else (lambda: dy @ t(b)),  # dA = dC·Bᵀ
+        "backward_weight": (lambda: t(dy) @ a) if op.transpose_b else (lambda: t(a) @ dy),  # dB = Aᵀ·dC
     }
 
 
