@@ -75,3 +75,10 @@ def test_round_trip_through_dict():
     conv = Conv2d(n=1, c=2, h=8, w=8, k=4, r=3, s=3, stride=(2, 1), padding=(1, 0, 1, 1), groups=2)
     assert op_from_dict(op_to_dict(conv)) == conv
     assert op_from_dict(op_to_dict(Gemm(2, 3, 4, transpose_b=True))) == Gemm(2, 3, 4, transpose_b=True)
+
+
+def test_equivalent_gemm_of_a_grouped_conv():
+    # 4 groups of C/g = 2 channels: M = N·P·Q = 2·4·4, N = K = 12, K = (C/g)·R·S = 2·3·3
+    grouped = Conv2d(n=2, c=8, h=4, w=4, k=12, r=3, s=3, padding=(1, 1, 1, 1), groups=4)
+    assert grouped.equivalent_gemm() == Gemm(m=32, n=12, k=18)
+    assert grouped.equivalent_gemm().flops() == grouped.flops() == 2 * 32 * 12 * 18

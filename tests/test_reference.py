@@ -117,3 +117,11 @@ def test_relative_error_by_hand():
 def test_an_error_exactly_at_the_tolerance_passes():
     result = compare({"y": np.array([1.0, 2e-5])}, {"y": np.array([1.0, 0.0])}, "fp32", "strict")
     assert result["errors"]["y"] == 2e-5 == result["tolerance"] and result["status"] == "pass"
+
+
+def test_bf16_rounds_to_nearest_even_not_truncates():
+    values = np.array([1 + 2**-8 + 2**-9, 1 + 2**-7 + 2**-8, -(1 + 2**-8 + 2**-9), 2**-8 + 2**-16 + 2**-17],
+                      dtype=np.float32)
+    # above half an ulp rounds up; a tie rounds to the even mantissa (here up); the sign is kept
+    assert list(round_to(values, "bf16")) == [1 + 2**-7, 1 + 2**-6, -(1 + 2**-7), 2**-8 + 2**-15]
+    assert list(round_to(np.array([1 + 2**-11], dtype=np.float32), "fp16")) == [1.0]  # fp16: 10 mantissa bits
