@@ -38,7 +38,7 @@ ROUNDS = 3  # alternating opbench / torch.utils.benchmark rounds per op; the rat
 TIMING = TimingConfig(max_time_s=1.0)  # opbench's timing, with a short cap so the check takes seconds
 TORCH_MIN_RUN_S = 0.2  # torch.utils.benchmark's blocked_autorange default
 NOISE_OP = Gemm(256, 256, 256)
-OVERSUBSCRIBED_SHARE = 0.9  # a CPU share below this: other processes took the CPUs for a tenth of the time or more
+OVERSUBSCRIBED = 0.10  # run-queue wait above this fraction of the wall time: the machine was not ours
 
 
 @dataclass(frozen=True)
@@ -115,20 +115,34 @@ def noise_summary(medians: Sequence[float], rel_iqrs: Sequence[float], worst_rat
     return noise, text
 
 
-def cpu_share(cpu_s: float, wall_s: float, threads: int) -> float:
-    """The fraction of the wall time that the process's threads ran on a CPU (about 1 on a machine to itself;
-    spinning thread pools count as running)."""
-    return cpu_s / (wall_s * threads)
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat: the second field
+    of /proc/self/task/*/schedstat); None where the kernel does not tell."""
+    total = 0
+    try:
+        for task in os.scandir("/proc/self/task"):
+            try:
+                with open(os.path.join(task.path, "schedstat")) as stat:
+                    total += int(stat.read().split()[1])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
 
 
-def contention_note(share: float, load: float, cpus: int, clock: str = "wall") -> str:
-    """Whether the comparison ran on a machine to itself; on an oversubscribed one, wall-clock block times include
-    the time the process waited for a CPU, and each timer's figure depends on how often its blocks were preempted."""
-    state = (f"CPU share {share:.0%}: while the comparison ran, this process's threads were on a CPU {share:.0%} "
-             f"of the time (1-minute load average {load:.1f} on {cpus} usable CPUs).")
+def contention_note(waited: float | None, load: float, cpus: int, clock: str = "wall") -> str:
+    """Whether the comparison ran on a machine to itself, from the time its threads waited for a CPU (as a fraction
+    of the wall time); on an oversubscribed one, wall-clock block times include that wait, and each timer's figure
+    depends on how often its blocks were preempted."""
+    machine = f"1-minute load average {load:.1f} on {cpus} usable CPUs"
+    if waited is None:
+        return f"Waiting for a CPU: unknown here (no /proc/self/task/*/schedstat); {machine}."
+    state = (f"Waiting for a CPU: while the comparison ran, this process's threads waited {waited:.0%} of the wall "
+             f"time for a CPU ({machine}).")
     if clock == "cpu":
         return f"{state} Timed by the thread's CPU time, which leaves that waiting out."
-    if share < OVERSUBSCRIBED_SHARE:
+    if waited > OVERSUBSCRIBED:
         return (f"{state} The machine is oversubscribed: wall-clock times include waiting for a CPU, so these "
                 "ratios say more about scheduling than about opbench; run selfcheck on a quiet machine, or with "
                 "--threads 1 --clock cpu.")
@@ -219,7 +233,7 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
         ours: list[list[float]] = [[] for _ in todo]
         theirs: list[list[float]] = [[] for _ in todo]
         events: list[list[float]] = [[] for _ in todo]
-        cpu, wall = time.process_time(), time.perf_counter()
+        wait_before, started = run_queue_wait_s(), time.perf_counter()
         for round_ in range(ROUNDS):
             for i, check in enumerate(todo):
                 progress.update(bar, description=f"round {round_ + 1}/{ROUNDS}: {check.label} {check.pass_}")
@@ -234,7 +248,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
                     events[i].append(time_events())
                 progress.advance(bar)
 
-        share = cpu_share(time.process_time() - cpu, time.perf_counter() - wall, flags["threads"])
+        wait_after, elapsed = run_queue_wait_s(), time.perf_counter() - started
+        waited = None if wait_before is None or wait_after is None else (wait_after - wait_before) / elapsed
         progress.update(bar, description="harness cost per call")
         empty = measure(backend.block_runner(tuple), TimingConfig(max_time_s=0.5), timer_clock)  # tuple(): ~free
         progress.advance(bar)
@@ -256,6 +271,5 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     _, text = noise_summary([_median(s) for s in noise],
                             [summarize(s.block_times, s.calls_per_block).rel_iqr for s in noise], worst)
     console.print(text, highlight=False)
-    if device == "cpu":  # on a GPU the host threads mostly wait for the device: their share says nothing
-        console.print(contention_note(share, os.getloadavg()[0], usable_cpus(), clock), highlight=False)
+    console.print(contention_note(waited, os.getloadavg()[0], usable_cpus(), clock), highlight=False)
     return 0

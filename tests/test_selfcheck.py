@@ -16,14 +16,14 @@ from suite.cli import main
 from suite.ops import OUTPUTS, Conv2d, Gemm
 from suite.reference import compare, reference
 from suite.selfcheck import (
-    OVERSUBSCRIBED_SHARE,
+    OVERSUBSCRIBED,
     ROUNDS,
     Comparison,
     checks,
     comparison_table,
     contention_note,
-    cpu_share,
     noise_summary,
+    run_queue_wait_s,
     torch_statement,
 )
 
@@ -91,17 +91,23 @@ def test_torch_statements_compute_the_checked_op():
 
 
 def test_contention_note_says_when_the_machine_was_oversubscribed():
-    assert cpu_share(cpu_s=1.8, wall_s=1.0, threads=2) == pytest.approx(0.9)
-    assert cpu_share(cpu_s=0.33, wall_s=1.0, threads=1) == pytest.approx(0.33)
-    busy = contention_note(0.33, load=9.3, cpus=2)
-    assert "CPU share 33%" in busy and "load average 9.3 on 2 usable CPUs" in busy and "oversubscribed" in busy
-    quiet = contention_note(0.97, load=1.1, cpus=2)
-    assert "CPU share 97%" in quiet and "oversubscribed" not in quiet
-    assert "oversubscribed" in contention_note(OVERSUBSCRIBED_SHARE - 0.01, 2.0, 2)
-    assert "oversubscribed" not in contention_note(OVERSUBSCRIBED_SHARE, 2.0, 2)
-
-    timed_by_cpu = contention_note(0.33, load=9.3, cpus=2, clock="cpu")
+    busy = contention_note(0.67, load=9.3, cpus=2)
+    assert "waited 67% of the wall time" in busy and "load average 9.3 on 2 usable CPUs" in busy
+    assert "oversubscribed" in busy
+    quiet = contention_note(0.003, load=1.1, cpus=2)
+    assert "waited 0% of the wall time" in quiet and "oversubscribed" not in quiet
+    assert "oversubscribed" in contention_note(OVERSUBSCRIBED + 0.01, 2.0, 2)
+    assert "oversubscribed" not in contention_note(OVERSUBSCRIBED, 2.0, 2)
+    timed_by_cpu = contention_note(0.67, load=9.3, cpus=2, clock="cpu")
     assert "oversubscribed" not in timed_by_cpu and "CPU time" in timed_by_cpu
+    assert "unknown" in contention_note(None, 2.0, 2)
+
+
+def test_run_queue_wait_counts_this_process_threads():
+    waited = run_queue_wait_s()
+    if waited is None:
+        pytest.skip("no /proc/self/task/*/schedstat here")
+    assert 0 <= waited <= run_queue_wait_s()  # a monotonic total, in seconds
 
 
 @pytest.mark.parametrize("argv", [["--clock", "cpu", "--threads", "2"], ["--clock", "cpu", "--device", "gpu",
