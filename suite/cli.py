@@ -48,8 +48,9 @@ def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, .
         raise UsageError(f"--{what} needs at least one value; choose from {', '.join(allowed)}")
     for value in values:
         if value not in allowed and value not in special:
+            also = f" (or {' or '.join(repr(word) for word in special)})" if special else ""
             raise UsageError(f"unknown {what} {value!r}{did_you_mean(value, [*allowed, *special])}; choose from "
-                             f"{', '.join(allowed)} (or {' or '.join(repr(w) for w in special)})")
+                             f"{', '.join(allowed)}{also}")
     return values
 
 
@@ -413,11 +414,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     from suite.results import STATUSES
 
     results = read_measurements(args.results)
-    statuses = _csv(args.status) if args.status else None
-    if unknown := sorted(set(statuses or ()) - set(STATUSES)):
-        raise UsageError(f"--status {', '.join(unknown)}: not a status; choose from {', '.join(STATUSES)}")
+    statuses = _choices(args.status, STATUSES, "status") if args.status else None
+    present = dict.fromkeys(m["backend"] for m in results.measurements)
+    chosen = _choices(",".join(backends.ALIASES.get(b, b) for b in _csv(args.backend)), present, "backend",
+                      ()) if args.backend else None
     rows = [_show_row(m) for m in results.measurements
-            if (not args.backend or m["backend"] in _csv(args.backend))
+            if (chosen is None or m["backend"] in chosen)
             and (not args.case or any(fnmatch.fnmatchcase(m["case"], pattern) for pattern in args.case))
             and (statuses is None or m["status"] in statuses)]
     if SHOW_SORTS[args.sort]:

@@ -221,7 +221,9 @@ def test_show_filters_sorts_and_exports(capsys):
     assert main(["show", str(GOLDEN), "--case", "no-such-*"]) == 0
     assert "0 of " in capsys.readouterr().out
     assert main(["show", str(GOLDEN), "--status", "ok,broken"]) == 2
-    assert "--status broken: not a status" in capsys.readouterr().err
+    assert "unknown status 'broken'; choose from ok, unsupported" in capsys.readouterr().err
+    assert main(["show", str(GOLDEN), "--backend", "torhc"]) == 2
+    assert "unknown backend 'torhc' (did you mean 'torch'?); choose from torch, tensorflow" in capsys.readouterr().err
 
 
 def test_list_as_json(capsys):
