@@ -207,7 +207,9 @@ class JaxBackend(Backend):
         start = time.perf_counter()
         try:
             compiled = jax.jit(run).lower(*operands).compile()
-        except (jax.errors.JaxRuntimeError, NotImplementedError) as error:  # no kernel or lowering for it
+        except (jax.errors.JaxRuntimeError, NotImplementedError, ValueError) as error:  # no kernel or lowering
+            if isinstance(error, ValueError) and "not supported" not in str(error):  # only XLA's own refusal, e.g.
+                raise  # fp16 attention on CPU: "The precision 'F16_F16_F32' is not supported by dot_general"
             raise Unsupported(f"XLA could not compile {op.kind} {variant.pass_} {variant.dtype} on "
                               f"{self.settings.device}: {type(error).__name__}: {error}") from None
         compile_s = time.perf_counter() - start

@@ -217,7 +217,8 @@ class TensorFlowBackend(Backend):
     def _attention(self, op: Attention, variant: Variant):
         """Keras MultiHeadAttention's core on B, L, H, D tensors: (q, k, v) -> output."""
         tf = self.tf
-        mask = tf.constant(np.tril(np.ones((op.q_len, op.kv_len), dtype=bool)))  # query i sees keys j <= i
+        with tf.device("/GPU:0" if self.settings.device == "gpu" else "/CPU:0"):  # beside the operands: no copy
+            mask = tf.constant(np.tril(np.ones((op.q_len, op.kv_len), dtype=bool))) if op.causal else None  # j <= i
 
         def attention(q, k, v):
             if op.group > 1:  # Keras GroupedQueryAttention: each KV head repeated for its group of query heads
