@@ -51,7 +51,7 @@ def _row(m: Measurement, machines: dict[str, str]) -> dict[str, Any]:
         "calls_per_block": m.calls_per_block, "first_call_s": m.first_call_s, "flops": m.flops, "bytes": m.bytes,
         "input_elements": op.input_elements if op else math.nan, "dims": op_to_dict(op) if op else None,
         "samples": np.asarray(m.per_call, dtype=float), "default_variant": m.default_variant,
-        "first_layer": FIRST_LAYER_TAG in m.tags,
+        "first_layer": FIRST_LAYER_TAG in m.tags, "version": m.version,
     }
 
 
@@ -69,6 +69,9 @@ def tidy(results: Results) -> pd.DataFrame:
     frame["intensity"] = frame["flops"] / frame["bytes"]
     frame["variant"] = frame["mode"].astype(str) + " · " + frame["layout"].astype(str) + \
         frame["options"].map(lambda o: f" · {o}" if o else "")
+    # Two versions of one framework are two variants, never pooled into one median (history compares them).
+    versions = frame.groupby("backend")["version"].transform("nunique")
+    frame["variant"] = frame["variant"].where(versions.le(1), frame["variant"] + " · " + frame["version"])
     frame["pass_label"] = frame["pass"].map(PASS_LABELS)
     return frame
 

@@ -60,6 +60,7 @@ class Measurement:
     check_error: float  # the largest relative error of the numerical check
     first_call_s: float
     default_variant: bool | None  # None in results written before it was recorded
+    version: str  # the framework's version as its worker reported it ("" where unknown)
 
     @classmethod
     def from_record(cls, m: dict[str, Any]) -> Measurement:
@@ -80,6 +81,7 @@ class Measurement:
             blocks=stats.get("blocks"), flags=tuple(stats.get("flags") or ()), check=check.get("status"),
             check_error=max(map(_float, (check.get("errors") or {}).values()), default=math.nan),
             first_call_s=_float(m.get("first_call_s")), default_variant=m.get("default_variant"),
+            version=str((m.get("versions") or {}).get(m["backend"], "")),
         )
 
     @property

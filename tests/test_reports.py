@@ -158,6 +158,15 @@ def test_repeated_runs_are_pooled_not_picked() -> None:
     assert pooled.iloc[0]["median_s"] == pytest.approx(np.median(both))  # 1.51, not the faster run's 1.0
 
 
+def test_two_framework_versions_are_two_variants_never_pooled() -> None:
+    old = {**record("G", "torch", "forward", 1.0, run_id="r1"), "versions": {"torch": "2.13.0"}}
+    new = {**record("G", "torch", "forward", 2.0, run_id="r2"), "versions": {"torch": "2.14.0"}}
+    pooled = analysis.analyze(results(old, new), cases=()).pooled.set_index("variant")
+    assert pooled["runs"].tolist() == [1, 1]
+    assert pooled["median_s"].to_dict() == pytest.approx({"eager · row-major · 2.13.0": 1.0,
+                                                          "eager · row-major · 2.14.0": 2.0})
+
+
 def test_measurement_from_an_old_record_gets_defaults() -> None:
     old = {k: v for k, v in record("G", "torch", "forward", 2.0).items() if k not in ("default_variant", "l2")}
     m = Measurement.from_record({**old, "stats": {**old["stats"], "ci_low": None}})
