@@ -36,14 +36,16 @@ EXPECTED_FLAGS: dict[str, dict[str, Any]] = {
 # Combinations each backend must reject, as (why, op, variant); the message must say why.
 GEMM = next(case.op for case in SMOKE if case.op.kind == "gemm")
 CONV = next(case.op for case in SMOKE if case.op.kind == "conv2d")
+ATTENTION = next(case.op for case in SMOKE if case.op.kind == "attention")
 IMPOSSIBLE: dict[str, list[tuple[str, Op, Variant]]] = {
     "torch": [("asymmetric padding", ASYMMETRIC, Variant("forward"))],
     "tensorflow": [("NCHW conv on CPU outside XLA", CONV, Variant("backward_data", mode="function", layout="NCHW"))],
-    "jax": [],
+    "jax": [("fp16 attention on CPU (no F16_F16_F32 dot_general)", ATTENTION, Variant("forward", dtype="fp16"))],
     "numpy": [("bf16", GEMM, Variant("forward", dtype="bf16")), ("fp16", CONV, Variant("backward", dtype="fp16"))],
 }
 COMMON_IMPOSSIBLE = [("unknown mode", GEMM, Variant("forward", mode="no-such-mode")),
-                     ("unknown layout", CONV, Variant("forward", layout="NCWH"))]
+                     ("unknown layout", CONV, Variant("forward", layout="NCWH")),
+                     ("attention has no dX-only pass", ATTENTION, Variant("backward_data"))]
 
 
 def params() -> list[Any]:
