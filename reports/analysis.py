@@ -35,6 +35,7 @@ SWEEPS = {"sweep-gemm": ("m", "M = N = K", 3.0), "sweep-conv-spatial": ("h", "H 
           "sweep-conv-channels": ("c", "C = K", 2.0)}  # tag → (dimension, label, FLOP exponent in it)
 PHASES = {"train": "training step", "prefill": "prefill", "decode": "decode", "inference": "inference"}
 TRAINING_PASSES = ("forward", "backward_data", "backward_weight")
+KIND_ORDER = ("bgemm", "attention", "rnn")  # the op kinds beyond GEMM and conv, in the order the report shows them
 
 
 def verdict(low: float, high: float) -> str:
@@ -196,16 +197,42 @@ def pass_ratios(pooled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def ratio_summary(ratios: pd.DataFrame) -> pd.DataFrame:
-    """Geomean backward/forward time ratio (95% bootstrap CI over cases) per configuration, pass and framework."""
-    columns = [*CONFIG, "which", "backend", "geomean", "low", "high", "flop_ratio", "cases"]
+def ratio_summary(ratios: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Geomean backward/forward time ratio (95% bootstrap CI over cases) per configuration, pass and framework (and
+    the columns ``by``, e.g. the op kind)."""
+    keys = [*CONFIG, *by, "which", "backend"]
+    columns = [*keys, "geomean", "low", "high", "flop_ratio", "cases"]
     best = ratios[ratios["best"]] if not ratios.empty else ratios
     rows = []
-    for key, group in (best.groupby([*CONFIG, "which", "backend"], dropna=False) if not best.empty else []):
+    for key, group in (best.groupby(keys, dropna=False) if not best.empty else []):
         point, low, high = geomean_ci(group["ratio"])
-        rows.append({**dict(zip([*CONFIG, "which", "backend"], key, strict=True)), "geomean": point, "low": low,
+        rows.append({**dict(zip(keys, key, strict=True)), "geomean": point, "low": low,
                      "high": high, "flop_ratio": float(group["flop_ratio"].median()),
                      "cases": group["case"].nunique()})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ------------------------------------------------------------------------------------------------ other op kinds
+def other_kinds(frame: pd.DataFrame) -> list[str]:
+    """The op kinds in the results beyond GEMM and conv (batched GEMM, attention, recurrent layers, …), each of which
+    gets a section of its own: the known ones in their usual order, then any other alphabetically."""
+    present = set(frame["op"].dropna()) - set(tidy_frame.MAIN_KINDS) if not frame.empty else set()
+    return [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+
+
+def kind_throughput(pooled: pd.DataFrame, kinds: Iterable[str]) -> pd.DataFrame:
+    """Per configuration, op kind (of ``kinds``), pass and framework, over the cases of its fastest variants: the
+    geometric mean of achieved TFLOP/s with a 95% bootstrap CI over cases, the cases, and the kernels and layouts
+    the backend recorded (a framework's own layout for the kind, e.g. attention's BHLD in torch, BLHD in JAX)."""
+    keys = [*CONFIG, "op", "pass", "backend"]
+    columns = [*keys, "tflops", "low", "high", "cases", "kernels", "layouts"]
+    best = pooled[pooled["best"] & pooled["op"].isin(list(kinds))] if not pooled.empty else pooled
+    rows = []
+    for key, group in (best.groupby(keys, dropna=False, sort=True) if not best.empty else []):
+        point, low, high = geomean_ci(group["tflops"])
+        rows.append({**dict(zip(keys, key, strict=True)), "tflops": point, "low": low, "high": high,
+                     "cases": group["case"].nunique(), "kernels": sorted(set(group["kernel"]) - {""}),
+                     "layouts": sorted(set(group["layout"].astype(str)))})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -476,14 +503,15 @@ def peaks(pooled: pd.DataFrame) -> pd.DataFrame:
 def quality(frame: pd.DataFrame) -> dict[str, Any]:
     """Counts behind 'how reliable are these numbers': flags, failed checks, measurements that did not run."""
     if frame.empty:
-        return {"ok": 0, "flags": {}, "unstable_or_noisy": 0, "check_failed": 0, "not_run": {}}
+        return {"ok": 0, "flags": {}, "unstable_or_noisy": 0, "check_failed": 0, "not_run": {}, "not_applicable": 0}
     ok = frame[frame["status"].eq("ok")]
+    refused = frame["status"].ne("ok") & frame["applies"]  # a pass the op does not have is not a gap
     flags = pd.Series([f for fl in ok["flags"] for f in fl], dtype=object).value_counts()
     return {"ok": len(ok), "flags": {str(k): int(v) for k, v in flags.items()},
             "unstable_or_noisy": int(ok["flags"].map(lambda f: bool(set(f) & {"unstable", "noisy"})).sum()),
             "check_failed": int(frame["check"].eq("fail").sum()),
-            "not_run": {str(k): int(v) for k, v in frame.loc[frame["status"].ne("ok"), "status"].value_counts()
-                        .items()}}
+            "not_run": {str(k): int(v) for k, v in frame.loc[refused, "status"].value_counts().items()},
+            "not_applicable": int((~frame["applies"]).sum())}
 
 
 # ------------------------------------------------------------------------------------------------ all of it
@@ -493,6 +521,7 @@ class Analysis:
 
     results: Results
     baseline: str
+    order: tuple[str, ...]  # the frameworks of these results in the backend registry's order
     measurements: pd.DataFrame  # one row per measurement (reports.frame)
     pooled: pd.DataFrame  # one row per configuration × case × pass × framework × variant
     speedups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -500,6 +529,9 @@ class Analysis:
     variant_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
     ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
     ratio_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kinds: list[str] = field(default_factory=list)  # op kinds beyond GEMM and conv, a section each
+    kind_throughput: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kind_ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
     networks: pd.DataFrame = field(default_factory=pd.DataFrame)
     partial_networks: pd.DataFrame = field(default_factory=pd.DataFrame)
     scaling_points: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -526,22 +558,30 @@ def catalog_sets(frame: pd.DataFrame, cases: Iterable[Case] | None = None) -> tu
     return pd.concat([sets, extra], ignore_index=True) if len(extra) else sets, notes
 
 
-def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | None = None) -> Analysis:
-    """Compute every table of the report from read results (``cases``: the catalog to judge networks by)."""
+def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | None = None,
+            order: Iterable[str] = ()) -> Analysis:
+    """Compute every table of the report from read results (``cases``: the catalog to judge networks by; ``order``:
+    the backend registry's order of frameworks, which the CLI passes in)."""
     frame = tidy_frame.measurements(results)
     pooled = add_speedups(pool(frame), baseline)
     ratios = pass_ratios(pooled)
     sets, notes = catalog_sets(frame, cases)
     networks, partial = network_rollup(pooled, sets)
     points = scaling_points(pooled)
-    return Analysis(results=results, baseline=baseline, measurements=frame, pooled=pooled,
+    kinds = other_kinds(frame)
+    present = frame["backend"].unique() if not frame.empty else ()
+    return Analysis(results=results, baseline=baseline, order=tuple(tidy_frame.backend_order(present, order)),
+                    measurements=frame, pooled=pooled,
                     speedups=speedup_summary(pooled), variants=variants(pooled),
                     variant_effects=variant_effects(pooled), ratios=ratios, ratio_summary=ratio_summary(ratios),
+                    kinds=kinds, kind_throughput=kind_throughput(pooled, kinds),
+                    kind_ratios=ratio_summary(ratios[ratios["kind"].isin(kinds)], by=("kind",)),
                     networks=networks, partial_networks=partial, scaling_points=points, scaling=scaling_fits(points),
                     conv_dense=conv_vs_dense(pooled), peaks=peaks(pooled), quality=quality(frame), notes=notes)
 
 
-def build(paths: Iterable[str | Path], baseline: str = "torch", cases: Iterable[Case] | None = None) -> Analysis:
+def build(paths: Iterable[str | Path], baseline: str = "torch", cases: Iterable[Case] | None = None,
+          order: Iterable[str] = ()) -> Analysis:
     """Read results files (through ``suite.results.read_many``) and analyze them."""
-    return analyze(read_many(paths), baseline, cases)
+    return analyze(read_many(paths), baseline, cases, order)
 

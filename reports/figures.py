@@ -8,6 +8,7 @@ report's tables. Nothing is computed here beyond what a plot needs (units, posit
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import matplotlib
 
@@ -23,24 +24,35 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from reports.analysis import CONFIG
-from reports.frame import BACKENDS, PASS_LABELS
+from reports.frame import PASS_LABELS, backend_order
 from reports.summary import speedup_text
 from suite.ops import PASSES
 
 # Okabe & Ito (2008) colour-blind-safe palette; one fixed colour per framework in every figure.
 COLORS = {"torch": "#D55E00", "tensorflow": "#0072B2", "jax": "#009E73"}
-_SPARE = ["#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+# Plugins (a fourth framework) take these in turn: reddish purple and black first, far from torch's vermillion;
+# orange, the nearest to it, last.
+SPARE_COLORS = ("#CC79A7", "#000000", "#56B4E9", "#E69F00")
 MARKERS = {"gemm": "o", "conv2d": "s", "depthwise": "D"}
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
 
 
-def color(backend: str) -> str:
-    return COLORS.get(backend) or _SPARE[sum(map(ord, backend)) % len(_SPARE)]
+def palette(order: Iterable[str]) -> dict[str, str]:
+    """The colour of each framework of ``order``: the three main ones fixed, every other the next spare colour in
+    its order (the report passes every framework of the results, so a plugin keeps its colour in every figure)."""
+    others = [b for b in dict.fromkeys(order) if b not in COLORS]
+    return {**COLORS, **{b: SPARE_COLORS[i % len(SPARE_COLORS)] for i, b in enumerate(others)}}
 
 
-def backend_order(backends: pd.Series) -> list[str]:
-    present = set(backends.dropna())
-    return [b for b in BACKENDS if b in present] + sorted(present - set(BACKENDS))
+def color(backend: str, order: Sequence[str] = ()) -> str:
+    """One framework's colour (``palette`` of ``order``)."""
+    return palette([*order, backend])[backend]
+
+
+def _frameworks(backends: pd.Series, order: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The frameworks present, in ``order``, and the colours of all of them."""
+    present = backend_order(backends.dropna(), order)
+    return present, palette([*order, *present])
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -95,15 +107,15 @@ def time_unit(seconds: pd.Series) -> tuple[float, str]:
     return 1e6, "µs"
 
 
-def _legend(fig: Figure, backends: list[str], extra: list[Line2D] | None = None) -> None:
-    handles = [Line2D([], [], color=color(b), marker="o", linestyle="", label=b) for b in backends]
+def _legend(fig: Figure, backends: list[str], colors: dict[str, str], extra: list[Line2D] | None = None) -> None:
+    handles = [Line2D([], [], color=colors[b], marker="o", linestyle="", label=b) for b in backends]
     handles += extra or []
     columns = max(1, min(len(handles), int(fig.get_figwidth() // 1.5)))  # fit the legend to the figure width
     fig.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
 
 
 def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low: str, high: str,
-            backends: list[str], horizontal: bool = True) -> None:
+            backends: list[str], colors: dict[str, str], horizontal: bool = True) -> None:
     """One point with its CI per category and framework, frameworks side by side."""
     width = 0.7 / max(len(backends), 1)
     for i, backend in enumerate(backends):
@@ -112,7 +124,7 @@ def _dodged(ax: Axes, data: pd.DataFrame, categories: list[str], value: str, low
             * width
         err = np.vstack([(part[value] - part[low]).clip(lower=0).fillna(0),
                          (part[high] - part[value]).clip(lower=0).fillna(0)])
-        kwargs = {"color": color(backend), "markersize": 4, "elinewidth": 1, "capsize": 2, "linestyle": ""}
+        kwargs = {"color": colors[backend], "markersize": 4, "elinewidth": 1, "capsize": 2, "linestyle": ""}
         for marker in (part["marker"] if "marker" in part else pd.Series("o", index=part.index)).unique():
             mask = ((part["marker"] == marker) if "marker" in part else pd.Series(True, index=part.index)).to_numpy()
             if horizontal:
@@ -125,7 +137,7 @@ def _passes(frame: pd.DataFrame) -> list[str]:
     return [p for p in PASSES if p in set(frame["pass"])]
 
 
-def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
+def throughput(frame: pd.DataFrame, order: Sequence[str] = (), max_cases: int = 40, title: str = "") -> Figure | None:
     """(a) Achieved FLOP/s per case by framework (95% CI), one column per pass, one row per machine/device/dtype.
 
     With more than ``max_cases`` cases, FLOP/s is plotted against the case's FLOPs instead of one row per case.
@@ -135,7 +147,8 @@ def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
         return None
     best["panel"] = panel_labels(best)
     scale, unit = flop_unit(best["tflops_high"].fillna(best["tflops"]))
-    passes, panels, backends = _passes(best), sorted(best["panel"].unique()), backend_order(best["backend"])
+    passes, panels = _passes(best), sorted(best["panel"].unique())
+    backends, colors = _frameworks(best["backend"], order)
     cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
     per_case = len(cases) <= max_cases
     height = (0.22 * len(cases) + 1.2) if per_case else 3.2
@@ -148,25 +161,25 @@ def throughput(frame: pd.DataFrame, max_cases: int = 40) -> Figure | None:
                 data[column] = data[column] * scale
             if per_case:
                 data["category"] = data["case"]
-                _dodged(ax, data, cases, "tflops", "tflops_low", "tflops_high", backends)
+                _dodged(ax, data, cases, "tflops", "tflops_low", "tflops_high", backends, colors)
                 ax.set_yticks(range(len(cases)), cases)
                 ax.set_ylim(len(cases) - 0.5, -0.5)
                 ax.set_xlabel(f"achieved {unit} (log)")
             else:
                 for backend in backends:
                     part = data[data["backend"] == backend]
-                    ax.scatter(part["flops"], part["tflops"], s=12, color=color(backend), alpha=0.8)
+                    ax.scatter(part["flops"], part["tflops"], s=12, color=colors[backend], alpha=0.8)
                 ax.set_xscale("log")
                 ax.set_xlabel("FLOPs per call (log)")
                 ax.set_ylabel(f"achieved {unit}")
             ax.set_xscale("log") if per_case else ax.set_yscale("log")
             ax.set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
-    _legend(fig, backends)
+    _legend(fig, backends, colors)
     fig.suptitle("Achieved throughput per case (fastest measured variant of each framework; bars: 95% CI)")
     return fig
 
 
-def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | None:
+def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch", order: Sequence[str] = ()) -> Figure | None:
     """(b) Speedup over the baseline (time of baseline / time of framework): cases × frameworks, one panel per pass.
 
     Cells read "1.5× faster" or "3.6× slower"; a trailing "≈" marks a CI that does not exclude 1 ± 3% (no clear
@@ -178,7 +191,8 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | No
     best = best[best["backend"] != baseline].copy()
     best["panel"] = panel_labels(best)
     best["text"] = best["speedup"].map(speedup_text) + best["speedup_verdict"].map({"same": " ≈"}).fillna("")
-    passes, panels, backends = _passes(best), sorted(best["panel"].unique()), backend_order(best["backend"])
+    passes, panels = _passes(best), sorted(best["panel"].unique())
+    backends, _ = _frameworks(best["backend"], order)
     cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
     row_h = 0.24 if len(cases) <= 60 else 0.16
     fig = _figure(1.3 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
@@ -208,13 +222,14 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch") -> Figure | No
     return fig
 
 
-def roofline(frame: pd.DataFrame) -> Figure | None:
+def roofline(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(c) Achieved FLOP/s against arithmetic intensity (FLOPs / minimum bytes), with the peak roofs."""
     best = _best(frame).dropna(subset=["tflops", "intensity"])
     if best.empty:
         return None
     best["panel"] = panel_labels(best)
-    panels, backends = sorted(best["panel"].unique()), backend_order(best["backend"])
+    panels = sorted(best["panel"].unique())
+    backends, colors = _frameworks(best["backend"], order)
     tops = pd.concat([best["tflops"], best.get("peak_theoretical_tflops", pd.Series(dtype=float))])
     scale, unit = flop_unit(tops)
     fig = _figure(6.0 * len(panels), 4.8)
@@ -223,7 +238,7 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
     for ax, panel in zip(axes, panels, strict=True):
         data = best[best["panel"] == panel]
         for (backend, kind), part in data.groupby(["backend", "kind"]):
-            ax.scatter(part["intensity"], part["tflops"] * scale, color=color(backend), marker=MARKERS.get(kind, "o"),
+            ax.scatter(part["intensity"], part["tflops"] * scale, color=colors[backend], marker=MARKERS.get(kind, "o"),
                        s=18, alpha=0.8)
         theo, gbps = data["peak_theoretical_tflops"].max(), data["bandwidth_gbps"].max()
         measured = data["measured_tflops"].max() if "measured_tflops" in data else math.nan
@@ -247,44 +262,45 @@ def roofline(frame: pd.DataFrame) -> Figure | None:
              if k in set(best["kind"])]
     extra += [Line2D([], [], color="0.3", linestyle="--", label="theoretical roof"),
               Line2D([], [], color="0.3", linestyle=":", label="measured peak")]
-    _legend(fig, backends, extra)
+    _legend(fig, backends, colors, extra)
     fig.suptitle("Roofline: every pass of every case\n(fastest measured variant of each framework)")
     return fig
 
 
-def pass_ratio(ratios: pd.DataFrame) -> Figure | None:
+def pass_ratio(ratios: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(d) Backward time / forward time per case (dots) and their geometric mean (bar: 95% CI over cases)."""
     data = ratios[ratios["best"]].copy() if not ratios.empty else ratios
     if data.empty:
         return None
     data["panel"] = panel_labels(data)
-    panels, backends = sorted(data["panel"].unique()), backend_order(data["backend"])
+    panels = sorted(data["panel"].unique())
+    backends, colors = _frameworks(data["backend"], order)
     dodge = (0.8 - 0.8 / len(backends)) if len(backends) > 1 else False  # the stripplot's hue offsets
     whiches = [w for w in ("backward_data", "backward_weight", "backward") if w in set(data["which"])]
     fig = _figure(max(4.5, 1.4 * len(whiches) * len(backends)) * len(panels), 4.2)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
         part = data[data["panel"] == panel].assign(label=lambda d: d["which"].map(PASS_LABELS))
-        order = [PASS_LABELS[w] for w in whiches]
-        sns.stripplot(part, x="label", y="ratio", hue="backend", order=order, hue_order=backends,
-                      palette=COLORS | {b: color(b) for b in backends}, dodge=True, alpha=0.45, size=4, ax=ax,
+        labels = [PASS_LABELS[w] for w in whiches]
+        sns.stripplot(part, x="label", y="ratio", hue="backend", order=labels, hue_order=backends,
+                      palette=colors, dodge=True, alpha=0.45, size=4, ax=ax,
                       legend=False, log_scale=True)
-        sns.pointplot(part, x="label", y="ratio", hue="backend", order=order, hue_order=backends,
-                      palette=COLORS | {b: color(b) for b in backends}, dodge=dodge, linestyle="none",
+        sns.pointplot(part, x="label", y="ratio", hue="backend", order=labels, hue_order=backends,
+                      palette=colors, dodge=dodge, linestyle="none",
                       estimator="mean", errorbar=("ci", 95), markers="_",
                       markersize=14, ax=ax, legend=False)
         for i, which in enumerate(whiches):
             flop = part.loc[part["which"] == which, "flop_ratio"].median()
             ax.hlines(flop, i - 0.45, i + 0.45, color="0.3", linestyle="--", linewidth=1)
         ax.set(xlabel="", ylabel="time of pass / time of forward (×, log)", title=panel or None)
-    _legend(fig, backends, [Line2D([], [], color="0.3", linestyle="--", label="FLOP ratio (same FLOP/s)"),
+    _legend(fig, backends, colors, [Line2D([], [], color="0.3", linestyle="--", label="FLOP ratio (same FLOP/s)"),
                             Line2D([], [], color="0.3", marker="_", markersize=12, linestyle="",
                                    label="geometric mean, 95% CI")])
     fig.suptitle("Backward vs forward: dots are cases, bars the geometric mean over cases")
     return fig
 
 
-def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
+def conv_vs_gemm(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(e) Why is a conv slower than a dense layer of the same input size? Forward pass only.
 
     Left: FLOPs per input element (a dense layer does 2·N; a conv about 2·K·R·S: R·S·K/N times more). Middle: time
@@ -296,7 +312,7 @@ def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
     both = fwd["kind"].isin(["gemm"]).any() and fwd["kind"].isin(["conv2d", "depthwise"]).any()
     if seed.empty and not both:
         return None
-    backends = backend_order(fwd["backend"])
+    backends, colors = _frameworks(fwd["backend"], order)
     panels = (2 if not seed.empty else 0) + (1 if both else 0)
     fig = _figure(5.0 * panels, 4.4)
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
@@ -315,7 +331,7 @@ def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
         scale, unit = time_unit(seed["ci_high_s"].fillna(seed["median_s"]))
         seed = seed.assign(category=seed["case"], t=seed["median_s"] * scale, lo=seed["ci_low_s"] * scale,
                            hi=seed["ci_high_s"] * scale, marker=seed["kind"].map(MARKERS).fillna("o"))
-        _dodged(ax, seed, cases, "t", "lo", "hi", backends)
+        _dodged(ax, seed, cases, "t", "lo", "hi", backends, colors)
         ax.set_yticks(range(len(cases)), cases)
         ax.set_ylim(len(cases) - 0.5, -0.5)
         ax.set_xlim(0, float(seed["hi"].fillna(seed["t"]).max()) * 1.1)
@@ -324,25 +340,26 @@ def conv_vs_gemm(frame: pd.DataFrame) -> Figure | None:
         ax = axes.pop(0)
         scale, unit = flop_unit(fwd["tflops"])
         for (backend, kind), part in fwd.groupby(["backend", "kind"]):
-            ax.scatter(part["flops"], part["tflops"] * scale, color=color(backend), marker=MARKERS.get(kind, "o"),
+            ax.scatter(part["flops"], part["tflops"] * scale, color=colors[backend], marker=MARKERS.get(kind, "o"),
                        s=20, alpha=0.8)
         ax.set(xscale="log", yscale="log", xlabel="forward FLOPs per call (log)", ylabel=f"achieved {unit} (log)",
                title="same work, different speed: GEMM vs conv")
     kinds = set(fwd["kind"]) if both else set(seed["kind"])
     extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items() if k in kinds]
-    _legend(fig, backends, extra)
+    _legend(fig, backends, colors, extra)
     fig.suptitle("Conv vs dense (GEMM) layer, forward")
     return fig
 
 
-def scaling(points: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
+def scaling(points: pd.DataFrame, fits: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(f) Time per call against the swept size (log-log), inference (forward, solid) and training (forward +
     backward, dashed) side by side; hollow markers are points left out of the fit as overhead-bound."""
     if points.empty:
         return None
     points = points.assign(panel=panel_labels(points))
     sweeps = list(dict.fromkeys(points["sweep"]))
-    panels, backends = sorted(points["panel"].unique()), backend_order(points["backend"])
+    panels = sorted(points["panel"].unique())
+    backends, colors = _frameworks(points["backend"], order)
     phases = [p for p in ("inference", "training") if p in set(points["phase"])]
     fig = _figure(4.6 * len(sweeps) * len(phases), 4.0 * len(panels) + 0.8)
     axes = fig.subplots(len(panels), len(sweeps) * len(phases), squeeze=False)
@@ -360,11 +377,11 @@ def scaling(points: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
                                & (panel_labels(fits) == panel)] if not fits.empty else fits
                     slope = fit["slope"].iloc[0] if len(fit) else math.nan
                     label = backend + (f" (slope {slope:.2f})" if np.isfinite(slope) else " (too few points)")
-                    ax.plot(part["size"], part["time_s"] * scale, color=color(backend), linewidth=1, label=label)
-                    for fitted, face in ((True, color(backend)), (False, "white")):
+                    ax.plot(part["size"], part["time_s"] * scale, color=colors[backend], linewidth=1, label=label)
+                    for fitted, face in ((True, colors[backend]), (False, "white")):
                         sel = part[part["fitted"] == fitted]
                         ax.errorbar(sel["size"], sel["time_s"] * scale, linestyle="", marker="o", markersize=5,
-                                    color=color(backend), markerfacecolor=face,
+                                    color=colors[backend], markerfacecolor=face,
                                     yerr=[(sel["time_s"] - sel["low_s"]).clip(lower=0).fillna(0) * scale,
                                           (sel["high_s"] - sel["time_s"]).clip(lower=0).fillna(0) * scale])
                 if data.empty:
@@ -385,7 +402,7 @@ def scaling(points: pd.DataFrame, fits: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def training_shares(networks: pd.DataFrame) -> Figure | None:
+def training_shares(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(g) Share of a training step in forward, dX and dW per complete network and framework (stacked bars)."""
     train = networks[networks["phase"] == "training step"] if not networks.empty else networks
     if train.empty:
@@ -396,7 +413,7 @@ def training_shares(networks: pd.DataFrame) -> Figure | None:
     train["label"] = train["name"].str.replace(" training step", "") + " · " + train["backend"] + \
         train["panel"].map(lambda p: f" · {p}" if p else "")
     train = train.sort_values(["panel", "name", "backend"], key=lambda c: c.map(
-        {b: i for i, b in enumerate(BACKENDS)}).fillna(9) if c.name == "backend" else c)
+        {b: i for i, b in enumerate(backend_order(train["backend"], order))}) if c.name == "backend" else c)
     fig = _figure(8.5, 0.45 * len(train) + 1.6)
     ax = fig.subplots()
     left = np.zeros(len(train))
@@ -416,13 +433,14 @@ def training_shares(networks: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def network_rollup(networks: pd.DataFrame) -> Figure | None:
+def network_rollup(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(h) One panel per complete network layer set: Σ count × time over its layers per framework variant."""
     if networks.empty:
         return None
     data = networks.assign(panel=panel_labels(networks))
     data["title"] = data["name"] + data["panel"].map(lambda p: f"\n{p}" if p else "")
-    titles, backends = sorted(data["title"].unique()), backend_order(data["backend"])
+    titles = sorted(data["title"].unique())
+    backends, colors = _frameworks(data["backend"], order)
     scale, unit = time_unit(data["time_s"])
     data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale,
                        category=data["variant"])
@@ -434,7 +452,7 @@ def network_rollup(networks: pd.DataFrame) -> Figure | None:
     for ax, title in zip(axes, titles, strict=False):
         part = data[data["title"] == title]
         cats = sorted(part["category"].unique())
-        _dodged(ax, part, cats, "t", "lo", "hi", backends)
+        _dodged(ax, part, cats, "t", "lo", "hi", backends, colors)
         ax.set_yticks(range(len(cats)), cats)
         ax.set_ylim(len(cats) - 0.5, -0.5)
         ax.set_xlim(0, float(part["hi"].fillna(part["t"]).max()) * 1.1)
@@ -442,26 +460,26 @@ def network_rollup(networks: pd.DataFrame) -> Figure | None:
         ax.set_title(title, fontsize=9)
     for ax in axes[len(titles):]:
         ax.set_visible(False)
-    _legend(fig, backends)
+    _legend(fig, backends, colors)
     fig.suptitle("Complete networks (measured layers only)\nper framework variant")
     return fig
 
 
-def first_call(frame: pd.DataFrame) -> Figure | None:
+def first_call(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     """(i) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
     data = frame.dropna(subset=["first_call_s"]) if "first_call_s" in frame else frame.iloc[0:0]
     data = data[data["first_call_s"] > 0]
     if data.empty:
         return None
     data = data.assign(label=data["backend"] + "\n" + data["mode"].astype(str))
-    backends = backend_order(data["backend"])
-    order = [lab for b in backends for lab in sorted(data.loc[data["backend"] == b, "label"].unique())]
-    fig = _figure(max(6.5, 1.1 * len(order) + 1), 4.2)
+    backends, colors = _frameworks(data["backend"], order)
+    labels = [lab for b in backends for lab in sorted(data.loc[data["backend"] == b, "label"].unique())]
+    fig = _figure(max(6.5, 1.1 * len(labels) + 1), 4.2)
     ax = fig.subplots()
-    palette = {lab: color(lab.split("\n")[0]) for lab in order}
-    sns.stripplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, alpha=0.5, size=3,
+    palette = {lab: colors[lab.split("\n")[0]] for lab in labels}
+    sns.stripplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=palette, alpha=0.5, size=3,
                   ax=ax, legend=False, log_scale=True)
-    sns.pointplot(data, x="label", y="first_call_s", order=order, hue="label", palette=palette, estimator="median",
+    sns.pointplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=palette, estimator="median",
                   errorbar=None, markers="_", markersize=18, linestyle="none", ax=ax, legend=False)
     ax.set(xlabel="framework and mode", ylabel="compile + first call (s, log)")
     fig.suptitle("First call (tracing, compilation, kernel selection)\ndots: measurements; bar: median")

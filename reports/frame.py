@@ -8,6 +8,7 @@ pooling and every figure the report states are computed from this frame in ``rep
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,24 @@ from suite.measurement import Measurement
 from suite.ops import PASSES, Conv2d, op_to_dict
 from suite.results import Results
 
-BACKENDS = ("torch", "tensorflow", "jax")  # the fixed order used in every table and figure
 PASS_LABELS = {"forward": "forward", "backward_data": "dX", "backward_weight": "dW", "backward": "dX+dW"}
 assert tuple(PASS_LABELS) == PASSES
 FIRST_LAYER_TAG = "first-layer"  # catalog tag: the network's first layer, whose input needs no gradient
 CSV_DROP = ["samples"]
+KERNEL_DETAILS = ("sdpa_backend", "implementation")  # details keys in which a backend names the kernel that ran
+MAIN_KINDS = ("gemm", "conv2d")  # the op kinds of the main questions; every other kind gets a section of its own
+
+
+def backend_order(names: Iterable[str], order: Iterable[str] = ()) -> list[str]:
+    """The frameworks among ``names`` in ``order`` (the backend registry's, passed in by the CLI), then the rest
+    alphabetically."""
+    names, order = set(names), list(order)
+    return [n for n in order if n in names] + sorted(names - set(order))
+
+
+def kernel(details: dict[str, str]) -> str:
+    """The kernel a backend recorded for a measurement (torch's SDPA choice, JAX's or TF's implementation); ''."""
+    return next((details[k] for k in KERNEL_DETAILS if details.get(k)), "")
 
 
 def machine_name(environment: dict[str, Any]) -> str:
@@ -51,7 +65,9 @@ def _row(m: Measurement, machines: dict[str, str]) -> dict[str, Any]:
         "calls_per_block": m.calls_per_block, "first_call_s": m.first_call_s, "flops": m.flops, "bytes": m.bytes,
         "input_elements": op.input_elements if op else math.nan, "dims": op_to_dict(op) if op else None,
         "samples": np.asarray(m.per_call, dtype=float), "default_variant": m.default_variant,
-        "first_layer": FIRST_LAYER_TAG in m.tags, "version": m.version,
+        "first_layer": FIRST_LAYER_TAG in m.tags, "version": m.version, "kernel": kernel(dict(m.details)),
+        # a pass the op does not have (attention's backward_data) is recorded as refused: not applicable, not a gap
+        "applies": op is None or m.pass_ in op.passes, "throttle_reasons": m.throttle_reasons,
     }
 
 
@@ -111,7 +127,7 @@ def measurements(results: Results) -> pd.DataFrame:
 def export(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame as plain columns for CSV/JSON: raw samples dropped, tuples joined with ';'."""
     out = frame.drop(columns=[c for c in CSV_DROP if c in frame], errors="ignore").copy()
-    for column in ("tags", "flags"):
+    for column in ("tags", "flags", "throttle_reasons"):
         if column in out:
             out[column] = out[column].map(";".join)
     if "dims" in out:

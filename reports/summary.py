@@ -14,16 +14,19 @@ import numpy as np
 import pandas as pd
 
 from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
-from reports.frame import BACKENDS, PASS_LABELS
+from reports.frame import PASS_LABELS, backend_order
 from suite.stats import NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
-               "attention": "attention"}
+               "attention": "attention", "rnn": "recurrent layers"}
+KIND_FIGURE = "kind-{}"  # the figure key of an op kind's section
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
                  "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
                  "short_blocks": f"a block shorter than {format_seconds(SHORT_BLOCK_S)}",
-                 "few_blocks": "too few blocks for a 95% CI"}
+                 "few_blocks": "too few blocks for a 95% CI",
+                 "throttled": "the GPU ran below the clocks it was asked for during the measurement (an NVML throttle "
+                              "reason: power cap, thermal or board limit): the time may be too slow"}
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -98,9 +101,9 @@ def block(headline: str, tables: list[dict[str, Any]] | None = None, notes: list
     return {"where": where, "headline": headline, "tables": tables or [], "notes": notes or [], "missing": missing}
 
 
-def ordered(names: Iterable[str], order: Iterable[str] = BACKENDS) -> list[str]:
-    names = set(names)
-    return [n for n in order if n in names] + sorted(names - set(order))
+def ordered(a: Analysis, names: Iterable[str]) -> list[str]:
+    """The frameworks among ``names`` in the report's order (the backend registry's)."""
+    return backend_order(names, a.order)
 
 
 def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iterable[tuple[tuple, str, pd.DataFrame]]:
@@ -124,6 +127,12 @@ def kinds_text(kinds: Iterable[str]) -> str:
     return ", ".join(KIND_LABELS.get(k, k) for k in names)
 
 
+def kind_title(kind: str) -> str:
+    """'Batched GEMMs', 'Attention': an op kind's label as a title."""
+    label = KIND_LABELS.get(kind, kind)
+    return label[:1].upper() + label[1:]
+
+
 def on(device: str) -> str:
     return "On this CPU" if str(device).startswith("cpu") else f"On this {device}"
 
@@ -141,7 +150,7 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
                       missing=True)]
     blocks = []
     for key, where, group in groups(s, CONFIG, a.pooled):
-        backends = ordered(group["backend"])
+        backends = ordered(a, group["backend"])
         wins = group.groupby("backend")["wins"].sum()
         compared = int(group.groupby(["pass", "kind"])["cases"].max().sum())
         order = sorted(backends, key=lambda b: -wins.get(b, 0))
@@ -151,7 +160,7 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
         parts = [f"{b} " + " and ".join(f"{speedup_text(r.geomean)} on {KIND_LABELS[r.kind]}"
                                          for r in fwd[fwd["backend"].eq(b)].sort_values("kind", key=lambda k: k.map(
                                              {"gemm": 0, "conv2d": 1})).itertuples())
-                 for b in ordered(fwd["backend"])]
+                 for b in ordered(a, fwd["backend"])]
         if parts:
             head += f" Forward pass against {base} (geomeans): " + "; ".join(parts) + "."
         rows = []
@@ -190,7 +199,7 @@ def variant_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
     rows = [[cell(r.backend, num=False), cell(r.variant, num=False),
              cell({True: "yes", False: "no"}.get(r.default, "not recorded"), num=False), cell(r.tried),
              cell(r.won, bold=r.won > 0)] for r in v.sort_values(["backend", "variant"], key=lambda c: c.map(
-                 {b: i for i, b in enumerate(BACKENDS)}) if c.name == "backend" else c).itertuples()]
+                 {b: i for i, b in enumerate(a.order)}) if c.name == "backend" else c).itertuples()]
     out = [table(["framework", "variant (mode · layout · options)", "default", "case×pass measured", "fastest in"],
                  rows, caption="Fair comparison: each framework enters every comparison with its fastest variant "
                                "among those measured here; repeated runs of one variant are pooled, not picked.")]
@@ -262,7 +271,7 @@ def ratio_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
     whiches = [w for w in PASS_LABELS if w in set(group["which"])]
     cells = {(r.backend, r.which): r for r in group.itertuples()}
     rows = []
-    for b in ordered(group["backend"]):
+    for b in ordered(a, group["backend"]):
         row = [cell(b, num=False)]
         for w in whiches:
             r = cells.get((b, w))
@@ -298,8 +307,9 @@ def conv(a: Analysis) -> list[dict[str, Any]]:
                          cell(f"{g['flop_ratio'].iloc[0]:.1f}×")] + [
                 cell(f"{by.loc[b, 'ratio']:.2f}×", ci_text(by.loc[b, "low"], by.loc[b, "high"]),
                      bold=by.loc[b, "verdict"] == "slower") if b in by.index else cell("–")
-                for b in ordered(group["backend"])])
-        columns = ["framing", "conv vs dense", "FLOP ratio"] + [f"{b}: time ratio" for b in ordered(group["backend"])]
+                for b in ordered(a, group["backend"])])
+        columns = ["framing", "conv vs dense", "FLOP ratio"] + [
+            f"{b}: time ratio" for b in ordered(a, group["backend"])]
         seeds = seed_table(a, key)
         blocks.append(block(" ".join(sentences[:2]), [table(columns, rows, stacked=True, caption=(
             "Forward pass, each framework's fastest variant: time(conv) / time(dense), 95% bootstrap CI; bold: the "
@@ -324,7 +334,7 @@ def seed_table(a: Analysis, key: tuple) -> list[dict[str, Any]]:
              & (p[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)]
     if seed.empty:
         return []
-    backends = ordered(seed["backend"])
+    backends = ordered(a, seed["backend"])
     rows = []
     for case, cg in seed.sort_values("flops").groupby("case", sort=False):
         first, by = cg.iloc[0], cg.set_index("backend")
@@ -498,6 +508,88 @@ def reliability(a: Analysis) -> list[dict[str, Any]]:
                   notes)]
 
 
+def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
+    """An op kind beyond GEMM and conv: achieved FLOP/s per framework and pass (each framework's fastest variant,
+    geomean over cases), backward/forward time, the kernel each backend recorded; passes the op does not have are
+    not applicable, and a framework's own layout for the op is named, not compared."""
+    label = KIND_LABELS.get(kind, kind)
+    t = a.kind_throughput[a.kind_throughput["op"].eq(kind)] if len(a.kind_throughput) else a.kind_throughput
+    frame = a.measurements
+    refused = frame[frame["op"].eq(kind) & ~frame["applies"]]
+    notes = []
+    if len(refused):
+        passes = [PASS_LABELS[p] for p in PASS_LABELS if p in set(refused["pass"])]
+        notes.append(f"{' and '.join(passes)} do not apply to {label}: its {len(refused)} records of them are "
+                     f"refusals by design, not gaps or failures ({refused['reason'].dropna().iloc[0]}).")
+    if t.empty:
+        return [block(f"No successful measurement of {label} in these results.", notes=notes, missing=True)]
+    blocks = []
+    for key, where, group in groups(t, CONFIG, a.pooled):
+        backends, passes = ordered(a, group["backend"]), [p for p in PASS_LABELS if p in set(group["pass"])]
+        by = group.set_index(["backend", "pass"])
+        lead = "forward" if "forward" in passes else passes[0]
+        first = group[group["pass"].eq(lead)].sort_values("tflops", ascending=False)
+        head = (f"{on(key[1])}, {label} {PASS_LABELS[lead]} ({int(first['cases'].max())} cases, geomean): "
+                + ", ".join(f"{r.backend} {flops_text(r.tflops)}" for r in first.itertuples()) + ".")
+        r = a.kind_ratios
+        ratios = r[(r[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1) & r["kind"].eq(kind)] if len(r) else r
+        whiches = [w for w in PASS_LABELS if w in set(ratios["which"])]
+        if "backward" in whiches:
+            full = ratios[ratios["which"].eq("backward")]
+            head += (f" Backward takes {span(full['geomean'])} the forward time across frameworks, against a FLOP "
+                     f"ratio of {full['flop_ratio'].median():.2g}×.")
+        cells = ratios.set_index(["backend", "which"])
+        rows = []
+        for b in backends:
+            layouts = sorted({lay for p in passes if (b, p) in by.index for lay in by.loc[(b, p), "layouts"]})
+            kernels = sorted({k for p in passes if (b, p) in by.index for k in by.loc[(b, p), "kernels"]})
+            row = [cell(b, num=False), cell(", ".join(layouts), num=False),
+                   cell(", ".join(kernels) or "not recorded", num=False)]
+            for p in passes:
+                if (b, p) in by.index:
+                    x = by.loc[(b, p)]
+                    row.append(cell(flops_text(x["tflops"]), f"{flops_text(x['low'])}–{flops_text(x['high'])}"
+                                    if np.isfinite(x["low"]) else f"{x['cases']} case{'s' if x['cases'] != 1 else ''}"))
+                else:
+                    row.append(cell("–"))
+            row += [cell(f"{cells.loc[(b, w), 'geomean']:.2f}×", ci_text(cells.loc[(b, w), "low"],
+                                                                          cells.loc[(b, w), "high"]))
+                    if (b, w) in cells.index else cell("–") for w in whiches]
+            rows.append(row)
+        flop = ratios.groupby("which")["flop_ratio"].median()
+        columns = ["framework", "layout", "kernel recorded"] + [f"{PASS_LABELS[p]} FLOP/s" for p in passes] + [
+            f"{PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.2g}×)" for w in whiches]
+        own = {b: set(group.loc[group["backend"].eq(b), "layouts"].sum()) for b in backends}
+        layout_notes = []
+        if all(len(v) == 1 for v in own.values()) and len({min(v) for v in own.values()}) > 1:
+            layout_notes.append(f"Each framework runs {label} in its own native layout (" + "; ".join(
+                f"{b} {min(own[b])}" for b in backends) + "): one variant per framework, not layouts to compare.")
+        blocks.append(block(head, [table(columns, rows, stacked=True, caption=(
+            "Each framework's fastest variant per case: geometric mean over cases of achieved FLOP/s (useful FLOPs "
+            "/ median time; 95% bootstrap CI over cases from 3 cases on), and of time(pass) / time(forward) of the "
+            "same case and variant; the kernel is what the backend recorded (torch's SDPA choice, the "
+            "implementation JAX or TensorFlow ran)."))], [*layout_notes, *notes], where))
+    return blocks
+
+
+def cache_state(a: Analysis) -> str:
+    """Which L2 state the GPU numbers are in (warm: operands may stay in L2 between calls; cold: cleared before every
+    call); '' without GPU results."""
+    frame = a.measurements
+    gpu = frame[frame["device"].astype(str).str.startswith("gpu") & frame["status"].eq("ok")] if len(frame) else frame
+    states = gpu["l2"].value_counts() if len(gpu) else {}
+    words = {"warm": "a warm L2 cache (operands may stay in the GPU's L2 between calls, as they seldom do inside a "
+                     "network; --l2 cold clears it)",
+             "cold": "a cold L2 cache (cleared before every call by writing a buffer larger than L2, outside the "
+                     "timed region)"}
+    if len(states) == 1:
+        return f"GPU numbers are with {words.get(states.index[0], states.index[0] + ' L2')}."
+    if len(states) > 1:
+        return "GPU numbers are in two L2 states, never pooled or compared: " + "; ".join(
+            f"{n} measurements with {words.get(state, state + ' L2')}" for state, n in states.items()) + "."
+    return ""
+
+
 QUESTIONS = [  # id, question, answer, the figure that belongs to it
     ("speed", "Which framework is fastest, where, and by how much?", speed, "speedup"),
     ("backward", "Forward or backward: which takes the time in training?", backward, "training_shares"),
@@ -510,6 +602,11 @@ QUESTIONS = [  # id, question, answer, the figure that belongs to it
 
 
 def answers(a: Analysis) -> list[dict[str, Any]]:
-    """Every question with its blocks and the key of its figure."""
-    return [{"id": qid, "question": question, "blocks": answer(a), "figure": figure}
-            for qid, question, answer, figure in QUESTIONS]
+    """Every question with its blocks and the key of its figure; after the whole networks, one section per op kind
+    beyond GEMM and conv present in the results."""
+    out = [{"id": qid, "question": question, "blocks": answer(a), "figure": figure}
+           for qid, question, answer, figure in QUESTIONS]
+    at = next(i for i, q in enumerate(out) if q["id"] == "networks") + 1
+    out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
+                   "blocks": kind_section(a, kind), "figure": KIND_FIGURE.format(kind)} for kind in a.kinds]
+    return out

@@ -518,7 +518,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from reports.site import build_site
 
         with err_console.status(f"building the report from {len(results.measurements)} measurements"):
-            index = build_site(args.results, out, baseline=baseline)
+            index = build_site(results, out, baseline=baseline, order=backends.REGISTRY)  # read once, above
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.split(".")[0] in ("suite", "reports", "backends"):
             raise

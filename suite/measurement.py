@@ -61,6 +61,8 @@ class Measurement:
     first_call_s: float
     default_variant: bool | None  # None in results written before it was recorded
     version: str  # the framework's version as its worker reported it ("" where unknown)
+    details: tuple[tuple[str, str], ...]  # what the backend recorded about the run (e.g. the kernel it chose)
+    throttle_reasons: tuple[str, ...]  # GPU: NVML throttle reasons seen at the start or end of the measurement
 
     @classmethod
     def from_record(cls, m: dict[str, Any]) -> Measurement:
@@ -82,6 +84,8 @@ class Measurement:
             check_error=max(map(_float, (check.get("errors") or {}).values()), default=math.nan),
             first_call_s=_float(m.get("first_call_s")), default_variant=m.get("default_variant"),
             version=str((m.get("versions") or {}).get(m["backend"], "")),
+            details=tuple(sorted((str(k), str(v)) for k, v in (m.get("details") or {}).items())),
+            throttle_reasons=tuple((m.get("gpu_state") or {}).get("throttled") or ()),
         )
 
     @property
