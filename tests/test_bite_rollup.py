@@ -5,25 +5,24 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from reports.analysis import SET_COLUMNS, network_rollup
+from reports.analysis import CONFIG, layer_sets, network_rollup
+from reports.frame import FIRST_LAYER_TAG
+from suite.catalog import Case, Provenance
+from suite.ops import Gemm
 
-CONFIG = {"machine": "m", "device": "cpu", "dtype": "fp32", "math": "strict", "threads": 2}
+SAME = {name: "same" for name in CONFIG}  # one machine, device, dtype, ...: what a total never crosses
 # A training set of two layers (a is the network's first layer, so one of its 3 uses computes no dX) and an inference
 # set of one layer used 4 times. Times are powers of ten per layer and pass, so every weight shows in the total.
-SETS = pd.DataFrame([
-    {"set": "net · training step", "network": "net", "phase": "training step", "case": "a", "count": 3,
-     "first_layer": True},
-    {"set": "net · training step", "network": "net", "phase": "training step", "case": "b", "count": 2,
-     "first_layer": False},
-    {"set": "net · inference", "network": "net", "phase": "inference", "case": "c", "count": 4, "first_layer": False},
-], columns=SET_COLUMNS)
+SETS = layer_sets([Case("a", Gemm(8, 8, 8), Provenance("net", "a", "s"), 3, ("modern", "train", FIRST_LAYER_TAG)),
+                   Case("b", Gemm(8, 8, 16), Provenance("net", "b", "s"), 2, ("modern", "train")),
+                   Case("c", Gemm(8, 8, 24), Provenance("net", "c", "s"), 4, ("modern", "inference"))])
 TIMES = {("a", "forward"): 1.0, ("a", "backward_data"): 10.0, ("a", "backward_weight"): 100.0,
          ("b", "forward"): 1e3, ("b", "backward_data"): 1e4, ("b", "backward_weight"): 1e5, ("c", "forward"): 5.0}
 
 
 def pooled(backend: str, times: dict[tuple[str, str], float]) -> pd.DataFrame:
-    return pd.DataFrame([{**CONFIG, "backend": backend, "case": case, "pass": pass_, "kind": "conv2d",
-                          "mode": "eager", "layout": "NCHW", "options": "", "median_s": t, "ci_low_s": t / 2,
+    return pd.DataFrame([{**SAME, "backend": backend, "case": case, "pass": pass_, "kind": "gemm",
+                          "mode": "eager", "layout": "row-major", "options": "", "median_s": t, "ci_low_s": t / 2,
                           "ci_high_s": 2 * t} for (case, pass_), t in times.items()])
 
 
