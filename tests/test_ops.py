@@ -57,6 +57,9 @@ def test_dilation():
         ({"stride": (0, 1)}, "stride"),
         ({"h": 0}, "h must be >= 1"),
         ({"padding": (-1, 0, 0, 0)}, "padding"),
+        ({"dilation": (0, 1)}, "dilation must be two integers >= 1"),
+        ({"dilation": (2,)}, "dilation must be two integers >= 1"),
+        ({"groups": 2, "k": 5}, "divisible by groups"),  # channels divide, filters do not
     ],
 )
 def test_impossible_convs_are_rejected(kwargs, message):
@@ -82,3 +85,15 @@ def test_equivalent_gemm_of_a_grouped_conv():
     grouped = Conv2d(n=2, c=8, h=4, w=4, k=12, r=3, s=3, padding=(1, 1, 1, 1), groups=4)
     assert grouped.equivalent_gemm() == Gemm(m=32, n=12, k=18)
     assert grouped.equivalent_gemm().flops() == grouped.flops() == 2 * 32 * 12 * 18
+
+
+def test_edge_shapes_and_descriptions():
+    assert Conv2d(n=1, c=4, h=5, w=3, k=4, r=3, s=3).out_shape == (1, 4, 3, 1)  # a one-wide output is a valid conv
+    with pytest.raises(ValueError, match="m must be >= 1, got 0"):
+        Gemm(0, 1, 1)
+    with pytest.raises(ValueError, match="k must be >= 1, got -2"):
+        Gemm(1, 1, -2)
+    assert Gemm(3, 5, 7).describe() == "3×5×7" and Gemm(3, 5, 7, True, True).describe() == "3×5×7 ᵀAᵀB"
+    grouped = Conv2d(n=1, c=4, h=8, w=8, k=4, r=3, s=3, stride=(2, 2), groups=2)
+    assert grouped.describe() == "N1 C4 8×8 → K4 3×3 /2 g2"
+    assert Conv2d(n=1, c=4, h=8, w=8, k=4, r=3, s=3, groups=4).describe().endswith(" dw")

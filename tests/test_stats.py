@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from suite.stats import (
     NOISY_REL_IQR,
@@ -112,3 +113,23 @@ def test_ratio_ci_is_seeded_and_narrows_with_more_blocks():
 ])
 def test_format_seconds(seconds, text):
     assert format_seconds(seconds) == text
+
+
+def test_ratio_ci_needs_two_blocks_on_each_side():
+    assert all(np.isfinite(ratio_ci(np.array([1.0, 2.0]), np.array([1.0, 3.0]))))
+    for num, den in (([1.0, 2.0, 3.0], [2.0]), ([2.0], [1.0, 2.0, 3.0])):
+        point, low, high = ratio_ci(np.array(num), np.array(den))
+        assert point == np.median(num) / np.median(den) and math.isnan(low) and math.isnan(high)
+
+
+def test_ratio_ci_is_a_seeded_95_percent_percentile_bootstrap_of_the_median_ratio():
+    rng = np.random.default_rng(7)
+    slow, fast = rng.lognormal(1.0, 0.3, 15), rng.lognormal(0.0, 0.3, 12)
+    expected = sps.bootstrap((slow, fast), lambda a, b, axis=-1: np.median(a, axis=axis) / np.median(b, axis=axis),
+                             confidence_level=0.95, n_resamples=2000, method="percentile", vectorized=True,
+                             rng=np.random.default_rng(0)).confidence_interval
+    point, low, high = ratio_ci(slow, fast)
+    assert point == np.median(slow) / np.median(fast)
+    assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
+    narrower = ratio_ci(slow, fast, confidence=0.5)
+    assert low < narrower[1] < narrower[2] < high
