@@ -529,7 +529,8 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
         by = group.set_index(["backend", "pass"])
         lead = "forward" if "forward" in passes else passes[0]
         first = group[group["pass"].eq(lead)].sort_values("tflops", ascending=False)
-        head = (f"{on(key[1])}, {label} {PASS_LABELS[lead]} ({int(first['cases'].max())} cases, geomean): "
+        cases = int(first["cases"].max())
+        head = (f"{on(key[1])}, {label} {PASS_LABELS[lead]} ({cases} case{'s' if cases != 1 else ''}, geomean): "
                 + ", ".join(f"{r.backend} {flops_text(r.tflops)}" for r in first.itertuples()) + ".")
         r = a.kind_ratios
         ratios = r[(r[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1) & r["kind"].eq(kind)] if len(r) else r

@@ -3,6 +3,7 @@ overhead-floor exclusion, peaks), the sentences, and the static site on the gold
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from reports import analysis, figures, peak, summary
+from reports import analysis, figures, peak, site, summary
 from reports.site import FIGURES, build_site
+from suite import ops
 from suite.catalog import Case, Provenance
+from suite.cli import main
 from suite.measurement import Measurement
-from suite.ops import Attention, Conv2d, Gemm, op_to_dict
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, op_to_dict
 from suite.results import Results
 from suite.stats import format_seconds
 
@@ -29,7 +33,7 @@ HEADER = {"record": "header", "run_id": "r1", "environment": {
 
 
 # ------------------------------------------------------------------------------------------------ hand-made records
-def record(case: str, backend: str, pass_: str, median: float, op: Gemm | Conv2d = SMALL, *,
+def record(case: str, backend: str, pass_: str, median: float, op: ops.Op = SMALL, *,
            count: int = 1, tags: tuple[str, ...] = (), mode: str = "eager", layout: str = "row-major",
            math: str = "strict", run_id: str = "r1", network: str = "Net", default: bool | None = True,
            blocks: tuple[float, ...] = (0.98, 0.99, 1.0, 1.01, 1.02)) -> dict:
@@ -331,3 +335,198 @@ def test_site(golden: analysis.Analysis, tmp_path: Path) -> None:
 def test_site_with_only_failures(tmp_path: Path) -> None:
     html = build_site([GOLDEN / "handmade_failures.jsonl"], tmp_path / "site").read_text()
     assert "No successful measurement" in html and "HAND-MADE" in html
+
+
+# -------------------------------------------------------------------------------------- op kinds beyond GEMM and conv
+REGISTRY_ORDER = ("torch", "tensorflow", "jax")  # what the CLI passes from the backend registry
+ATTENTION = Attention(1, 2, 8, 8, 4)
+BGEMM = BatchedGemm(4, 16, 16, 16)
+
+
+def refused(case_id: str, backend: str, pass_: str, op: Attention = ATTENTION, layout: str = "BHLD") -> dict:
+    """The record a backend leaves for a pass the op does not have: unsupported, with the op's reason."""
+    base = record(case_id, backend, "forward", 1.0, op, layout=layout)
+    return {**{k: v for k, v in base.items() if k not in ("block_times", "stats")}, "pass": pass_, "flops": None,
+            "bytes": None, "status": "unsupported", "reason": op.no_pass_reason}
+
+
+def kind_records() -> list[dict]:
+    """Attention in torch (BHLD, flash) and JAX (BLHD, XLA), with the passes attention lacks refused; one bgemm."""
+    out = []
+    for backend, layout, details, scale in (("torch", "BHLD", {"sdpa_backend": "flash_attention"}, 1.0),
+                                            ("jax", "BLHD", {"implementation": "xla", "compile_s": 0.1}, 2.0)):
+        for pass_, t in (("forward", 1e-3), ("backward", 3e-3)):
+            out.append({**record("A", backend, pass_, scale * t, ATTENTION, layout=layout), "details": details})
+        out += [refused("A", backend, p, layout=layout) for p in ("backward_data", "backward_weight")]
+    return [*out, record("B", "torch", "forward", 2e-3, BGEMM)]
+
+
+def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
+    a = analysis.analyze(results(*kind_records()), cases=(), order=REGISTRY_ORDER)
+    assert a.kinds == ["bgemm", "attention"]
+    t = a.kind_throughput.set_index(["op", "backend", "pass"])
+    assert t.loc[("attention", "torch", "forward"), "tflops"] == pytest.approx(ATTENTION.flops() / 1e-3 / 1e12)
+    assert t.loc[("attention", "jax", "backward"), "tflops"] == pytest.approx(ATTENTION.flops("backward") / 6e-3 / 1e12)
+    assert t.loc[("attention", "torch", "forward"), "kernels"] == ["flash_attention"]
+    assert t.loc[("attention", "jax", "forward"), "kernels"] == ["xla"]  # compile_s is a detail, not a kernel
+    assert t.loc[("bgemm", "torch", "forward"), "tflops"] == pytest.approx(BGEMM.flops() / 2e-3 / 1e12)
+    r = a.kind_ratios.set_index(["kind", "backend", "which"])
+    assert r.loc[("attention", "torch", "backward"), "geomean"] == pytest.approx(3.0)
+    assert r.loc[("attention", "jax", "backward"), "flop_ratio"] == 2.0
+    assert set(r.index.get_level_values("which")) == {"backward"}  # dX and dW were refused, not measured
+    assert set(r.index.get_level_values("kind")) == {"attention"}  # the bgemm has no backward here
+
+    [block] = summary.kind_section(a, "attention")
+    text = json.dumps(block, ensure_ascii=False)
+    assert block["headline"].startswith("On this CPU, attention forward (1 case, geomean): torch 0.00205 GFLOP/s, "
+                                        "jax 0.00102 GFLOP/s.")  # 4·B·H·Lq·Lk·D = 2048 FLOPs in 1 ms and 2 ms
+    assert "3.00×" in text  # backward / forward time
+    assert "flash_attention" in text and '"xla"' in text
+    assert any("native layout (torch BHLD; jax BLHD)" in n for n in block["notes"])
+    assert any("dX and dW do not apply to attention: its 4 records" in n for n in block["notes"])
+    questions = [q for q in summary.answers(a) if q["id"].startswith("kind-")]
+    assert [(q["id"], q["figure"]) for q in questions] == [("kind-bgemm", "kind-bgemm"),
+                                                           ("kind-attention", "kind-attention")]
+    assert questions[0]["question"].startswith("Batched GEMMs:")
+
+
+def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> None:
+    a = analysis.analyze(results(*kind_records()), cases=())
+    assert a.quality["not_run"] == {} and a.quality["not_applicable"] == 4
+    assert not [w for w in site.warning_rows(a) if w["what"] == "unsupported"]
+    cells = {(c["backend"], c["pass"]): cell for t in site.case_tables(a) for r in t["rows"] if r["case"] == "A"
+             for c, cell in zip(t["columns"], r["cells"], strict=True)}
+    assert cells[("torch", "backward_data")]["text"] == "n/a"
+    assert "no weight" in cells[("jax", "backward_weight")]["title"]
+    assert cells[("torch", "forward")]["sort"] == pytest.approx(1e-3)
+    broken = {**refused("A", "torch", "backward"), "reason": "RuntimeError: boom"}  # a pass it has: a real gap
+    kept = [r for r in kind_records() if (r["backend"], r["pass"]) != ("torch", "backward")]
+    b = analysis.analyze(results(*kept, {**broken, "status": "error"}), cases=())
+    assert b.quality["not_run"] == {"error": 1}
+    assert any(w["reason"] == "RuntimeError: boom" for w in site.warning_rows(b))
+    html = build_site(results(*kind_records()), tmp_path / "site", cases=()).read_text()
+    assert "4 not applicable" in html and 'src="figures/kind-attention.png"' in html
+    assert 'id="q-kind-attention"' in html and 'id="q-kind-bgemm"' in html
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    """A made-up op kind with forward and backward only: the report must give it a section with no code of its own."""
+
+    size: int
+    kind = "toy"
+    passes = ("forward", "backward")
+    no_pass_reason = "toy has one backward"
+
+    @property
+    def input_elements(self) -> int:
+        return self.size
+
+    def flops(self, pass_: str = "forward") -> int:
+        return self.size * (2 if pass_ == "backward" else 1)
+
+    def min_bytes(self, pass_: str, itemsize: int) -> int:
+        return itemsize * self.size
+
+    def describe(self) -> str:
+        return f"toy {self.size}"
+
+
+def test_a_new_op_kind_gets_its_section_without_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(ops.OP_KINDS, "toy", Toy)
+    records = [record(f"T{n}", b, p, t * n * f, Toy(1000 * n), layout="seq")
+               for n in (1, 2, 3) for b, f in (("torch", 1), ("tensorflow", 2)) for p, t in (("forward", 1e-6),
+                                                                                             ("backward", 2e-6))]
+    a = analysis.analyze(results(*records), cases=(), order=REGISTRY_ORDER)
+    assert a.kinds == ["toy"]
+    t = a.kind_throughput.set_index(["backend", "pass"])
+    assert t.loc[("torch", "forward"), "tflops"] == pytest.approx(1e9 / 1e12)
+    assert t.loc[("torch", "forward"), "cases"] == 3
+    assert t.loc[("tensorflow", "forward"), "low"] == pytest.approx(0.5e9 / 1e12)  # equal values: a point CI
+    [block] = summary.kind_section(a, "toy")
+    assert block["headline"].startswith("On this CPU, toy forward (3 cases, geomean): torch 1 GFLOP/s, tensorflow")
+    assert "Backward takes 2.00× the forward time" in block["headline"] and not block["notes"]
+    html = build_site(results(*records), tmp_path / "site", cases=()).read_text()
+    assert 'id="q-kind-toy"' in html and (tmp_path / "site" / "figures" / "kind-toy.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ GPU state
+def gpu(rec: dict, l2: str = "warm", throttled: tuple[str, ...] = ()) -> dict:
+    flags = [*rec["stats"]["flags"], *(["throttled"] if throttled else [])]
+    return {**rec, "device": "gpu", "l2": l2, "stats": {**rec["stats"], "flags": flags},
+            "gpu_state": {"throttled": list(throttled), "gpu": "NVML device 0"}}
+
+
+def test_throttled_measurements_are_warnings_with_the_reasons() -> None:
+    a = analysis.analyze(results(gpu(record("G", "torch", "forward", 1e-3), throttled=("sw_power_cap",)),
+                                 gpu(record("H", "torch", "forward", 1e-3))), cases=())
+    [warning] = [w for w in site.warning_rows(a) if w["what"] == "throttled"]
+    assert warning["measurement"].startswith("G ·") and "power cap" in warning["reason"]
+    assert warning["reason"].endswith("(NVML: sw_power_cap)")
+    assert "throttled" in json.dumps(summary.reliability(a)) and a.measurements["throttle_reasons"].map(len).sum() == 1
+
+
+@pytest.mark.parametrize("states, words", [
+    ((), ""), (("warm",), "GPU numbers are with a warm L2 cache"), (("cold",), "GPU numbers are with a cold L2 cache"),
+    (("warm", "cold"), "GPU numbers are in two L2 states, never pooled or compared: 1 measurements with a warm")])
+def test_the_report_says_which_l2_state_gpu_numbers_are_in(states: tuple[str, ...], words: str) -> None:
+    records = [record("C", "torch", "forward", 1e-3)] + [gpu(record("G", "torch", "forward", 1e-3), l2=s)
+                                                          for s in states]
+    text = summary.cache_state(analysis.analyze(results(*records), cases=()))
+    assert text.startswith(words) if words else text == ""
+    if len(states) == 2:
+        assert "1 measurements with a cold L2 cache (cleared before every call" in text
+
+
+NVML = {"driver": "550.54.15", "cuda_driver": "12.4", "gpus": [
+    {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 * 2**30, "max_sm_clock_mhz": 1980,
+     "applications_sm_clock_mhz": 1980, "default_applications_sm_clock_mhz": 1755, "clocks_locked": True,
+     "power_limit_w": 700.0}]}
+
+
+def test_environment_shows_the_gpu_driver_cuda_cudnn_and_clock_lock() -> None:
+    env = {**HEADER["environment"], "gpus": [{"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15"}],
+           "nvml": NVML}
+    res = Results(headers=[{**HEADER, "environment": env}],
+                  workers=[{"record": "worker", "run_id": "r1", "backend": "torch", "device": "gpu",
+                            "versions": {"torch": "2.13.0", "cuda": "12.4", "cudnn": "90100"}},
+                           {"record": "worker", "run_id": "r1", "backend": "jax", "device": "gpu",
+                            "versions": {"jax": "0.10.2"}}],
+                  measurements=[gpu(record("G", "torch", "forward", 1e-3))])
+    [machine] = site.environments(analysis.analyze(res, cases=()))
+    facts = machine["facts"]
+    assert facts["GPUs"] == ("NVIDIA H100 80GB HBM3 (80.0 GiB, max SM clock 1980 MHz, clocks locked (applications "
+                             "clocks set), power limit 700.0 W)")
+    assert facts["GPU driver"] == "550.54.15, CUDA driver API 12.4"
+    assert facts["CUDA / cuDNN (frameworks)"] == "torch: CUDA 12.4, cuDNN 90100"
+    cpu_only = site.environments(analysis.analyze(results(record("G", "torch", "forward", 1e-3)), cases=()))
+    assert cpu_only[0]["facts"]["GPUs"] == "none" and "GPU driver" not in cpu_only[0]["facts"]
+
+
+# ------------------------------------------------------------------------------------------------ backend order
+def test_backend_order_comes_from_the_caller_and_plugins_get_their_own_colour() -> None:
+    records = [record("G", b, "forward", t) for b, t in (("numpy", 4.0), ("jax", 1.0), ("torch", 2.0))]
+    a = analysis.analyze(results(*records), cases=(), order=("torch", "tensorflow", "jax", "numpy"))
+    assert a.order == ("torch", "jax", "numpy")
+    assert analysis.analyze(results(*records), cases=()).order == ("jax", "numpy", "torch")  # none given: by name
+    [block] = summary.speed(a)
+    assert [c for c in block["tables"][0]["columns"] if c.endswith("wins")] == ["torch wins", "jax wins", "numpy wins"]
+    fig = figures.throughput(a.pooled, a.order)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["torch", "jax", "numpy"]
+    colors = figures.palette(("torch", "tensorflow", "jax", "numpy", "mine"))
+    rgb = {b: np.array(to_rgb(c)) for b, c in colors.items()}
+    for plugin in ("numpy", "mine"):
+        assert colors[plugin] not in figures.COLORS.values()
+        assert np.linalg.norm(rgb[plugin] - rgb["torch"]) > 0.4  # not a shade of torch's vermillion
+    assert colors["numpy"] != colors["mine"] and figures.color("numpy", a.order) == colors["numpy"]
+
+
+def test_report_command_reads_the_results_once_in_registry_order(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    def again(paths: object) -> None:
+        raise AssertionError(f"the report read {paths} a second time")
+
+    monkeypatch.setattr(site, "read_many", again)
+    assert main(["report", str(GOLDEN / "seed_3fw.jsonl"), "-o", str(tmp_path / "site")]) == 0
+    lede = (tmp_path / "site" / "index.html").read_text().split('class="lede">', 1)[1].split("</p>", 1)[0]
+    assert "by torch, tensorflow, jax on 1 machine" in lede
