@@ -573,7 +573,8 @@ def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | N
     return Analysis(results=results, baseline=baseline, order=tuple(tidy_frame.backend_order(present, order)),
                     measurements=frame, pooled=pooled,
                     speedups=speedup_summary(pooled), variants=variants(pooled),
-                    variant_effects=variant_effects(pooled), ratios=ratios, ratio_summary=ratio_summary(ratios),
+                    variant_effects=variant_effects(pooled), ratios=ratios,
+                    ratio_summary=ratio_summary(ratios[~ratios["kind"].isin(kinds)]),  # GEMM, conv; the rest apart
                     kinds=kinds, kind_throughput=kind_throughput(pooled, kinds),
                     kind_ratios=ratio_summary(ratios[ratios["kind"].isin(kinds)], by=("kind",)),
                     networks=networks, partial_networks=partial, scaling_points=points, scaling=scaling_fits(points),

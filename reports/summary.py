@@ -20,6 +20,8 @@ from suite.stats import NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_s
 KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
                "attention": "attention", "rnn": "recurrent layers"}
 KIND_FIGURE = "kind-{}"  # the figure key of an op kind's section
+# In an op kind's own section "backward" is all its gradients (attention's dQ, dK and dV), not always dX+dW.
+KIND_PASS_LABELS = {**PASS_LABELS, "backward": "backward"}
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
                  "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
@@ -282,8 +284,8 @@ def ratio_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
     columns = ["framework"] + [c for w in whiches for c in (f"{PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.0f}×)",
                                                              f"{PASS_LABELS[w]}: % of forward FLOP/s")]
     return [table(columns, rows, stacked=True,
-                  caption="Per op: geometric mean over cases of time(pass) / time(forward), same case and variant, "
-                          "95% bootstrap CI; a time ratio equal to the FLOP ratio means equal FLOP/s.")]
+                  caption="Per GEMM and conv: geometric mean over cases of time(pass) / time(forward), same case and "
+                          "variant, 95% bootstrap CI; a time ratio equal to the FLOP ratio means equal FLOP/s.")]
 
 
 def conv(a: Analysis) -> list[dict[str, Any]]:
@@ -518,23 +520,23 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
     refused = frame[frame["op"].eq(kind) & ~frame["applies"]]
     notes = []
     if len(refused):
-        passes = [PASS_LABELS[p] for p in PASS_LABELS if p in set(refused["pass"])]
-        notes.append(f"{' and '.join(passes)} do not apply to {label}: its {len(refused)} records of them are "
-                     f"refusals by design, not gaps or failures ({refused['reason'].dropna().iloc[0]}).")
+        passes = [KIND_PASS_LABELS[p] for p in KIND_PASS_LABELS if p in set(refused["pass"])]
+        notes.append(f"Not applicable, not gaps: the {len(refused)} records of {' and '.join(passes)} of {label} are "
+                     f"refusals by design ({refused['reason'].dropna().iloc[0]}).")
     if t.empty:
         return [block(f"No successful measurement of {label} in these results.", notes=notes, missing=True)]
     blocks = []
     for key, where, group in groups(t, CONFIG, a.pooled):
-        backends, passes = ordered(a, group["backend"]), [p for p in PASS_LABELS if p in set(group["pass"])]
+        backends, passes = ordered(a, group["backend"]), [p for p in KIND_PASS_LABELS if p in set(group["pass"])]
         by = group.set_index(["backend", "pass"])
         lead = "forward" if "forward" in passes else passes[0]
         first = group[group["pass"].eq(lead)].sort_values("tflops", ascending=False)
         cases = int(first["cases"].max())
-        head = (f"{on(key[1])}, {label} {PASS_LABELS[lead]} ({cases} case{'s' if cases != 1 else ''}, geomean): "
+        head = (f"{on(key[1])}, {label} {KIND_PASS_LABELS[lead]} ({cases} case{'s' if cases != 1 else ''}, geomean): "
                 + ", ".join(f"{r.backend} {flops_text(r.tflops)}" for r in first.itertuples()) + ".")
         r = a.kind_ratios
         ratios = r[(r[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1) & r["kind"].eq(kind)] if len(r) else r
-        whiches = [w for w in PASS_LABELS if w in set(ratios["which"])]
+        whiches = [w for w in KIND_PASS_LABELS if w in set(ratios["which"])]
         if "backward" in whiches:
             full = ratios[ratios["which"].eq("backward")]
             head += (f" Backward takes {span(full['geomean'])} the forward time across frameworks, against a FLOP "
@@ -558,8 +560,8 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
                     if (b, w) in cells.index else cell("–") for w in whiches]
             rows.append(row)
         flop = ratios.groupby("which")["flop_ratio"].median()
-        columns = ["framework", "layout", "kernel recorded"] + [f"{PASS_LABELS[p]} FLOP/s" for p in passes] + [
-            f"{PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.2g}×)" for w in whiches]
+        columns = ["framework", "layout", "kernel recorded"] + [f"{KIND_PASS_LABELS[p]} FLOP/s" for p in passes] + [
+            f"{KIND_PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.2g}×)" for w in whiches]
         own = {b: set(group.loc[group["backend"].eq(b), "layouts"].sum()) for b in backends}
         layout_notes = []
         if all(len(v) == 1 for v in own.values()) and len({min(v) for v in own.values()}) > 1:

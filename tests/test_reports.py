@@ -375,6 +375,7 @@ def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
     assert r.loc[("attention", "jax", "backward"), "flop_ratio"] == 2.0
     assert set(r.index.get_level_values("which")) == {"backward"}  # dX and dW were refused, not measured
     assert set(r.index.get_level_values("kind")) == {"attention"}  # the bgemm has no backward here
+    assert a.ratio_summary.empty  # the GEMM/conv ratios of the backward question are not mixed with attention's
 
     [block] = summary.kind_section(a, "attention")
     text = json.dumps(block, ensure_ascii=False)
@@ -382,8 +383,9 @@ def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
                                         "jax 0.00102 GFLOP/s.")  # 4·B·H·Lq·Lk·D = 2048 FLOPs in 1 ms and 2 ms
     assert "3.00×" in text  # backward / forward time
     assert "flash_attention" in text and '"xla"' in text
-    assert any("native layout (torch BHLD; jax BLHD)" in n for n in block["notes"])
-    assert any("dX and dW do not apply to attention: its 4 records" in n for n in block["notes"])
+    notes = block["notes"]
+    assert any("native layout (torch BHLD; jax BLHD)" in n for n in notes)
+    assert any(n.startswith("Not applicable, not gaps: the 4 records of dX and dW of attention") for n in notes)
     questions = [q for q in summary.answers(a) if q["id"].startswith("kind-")]
     assert [(q["id"], q["figure"]) for q in questions] == [("kind-bgemm", "kind-bgemm"),
                                                            ("kind-attention", "kind-attention")]
