@@ -272,7 +272,9 @@ def write_data(a: Analysis, folder: Path) -> list[str]:
               "variants": a.variants, "variant_effects": a.variant_effects, "pass_ratios": a.ratios,
               "pass_ratio_summary": a.ratio_summary, "networks": a.networks, "partial_networks": a.partial_networks,
               "scaling_points": a.scaling_points, "scaling_fits": a.scaling, "conv_vs_dense": a.conv_dense,
-              "peaks": a.peaks}
+              "peaks": a.peaks, "kind_ratios": a.kind_ratios,
+              "kind_throughput": a.kind_throughput.assign(**{c: a.kind_throughput[c].map(";".join)
+                                                             for c in ("kernels", "layouts")})}
     names = []
     for name, table in tables.items():
         table.to_csv(folder / f"{name}.csv", index=False)

@@ -409,6 +409,8 @@ def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> Non
     html = build_site(results(*kind_records()), tmp_path / "site", cases=()).read_text()
     assert "4 not applicable" in html and 'src="figures/kind-attention.png"' in html
     assert 'id="q-kind-attention"' in html and 'id="q-kind-bgemm"' in html
+    data = pd.read_csv(tmp_path / "site" / "data" / "kind_throughput.csv").set_index(["op", "backend", "pass"])
+    assert data.loc[("attention", "torch", "forward"), "kernels"] == "flash_attention"
 
 
 @dataclasses.dataclass(frozen=True)
