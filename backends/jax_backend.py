@@ -3,7 +3,9 @@
 (Batched) GEMM is ``lax.dot_general``; attention is ``jax.nn.dot_product_attention`` on its native
 batch×length×heads×head_dim layout ("BLHD"; KV heads fewer than query heads are grouped by JAX itself), with JAX's
 own choice of implementation, recorded as ``implementation`` ("cudnn" when the compiled program calls cuDNN's
-fused attention, else "xla").
+fused attention, else "xla"). A recurrent layer is the input projection of every step as one GEMM, then
+``lax.scan`` over the recurrent step (h·W_hhᵀ and the cell's gate maths, torch's gate order and equations, no bias):
+the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also hoist the projection.
 
 Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both (attention: q, k, v), so the forward's
 output is dead code that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Attention, BatchedGemm, Conv2d, Op
+from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
 # option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
@@ -42,7 +44,8 @@ _ROLE = {"dx": "x", "dw": "w", "y": "dy"}
 class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
-    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",)}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
+               "rnn": ("BTI",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -165,6 +168,8 @@ class JaxBackend(Backend):
             return attention
         # Explicit precision from the configured math mode: "float32" -> HIGHEST, "tensorfloat32" -> HIGH.
         precision = lax.Precision(self.jax.config.jax_default_matmul_precision)
+        if isinstance(op, Rnn):
+            return self._rnn(op, precision)
         if isinstance(op, Conv2d):
             top, bottom, left, right = op.padding
 
@@ -185,6 +190,38 @@ class JaxBackend(Backend):
             return lax.dot_general(x, w, (contract, batch), precision=precision)
 
         return gemm
+
+    def _rnn(self, op: Rnn, precision: Any) -> Callable[..., Any]:
+        """(x, w_ih, w_hh) -> every step's hidden state, B×T×H."""
+        jax, jnp, lax = self.jax, self.jax.numpy, self.jax.lax
+        hid = op.hidden
+        by_rows = (((1,), (1,)), ((), ()))  # h @ W_hhᵀ for the G·H × H weight, as torch stores it
+
+        def gates(a, hh, k):  # gate k's slice of the input and the recurrent projections
+            return a[:, k * hid:(k + 1) * hid], hh[:, k * hid:(k + 1) * hid]
+
+        def rnn(x, w_ih, w_hh):
+            def cell(carry, a):  # one step: the state (h, c) and x_t·W_ihᵀ -> the new state, and h
+                h, c = carry
+                hh = lax.dot_general(h, w_hh, by_rows, precision=precision)
+                if op.cell == "lstm":
+                    i, f, g, o = (sum(gates(a, hh, k)) for k in range(4))
+                    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+                    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+                elif op.cell == "gru":
+                    r, z = (jax.nn.sigmoid(sum(gates(a, hh, k))) for k in (0, 1))
+                    a_n, hh_n = gates(a, hh, 2)
+                    h = (1 - z) * jnp.tanh(a_n + r * hh_n) + z * h
+                else:
+                    h = jax.nn.relu(a + hh) if op.cell == "rnn_relu" else jnp.tanh(a + hh)
+                return (h, c), h
+
+            projected = lax.dot_general(x, w_ih, (((2,), (1,)), ((), ())), precision=precision)  # B, T, G·H
+            zeros = jnp.zeros((op.batch, hid), x.dtype)
+            _, ys = lax.scan(cell, (zeros, zeros), jnp.swapaxes(projected, 0, 1))  # over time: T, B, H
+            return jnp.swapaxes(ys, 0, 1)
+
+        return rnn
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax

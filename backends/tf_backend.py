@@ -13,6 +13,10 @@ batch×length×heads×head_dim layout ("BLHD"): the query scaled by 1/√D, ``ei
 (masked above the diagonal when causal), ``einsum("acbe,aecd->abcd", p, v)``; with fewer KV heads, K and V are
 repeated over each head group first, as Keras' GroupedQueryAttention does. TensorFlow has no fused attention op.
 Batched GEMM is ``tf.linalg.matmul`` on 3-D operands with the transpose flags.
+A recurrent layer is Keras' own layer (``keras.layers.SimpleRNN``/``LSTM``/``GRU(reset_after=True)``, no bias,
+return_sequences) called through ``Layer.stateless_call`` with the case's weights as tensors, so the tape
+differentiates them like any operand. Keras stores ``kernel`` as input×G·hidden (torch's W_ihᵀ) and orders GRU gates
+z, r, h where torch has r, z, n: the weights enter in Keras' layout and their gradients are turned back.
 
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Attention, Conv2d, Op
+from suite.ops import Attention, Conv2d, Op, Rnn
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
 _NHWC = (0, 2, 3, 1)  # NCHW -> NHWC, for x/dx and y/dy
@@ -58,7 +62,8 @@ def padding_form(op: Conv2d) -> str:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     modes = ("function", "eager", "xla")
-    layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",)}
+    layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
+               "rnn": ("BTI",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -159,14 +164,33 @@ class TensorFlowBackend(Backend):
         role = _ROLE.get(role, role)
         if op.kind == "attention":  # every operand and gradient: B, H, L, D -> B, L, H, D
             return (0, 2, 1, 3)
-        if op.kind in ("gemm", "bgemm") or (variant.layout == "NCHW" and role != "w"):
+        if op.kind in ("gemm", "bgemm", "rnn") or (variant.layout == "NCHW" and role != "w"):
             return None
         if role == "w" and op.depthwise:  # depthwise_conv2d's filter is R, S, C, K/C
             return (2, 3, 0, 1)
         return _HWIO if role == "w" else _NHWC
 
+    @staticmethod
+    def _keras_weight(array: np.ndarray, op: Rnn) -> np.ndarray:
+        """torch's G·H × in weight -> Keras' in × G·H kernel (GRU gates r, z, n -> z, r, h)."""
+        if op.cell == "gru":
+            r, z, n = np.split(array, 3)
+            array = np.concatenate([z, r, n])
+        return array.T
+
+    @staticmethod
+    def _torch_weight(array: np.ndarray, op: Rnn) -> np.ndarray:
+        """The inverse of _keras_weight, for the gradients."""
+        array = array.T
+        if op.cell == "gru":
+            z, r, n = np.split(array, 3)
+            array = np.concatenate([r, z, n])
+        return array
+
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
         tf = self.tf
+        if isinstance(op, Rnn) and role.startswith("w_"):
+            array = self._keras_weight(array, op)
         perm = self._perm(role, op, variant)
         if perm is not None and role == "w" and op.depthwise:  # K = C*m filters, k = c*m + j: (C, m, R, S)
             array = array.reshape(op.c, op.k // op.c, op.r, op.s)
@@ -214,6 +238,26 @@ class TensorFlowBackend(Backend):
                            f"{variant.layout} in mode {variant.mode!r} on {self.settings.device}: "
                            f"{type(error).__name__}: {message}")
 
+    def _rnn(self, op: Rnn, variant: Variant):
+        """Keras' layer as a function of (x, kernel, recurrent_kernel): every step's hidden state."""
+        import keras
+
+        dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[variant.dtype]
+        common = {"use_bias": False, "return_sequences": True, "dtype": dtype}
+        layer = {"rnn_relu": lambda: keras.layers.SimpleRNN(op.hidden, activation="relu", **common),
+                 "rnn_tanh": lambda: keras.layers.SimpleRNN(op.hidden, activation="tanh", **common),
+                 "lstm": lambda: keras.layers.LSTM(op.hidden, **common),
+                 "gru": lambda: keras.layers.GRU(op.hidden, reset_after=True, **common)}[op.cell]()
+        layer.build((op.batch, op.timesteps, op.input_size))
+        names = [variable.path.rsplit("/", 1)[-1] for variable in layer.trainable_variables]
+        assert names == ["kernel", "recurrent_kernel"], names  # the order stateless_call takes them in
+        fixed = [variable.value for variable in layer.non_trainable_variables]  # an unused dropout seed
+
+        def rnn(x, kernel, recurrent_kernel):
+            return layer.stateless_call([kernel, recurrent_kernel], fixed, x)[0]
+
+        return rnn
+
     def _attention(self, op: Attention, variant: Variant):
         """Keras MultiHeadAttention's core on B, L, H, D tensors: (q, k, v) -> output."""
         tf = self.tf
@@ -243,6 +287,8 @@ class TensorFlowBackend(Backend):
             if isinstance(op, Attention):
                 forward = self._attention(op, variant)
                 details = {"implementation": "einsum + softmax (Keras MultiHeadAttention core)"}
+            elif isinstance(op, Rnn):
+                forward = self._rnn(op, variant)
             else:
                 def forward(x, w):
                     return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
@@ -293,6 +339,8 @@ class TensorFlowBackend(Backend):
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         array = out.numpy().astype(np.float64)
+        if isinstance(op, Rnn):
+            return self._torch_weight(array, op) if name.startswith("dw_") else array
         perm = self._perm(name, op, variant)
         if perm is None:
             return array

@@ -3,7 +3,9 @@
 (Batched) GEMM is ``torch.matmul``; attention is ``torch.nn.functional.scaled_dot_product_attention`` on
 batch×heads×length×head_dim tensors (``enable_gqa`` when KV heads are fewer), and the kernel torch's dispatcher picks
 for those inputs (``torch._fused_sdp_choice``: flash, memory-efficient, cuDNN or math) is recorded as ``sdpa_backend``
-(eager mode; torch.compile may substitute its own kernel).
+(eager mode; torch.compile may substitute its own kernel). A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``,
+``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward call with their flat weights, here given the case's
+weights (no biases, one layer, batch first) and a zero initial state made once outside the timed region.
 
 Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
 the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the
@@ -19,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn
 
 
 class TorchBackend(Backend):
     name = "torch"
     modes = ("eager", "compile")
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
-               "attention": ("BHLD",)}
+               "attention": ("BHLD",), "rnn": ("BTI",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -106,6 +108,8 @@ class TorchBackend(Backend):
         if isinstance(op, Attention):
             return functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=op.causal,
                                      enable_gqa=op.kv_heads != op.heads)
+        if isinstance(op, Rnn):
+            return self._rnn(op, variant)
         if isinstance(op, Conv2d):
             pads = op.symmetric_padding
             if pads is None:
@@ -113,6 +117,17 @@ class TorchBackend(Backend):
             return functools.partial(torch.nn.functional.conv2d, stride=op.stride, padding=pads,
                                      dilation=op.dilation, groups=op.groups)
         return torch.matmul
+
+    def _rnn(self, op: Rnn, variant: Variant):
+        """(x, w_ih, w_hh) -> every step's hidden state, as nn.RNN/LSTM/GRU(bias=False, batch_first=True) run it."""
+        torch = self.torch
+        layer = {"rnn_relu": torch.rnn_relu, "rnn_tanh": torch.rnn_tanh, "lstm": torch.lstm, "gru": torch.gru}[op.cell]
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[variant.dtype]
+        h0 = torch.zeros(1, op.batch, op.hidden, device=self.device, dtype=dtype)
+        state = (h0, h0) if op.cell == "lstm" else h0
+        train = variant.pass_ != "forward"  # the forward pass runs as inference does (nothing recorded for autograd)
+        # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        return lambda x, w_ih, w_hh: layer(x, state, [w_ih, w_hh], False, 1, 0.0, train, False, True)[0]
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         torch = self.torch
@@ -129,7 +144,13 @@ class TorchBackend(Backend):
         details = self._sdpa_backend(op, inputs) if isinstance(op, Attention) and variant.mode == "eager" else {}
         if variant.pass_ == "forward":  # no operand requires grad here, so autograd records nothing
             return functools.partial(forward, *inputs), details  # one call per step, no harness frame around it
-        y = forward(*inputs)  # once, outside the timed region
+        try:
+            y = forward(*inputs)  # once, outside the timed region
+        except TypeError as error:  # torch 2.13 Inductor on CPU, LSTM with only the weights requiring grad: its
+            if variant.mode != "compile":  # mkldnn_rnn_layer call raises "expected Tensor() for op"
+                raise
+            raise Unsupported(f"torch.compile cannot run {op.describe()} {variant.pass_} on {self.settings.device}: "
+                              f"Inductor's generated code raised TypeError: {error}") from None
         wrt = tuple(args[name] for name in op.wrt(variant.pass_))
 
         def run_backward():

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from suite.ops import OP_KINDS, Conv2d, InvalidDims, Op
+from suite.ops import OP_KINDS, RNN_GATES, Conv2d, InvalidDims, Op
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
 SUBSETS_FILE = "subsets.yaml"
@@ -29,9 +29,13 @@ DIM_KEYS = {
     "conv2d": {"n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation", "groups"},
     "bgemm": {"batch", "m", "n", "k", "transpose_a", "transpose_b"},
     "attention": {"batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal"},
+    "rnn": {"cell", "hidden", "input_size", "batch", "timesteps"},
 }
 REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s"),
-                 "bgemm": ("batch", "m", "n", "k"), "attention": ("batch", "heads", "q_len", "kv_len", "head_dim")}
+                 "bgemm": ("batch", "m", "n", "k"), "attention": ("batch", "heads", "q_len", "kv_len", "head_dim"),
+                 "rnn": ("hidden", "batch", "timesteps")}
+CHOICE_DIMS = {"rnn": {"cell": tuple(RNN_GATES)}}  # required dims that name one of a few values
+OPTIONAL_INT_DIMS = ("kv_heads", "input_size")  # integers >= 1 that default from the others
 FLAG_DIMS = {"gemm": ("transpose_a", "transpose_b"), "bgemm": ("transpose_a", "transpose_b"), "attention": ("causal",)}
 INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
 
@@ -156,12 +160,19 @@ def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
         if name not in dims:
             raise err("is required", f"dims.{name}")
         _positive_int(dims[name], err, f"dims.{name}")
+    for name, choices in CHOICE_DIMS.get(kind, {}).items():
+        if name not in dims:
+            raise err(f"is required: one of {', '.join(choices)}", f"dims.{name}")
+        if dims[name] not in choices:
+            raise err(f"unknown {name} {dims[name]!r}{did_you_mean(str(dims[name]), choices)}; known: "
+                      f"{', '.join(choices)}", f"dims.{name}")
     for flag in FLAG_DIMS.get(kind, ()):
         if not isinstance(dims.get(flag, False), bool):
             raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
     if kind != "conv2d":
-        if "kv_heads" in dims:
-            _positive_int(dims["kv_heads"], err, "dims.kv_heads")
+        for name in OPTIONAL_INT_DIMS:
+            if name in dims:
+                _positive_int(dims[name], err, f"dims.{name}")
         try:
             op = OP_KINDS[kind](**dims)
         except InvalidDims as exc:  # e.g. heads not a multiple of kv_heads

@@ -101,7 +101,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         catalog = load_catalog(shape_folders(args.shapes))
         table = Table(title="catalog subsets")
         subsets = []
-        kind_columns = {"gemm": "GEMM", "conv2d": "conv2d", "bgemm": "batched GEMM", "attention": "attention"}
+        kind_columns = {"gemm": "GEMM", "conv2d": "conv2d", "bgemm": "batched GEMM", "attention": "attention",
+                        "rnn": "RNN"}
         for col in ("subset", "cases", *kind_columns.values(), "GFLOP fwd", "GFLOP fwd+bwd", "description"):
             table.add_column(col, justify="left" if col in ("subset", "description") else "right")
         for name, subset in catalog.subsets.items():

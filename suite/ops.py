@@ -1,4 +1,5 @@
-"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d and attention, per pass.
+"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d, attention and recurrent
+layers, per pass.
 
 FLOPs count the useful multiply-adds of the direct algorithm (2 per MAC), as DeepBench and CUTLASS do;
 a Winograd or FFT kernel may do fewer and so appear to beat peak. Minimum bytes count every distinct tensor a
@@ -7,6 +8,7 @@ pass reads or writes once, which gives the arithmetic intensity of a roofline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
@@ -387,8 +389,105 @@ class Attention:
         return f"B{self.batch} {heads} {self.q_len}×{self.kv_len} d{self.head_dim}" + (" causal" if self.causal else "")
 
 
-Op = Gemm | Conv2d | BatchedGemm | Attention
-OP_KINDS: dict[str, type[Op]] = {"gemm": Gemm, "conv2d": Conv2d, "bgemm": BatchedGemm, "attention": Attention}
+# Recurrent cells: their gate count (GEMM rows per hidden unit). rnn_relu is DeepBench's "vanilla" (cuDNN
+# CUDNN_RNN_RELU in its rnn_bench), rnn_tanh the common Elman RNN.
+RNN_GATES = {"rnn_relu": 1, "rnn_tanh": 1, "lstm": 4, "gru": 3}
+
+
+@dataclass(frozen=True)
+class Rnn:
+    """One unidirectional recurrent layer without biases, run over ``timesteps`` steps from a zero state.
+
+    x is batch×timesteps×input_size, y (every step's hidden state, the output a next layer reads) and dy are
+    batch×timesteps×hidden; the weights w_ih (G·hidden × input_size) and w_hh (G·hidden × hidden) are stored as torch
+    stores them, gates in torch's order (LSTM i, f, g, o; GRU r, z, n with r applied to W_hn·h, cuDNN's and Keras'
+    reset_after form). No biases: torch has two bias vectors per layer, Keras one (GRU two); they are elementwise and
+    do not change the GEMM work, so every framework runs bias-free (``bias=False`` / ``use_bias=False``).
+
+    FLOPs count the GEMMs, 2 per multiply-add; elementwise gate maths is not counted. Per step the input projection
+    x_t·W_ihᵀ is 2·G·H·I·B and the recurrence h_{t-1}·W_hhᵀ 2·G·H·H·B, so forward = 2·G·H·(I+H)·B·T (T steps
+    counted, the first one's zero state included). DeepBench's own figure counts only the recurrence, 2·G·H²·B·T: it
+    ran cuDNN with CUDNN_SKIP_INPUT and its README leaves the input projection out of a recurrent layer's time (one
+    large GEMM for all steps; its published RNN TFLOPS fit only this count). The frameworks' standard layers always
+    compute the projection, so it is counted here: twice DeepBench's figure on its shapes (I = H).
+    Backward: the chain dh_{t-1} = dgates_t·W_hh (2·G·H²·B per step) is needed for either gradient; dx adds
+    dgates·W_ih (2·G·H·I·B·T), dW adds dgatesᵀ·x and dgatesᵀ·h (2·G·H·(I+H)·B·T). So backward_data = forward,
+    backward_weight = forward + 2·G·H²·B·T and backward (both) = 2× forward.
+    """
+
+    cell: str
+    hidden: int
+    batch: int
+    timesteps: int
+    input_size: int | None = None  # None: the hidden size, as in DeepBench (its x has hidden features)
+
+    kind = "rnn"
+    passes: ClassVar[tuple[Pass, ...]] = PASSES
+    inputs: ClassVar[tuple[str, ...]] = ("x", "w_ih", "w_hh")
+
+    def __post_init__(self) -> None:
+        if self.input_size is None:
+            object.__setattr__(self, "input_size", self.hidden)
+        if self.cell not in RNN_GATES:
+            raise InvalidDims("cell", f"unknown cell {self.cell!r}; expected one of {', '.join(RNN_GATES)}")
+        for name in ("hidden", "batch", "timesteps", "input_size"):
+            if getattr(self, name) < 1:
+                raise InvalidDims(name, f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def gates(self) -> int:
+        return RNN_GATES[self.cell]
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        rows = self.gates * self.hidden
+        return {"x": (self.batch, self.timesteps, self.input_size), "w_ih": (rows, self.input_size),
+                "w_hh": (rows, self.hidden), "dy": self.out_shape}
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.batch, self.timesteps, self.hidden)
+
+    @property
+    def input_elements(self) -> int:
+        return self.batch * self.timesteps * self.input_size  # type: ignore[operator]
+
+    def wrt(self, pass_: Pass) -> tuple[str, ...]:
+        return {"backward_data": ("x",), "backward_weight": ("w_ih", "w_hh"), "backward": self.inputs}.get(pass_, ())
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        _check_pass(pass_)
+        return tuple(f"d{name}" for name in self.wrt(pass_)) or ("y",)
+
+    def flops(self, pass_: Pass = "forward") -> int:
+        _check_pass(pass_)
+        per_unit = 2 * self.gates * self.hidden * self.batch * self.timesteps  # one multiply-add per weight and row
+        forward = per_unit * (self.input_size + self.hidden)  # type: ignore[operator]
+        return {"forward": forward, "backward_data": forward, "backward_weight": forward + per_unit * self.hidden,
+                "backward": 2 * forward}[pass_]
+
+    def min_bytes(self, pass_: Pass, itemsize: int) -> int:
+        """x, the weights and y once each per pass; a backward also reads dy and the forward's states y (the gate
+        activations a framework saves for its backward are not counted)."""
+        _check_pass(pass_)
+        x, y = self.input_elements, self.batch * self.timesteps * self.hidden
+        w_ih, w_hh = (math.prod(self.operands[name]) for name in ("w_ih", "w_hh"))
+        touched = {
+            "forward": x + w_ih + w_hh + y,  # read x, W; write y
+            "backward_data": 2 * y + w_ih + w_hh + x,  # read dy, y, W; write dx
+            "backward_weight": 2 * y + x + w_hh + w_ih + w_hh,  # read dy, y, x, W_hh; write dW
+            "backward": 2 * y + x + w_ih + w_hh + x + w_ih + w_hh,  # read dy, y, x, W; write dx, dW
+        }[pass_]
+        return itemsize * touched
+
+    def describe(self) -> str:
+        size = f"H{self.hidden}" + (f" I{self.input_size}" if self.input_size != self.hidden else "")
+        return f"{self.cell} {size} B{self.batch} T{self.timesteps}"
+
+
+Op = Gemm | Conv2d | BatchedGemm | Attention | Rnn
+OP_KINDS: dict[str, type[Op]] = {"gemm": Gemm, "conv2d": Conv2d, "bgemm": BatchedGemm, "attention": Attention,
+                                 "rnn": Rnn}
 
 
 def op_to_dict(op: Op) -> dict:

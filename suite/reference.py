@@ -2,7 +2,8 @@
 
 Inputs are random normal (zeros make GPUs run faster at lower power, DeepBench issue #104), float32, in logical
 layout: (batched) GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS,
-attention Q, K, V as batch×heads×length×head_dim.
+attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as batch×time×input and its weights as torch
+stores them (gates × hidden rows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import softmax
 
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
 TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
@@ -27,7 +28,11 @@ CHECK_FLOP_LIMIT = 2.5e8
 def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
     """Every input of an op (x, w, dy; attention's q, k, v, dy), reproducible from the seed and the shape alone."""
     rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode())])
-    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in op.operands.items()}
+    arrays = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in op.operands.items()}
+    if isinstance(op, Rnn):  # weights ~ N(0, 1/fan-in), torch's init scale: gates neither saturate nor, for ReLU,
+        for name in ("w_ih", "w_hh"):  # does the state grow without bound over the time steps
+            arrays[name] *= np.float32(arrays[name].shape[1] ** -0.5)
+    return arrays
 
 
 def reduced(op: Op) -> Op:
@@ -40,6 +45,10 @@ def reduced(op: Op) -> Op:
     if isinstance(op, BatchedGemm):  # fewer products, then fewer rows of each
         small = dataclasses.replace(op, batch=max(1, int(op.batch * CHECK_FLOP_LIMIT / op.flops())))
         return dataclasses.replace(small, m=max(1, int(op.m * CHECK_FLOP_LIMIT / small.flops())))
+    if isinstance(op, Rnn):  # one sample, then fewer steps (the per-step geometry is the hidden size)
+        small = dataclasses.replace(op, batch=1)
+        steps = int(op.timesteps * min(1.0, CHECK_FLOP_LIMIT / small.flops()))
+        return dataclasses.replace(small, timesteps=max(1, steps))
     if isinstance(op, Attention):  # one sample, one KV group; then shorter sequences (same ratio, same mask kind)
         small = dataclasses.replace(op, batch=1, heads=op.group, kv_heads=1)
         factor = min(1.0, (CHECK_FLOP_LIMIT / small.flops()) ** 0.5)
@@ -95,6 +104,69 @@ def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str
             "dv": (_t(p) @ dy).reshape(grouped).sum(axis=2)}
 
 
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
+
+
+def _rnn(op: Rnn, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """The layer step by step from h_0 = 0 (torch's equations, no biases), then backpropagation through time.
+
+    Per step the input side gets gate gradients gi and the recurrent side gh (equal except GRU's candidate gate,
+    whose recurrent part is scaled by r); then dx = gi·W_ih, dW_ih = Σ giᵀ·x_t, dW_hh = Σ ghᵀ·h_{t-1}.
+    """
+    x, w_ih, w_hh, dy = t["x"], t["w_ih"], t["w_hh"], t["dy"]
+    hid, steps = op.hidden, op.timesteps
+    xi = x @ w_ih.T  # the input projection of every step: B, T, G·H
+    h = np.zeros((op.batch, steps + 1, hid))  # h[:, t + 1] is the state after step t
+    saved = []
+    c = np.zeros((op.batch, hid))
+    for step in range(steps):
+        a, hh = xi[:, step], h[:, step] @ w_hh.T
+        if op.cell == "lstm":
+            i, f, o = (_sigmoid(a[:, k * hid:(k + 1) * hid] + hh[:, k * hid:(k + 1) * hid]) for k in (0, 1, 3))
+            g = np.tanh(a[:, 2 * hid:3 * hid] + hh[:, 2 * hid:3 * hid])
+            c_prev, c = c, f * c + i * g
+            h[:, step + 1] = o * np.tanh(c)
+            saved.append((i, f, g, o, c_prev, np.tanh(c)))
+        elif op.cell == "gru":
+            r, z = (_sigmoid(a[:, k * hid:(k + 1) * hid] + hh[:, k * hid:(k + 1) * hid]) for k in (0, 1))
+            n = np.tanh(a[:, 2 * hid:] + r * hh[:, 2 * hid:])
+            h[:, step + 1] = (1 - z) * n + z * h[:, step]
+            saved.append((r, z, n, hh[:, 2 * hid:]))
+        else:
+            pre = a + hh
+            h[:, step + 1] = np.maximum(pre, 0) if op.cell == "rnn_relu" else np.tanh(pre)
+    y = h[:, 1:]
+    if pass_ == "forward":
+        return {"y": y}
+    gi, gh = np.zeros_like(xi), np.zeros_like(xi)
+    dh, dc = np.zeros((op.batch, hid)), np.zeros((op.batch, hid))
+    for step in reversed(range(steps)):
+        dh = dh + dy[:, step]
+        out = h[:, step + 1]
+        if op.cell == "lstm":
+            i, f, g, o, c_prev, tanh_c = saved[step]
+            dc = dc + dh * o * (1 - tanh_c**2)
+            gi[:, step] = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g**2),
+                                          dh * tanh_c * o * (1 - o)], axis=1)
+            dc = dc * f
+            gh[:, step] = gi[:, step]
+            dh = gi[:, step] @ w_hh
+        elif op.cell == "gru":
+            r, z, n, hn = saved[step]
+            dn = dh * (1 - z) * (1 - n**2)
+            dr, dz = dn * hn * r * (1 - r), dh * (h[:, step] - n) * z * (1 - z)
+            gi[:, step] = np.concatenate([dr, dz, dn], axis=1)
+            gh[:, step] = np.concatenate([dr, dz, dn * r], axis=1)
+            dh = gh[:, step] @ w_hh + dh * z
+        else:
+            gi[:, step] = dh * ((out > 0) if op.cell == "rnn_relu" else (1 - out**2))
+            gh[:, step] = gi[:, step]
+            dh = gi[:, step] @ w_hh
+    return {"dx": gi @ w_ih, "dw_ih": np.einsum("btg,bti->gi", gi, x),
+            "dw_hh": np.einsum("btg,bth->gh", gh, h[:, :-1])}
+
+
 def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
     x, w, dy = t["x"], t["w"], t["dy"]
     top, bottom, left, right = op.padding
@@ -127,7 +199,7 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """Float64 outputs of a pass, from the inputs as rounded to ``dtype``."""
     rounded = {name: round_to(array, dtype) for name, array in inputs.items()}
-    compute = _attention if isinstance(op, Attention) else _conv if isinstance(op, Conv2d) else _gemm
+    compute = {Attention: _attention, Conv2d: _conv, Rnn: _rnn}.get(type(op), _gemm)
     full = compute(op, rounded, pass_)  # type: ignore[operator]
     return {name: full[name] for name in op.outputs(pass_)}
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from suite.environment import available_memory_bytes
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
-from suite.ops import DTYPE_BYTES, Attention, Op, op_from_dict
+from suite.ops import DTYPE_BYTES, Attention, Op, Rnn, op_from_dict
 from suite.reference import compare, expected, make_inputs, reduced
 from suite.stats import summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
@@ -35,6 +35,8 @@ def tensor_bytes(op: Op, dtype: str) -> int:
     elements = op.min_bytes("backward", 1) + op.min_bytes("forward", 1)  # x, w, dy, dx, dw + x, w, y
     if isinstance(op, Attention):  # an unfused (math) kernel holds the scores and probabilities, and their gradients
         elements += 2 * op.score_elements
+    if isinstance(op, Rnn):  # the forward keeps every step's gate activations for the backward, its gradient as many
+        elements += 2 * op.gates * op.batch * op.timesteps * op.hidden
     return elements * (DTYPE_BYTES[dtype] + 4)
 
 

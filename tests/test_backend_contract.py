@@ -87,7 +87,7 @@ def test_configure_reads_back_threads_and_strict_math(configured):
 @pytest.mark.parametrize("pass_", PASSES)
 def test_smoke_cases_match_reference(configured, case, pass_):
     backend, _ = configured
-    for layout in backend_class(backend.name).layouts[case.op.kind]:
+    for layout in backend_class(backend.name).layouts.get(case.op.kind, (None,)):  # None: a kind it lacks
         variant = Variant(pass_, "fp32", layout=layout)
         try:
             details = check(backend, case.op, variant)

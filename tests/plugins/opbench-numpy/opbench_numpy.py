@@ -3,7 +3,8 @@
 GEMM is one ``matmul`` (BLAS sgemm; transposed operands are passed as transposed views, which BLAS takes as
 flags), a batched GEMM one ``matmul`` on 3-D operands (a BLAS call per product). Attention is not offered (no layout
 for it, so every attention case is unsupported): NumPy has no attention kernel, and a composition of matmul and
-exp would time NumPy's loops, not a library's kernel.
+exp would time NumPy's loops, not a library's kernel. Recurrent layers (``rnn``) are not offered either, for the same
+reason: a Python loop over time steps would time the interpreter.
 conv2d is im2col + one batched matmul per pass, in float32:
 
 - forward: the input's sliding windows (``sliding_window_view``, which handles stride, padding and dilation) are
@@ -37,7 +38,7 @@ UNSUPPORTED_DTYPES = {
 class NumpyBackend(Backend):
     name = "numpy"
     modes = ("eager",)
-    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",), "bgemm": ("row-major",)}  # no attention: see above
+    layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",), "bgemm": ("row-major",)}  # no attention, no rnn: see above
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
