@@ -138,8 +138,8 @@ def contention_note(waited: float | None, load: float, cpus: int, clock: str = "
     machine = f"1-minute load average {load:.1f} on {cpus} usable CPUs"
     if waited is None:
         return f"Waiting for a CPU: unknown here (no /proc/self/task/*/schedstat); {machine}."
-    state = (f"Waiting for a CPU: while the comparison ran, this process's threads waited {waited:.0%} of the wall "
-             f"time for a CPU ({machine}).")
+    state = (f"Waiting for a CPU: while the comparison ran, this process's threads together waited {waited:.2f} s "
+             f"per second for a CPU ({machine}).")
     if clock == "cpu":
         return f"{state} Timed by the thread's CPU time, which leaves that waiting out."
     if waited > OVERSUBSCRIBED:
