@@ -243,7 +243,10 @@ class TensorFlowBackend(Backend):
         import keras
 
         dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[variant.dtype]
-        common = {"use_bias": False, "return_sequences": True, "dtype": dtype}
+        # The layer's own weights are never used (stateless_call takes the case's): zeros skip the orthogonal
+        # initializer's QR, which is slow at DeepBench's sizes and has no bfloat16 kernel.
+        common = {"use_bias": False, "return_sequences": True, "dtype": dtype, "kernel_initializer": "zeros",
+                  "recurrent_initializer": "zeros"}
         layer = {"rnn_relu": lambda: keras.layers.SimpleRNN(op.hidden, activation="relu", **common),
                  "rnn_tanh": lambda: keras.layers.SimpleRNN(op.hidden, activation="tanh", **common),
                  "lstm": lambda: keras.layers.LSTM(op.hidden, **common),

@@ -133,6 +133,16 @@ def test_bf16_gemm_forward_within_tolerance_or_unsupported(configured):
         assert str(reason)
 
 
+def test_bf16_recurrent_layers_within_tolerance_or_unsupported(configured):
+    """bf16 through every time step (Keras' own weight initializer once had no bf16 kernel: the layer never ran)."""
+    backend, _ = configured
+    for op in (case.op for case in SMOKE if case.op.kind == "rnn"):
+        try:
+            check(backend, op, Variant("backward", dtype="bf16"))
+        except Unsupported as reason:
+            assert str(reason) and backend.name not in ("torch", "tensorflow", "jax"), (backend.name, op, reason)
+
+
 @pytest.mark.parametrize(("op", "form"), [
     (Conv2d(1, 1, 8, 8, 1, 3, 3, padding=(1, 1, 1, 1)), "SAME"),  # stride 1, pad (R-1)/2
     (Conv2d(1, 1, 8, 8, 1, 3, 3), "VALID"),
