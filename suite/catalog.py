@@ -237,7 +237,8 @@ def _is_tags(value: Any) -> bool:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader where PyYAML was built with it: the same safe subset, much faster
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except OSError as exc:
         raise CatalogError(path, f"cannot read file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
