@@ -35,6 +35,22 @@ def _read(path: str) -> str:
         return ""
 
 
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat: the second field
+    of /proc/self/task/*/schedstat); None where the kernel does not tell."""
+    total = 0
+    try:
+        for task in os.scandir("/proc/self/task"):
+            try:
+                with open(os.path.join(task.path, "schedstat")) as stat:
+                    total += int(stat.read().split()[1])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity), which is what a framework's thread pool should use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from suite.catalog import SHAPES_DIR, load_file
-from suite.environment import usable_cpus
+from suite.environment import run_queue_wait_s, usable_cpus
 from suite.ops import WRT, Conv2d, Gemm, Op, Pass
 from suite.reference import make_inputs
 from suite.stats import format_seconds, summarize
@@ -113,22 +113,6 @@ def noise_summary(medians: Sequence[float], rel_iqrs: Sequence[float], worst_rat
             f"torch.utils.benchmark difference: {worst_ratio:.1%}. Treat differences between results smaller than "
             f"about {noise:.0%} as noise on this machine.")
     return noise, text
-
-
-def run_queue_wait_s() -> float | None:
-    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat: the second field
-    of /proc/self/task/*/schedstat); None where the kernel does not tell."""
-    total = 0
-    try:
-        for task in os.scandir("/proc/self/task"):
-            try:
-                with open(os.path.join(task.path, "schedstat")) as stat:
-                    total += int(stat.read().split()[1])
-            except FileNotFoundError:  # the thread ended meanwhile
-                continue
-    except (OSError, ValueError, IndexError):
-        return None
-    return total / 1e9
 
 
 def contention_note(waited: float | None, load: float, cpus: int, clock: str = "wall") -> str:

@@ -11,6 +11,8 @@ from scipy import stats as sps
 NOISY_REL_IQR = 0.10  # IQR/median at or above this: flag the result noisy
 SHORT_BLOCK_S = 1e-3  # a block shorter than this is dominated by timer and sync overhead
 OVERHEAD_BOUND_S = 50e-6  # a call this short measures framework dispatch more than the kernel
+CONTENDED_WAIT = 0.10  # CPU-seconds the worker's threads waited for a core, per second of timing: another
+#                         process took the cores, so the blocks include time the op never ran
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, floa
 def median_per_call(block_times: list[float] | tuple[float, ...], calls_per_block: int) -> float:
     """The median time per call: what every result reports (and what readers check stored stats against)."""
     return float(np.median(np.asarray(block_times, dtype=float) / calls_per_block))
+
+
+def contended(waited_s: float | None, wall_s: float) -> bool:
+    """Whether timing ran on an oversubscribed machine: its threads waited for a core at least
+    ``CONTENDED_WAIT`` seconds per second (unknown waits, e.g. without Linux schedstat, are not flagged)."""
+    return waited_s is not None and wall_s > 0 and waited_s / wall_s >= CONTENDED_WAIT
 
 
 def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True) -> Summary:

@@ -19,11 +19,11 @@ import time
 import traceback
 from typing import IO, Any
 
-from suite.environment import available_memory_bytes
+from suite.environment import available_memory_bytes, run_queue_wait_s
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Attention, Op, Rnn, op_from_dict
 from suite.reference import compare, expected, make_inputs, reduced
-from suite.stats import summarize
+from suite.stats import contended, summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
 from suite.variant import Settings, Variant
 
@@ -111,13 +111,19 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
         monitor, missing = gpu or (None, None)
         state_start = monitor.sample() if monitor is not None else {}
         l2 = task.get("l2", "warm")
+        wait_before, timing_began = run_queue_wait_s(), time.perf_counter()
         samples, cold = _time(backend, prepared, timing, l2)
+        wait_after, timing_s = run_queue_wait_s(), time.perf_counter() - timing_began
+        waited = None if wait_before is None or wait_after is None else wait_after - wait_before
         summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
         result.update(
             block_times=list(samples.block_times), calls_per_block=samples.calls_per_block,
             warmup_calls=samples.warmup_calls, warmup_s=samples.warmup_s, stop_reason=samples.stop_reason,
             stats=summary.as_dict(), **({"cold_cache": cold} if cold else {}),
         )
+        result["cpu_wait_s"] = waited  # seconds the worker's threads waited for a core while timing
+        if contended(waited, timing_s):
+            result["stats"]["flags"].append("contended")
         if cold.get("timer") == "cuda events":  # one call on the GPU's clock: no host timer or sync in its time
             result["stats"]["flags"] = [flag for flag in result["stats"]["flags"] if flag != "short_blocks"]
         if monitor is not None:
