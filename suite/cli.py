@@ -213,6 +213,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
         limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s, metavar="SECONDS",
                             help="seconds of timing per measurement before it is called unstable "
                                  "(default %(default)s)")
+        limits.add_argument("--block-time", type=float, default=TimingConfig.target_block_s, metavar="SECONDS",
+                            help="target length of a timed block (back-to-back calls closed by one sync; default "
+                                 "%(default)s): shorter blocks reach the block count sooner, each still far above "
+                                 "the sync's cost; recorded in the results header")
     limits.add_argument("--case-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="seconds per measurement, compile included, before its worker is killed "
                              "(default %(default)s)")
@@ -303,7 +307,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output if args.output is not None else f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
     check_output(out, args.resume)  # before the progress display, so a refusal is the only output
     preflight((t.group for t in tasks), out.with_suffix(".worker.log"))  # a GPU no framework sees: refuse now
-    options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap), check=args.check, seed=args.seed,
+    options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap, target_block_s=args.block_time),
+                         check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
                          preflight=False, bandwidth=args.bandwidth)
     try:
@@ -364,7 +369,8 @@ def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) 
 
 def _parse_limits(args: argparse.Namespace) -> None:
     """Limits must be positive: a zero or negative one would time out or skip every measurement."""
-    for flag, value in (("--time-cap", args.time_cap), ("--case-timeout", args.case_timeout),
+    for flag, value in (("--time-cap", args.time_cap), ("--block-time", getattr(args, "block_time", None)),
+                        ("--case-timeout", args.case_timeout),
                         ("--max-run-time", args.max_run_time), ("--threads", args.threads)):
         if value is not None and not value > 0:  # also refuses nan
             raise UsageError(f"{flag} must be a positive number, got {value}")

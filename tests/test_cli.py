@@ -61,9 +61,11 @@ def test_each_subcommand_takes_only_the_flags_it_honours(capsys):
 # ---------------------------------------------------------------------------------------------- exit 0 / 1
 @pytest.mark.slow
 def test_run_exits_0_when_everything_is_measured_and_1_when_a_measurement_failed(tmp_path):
-    good = suite_cli("run", *TINY, "--time-cap", "0.2", "-o", str(tmp_path / "good.jsonl"))
+    good = suite_cli("run", *TINY, "--time-cap", "0.2", "--block-time", "0.01", "-o", str(tmp_path / "good.jsonl"))
     assert good.returncode == 0, good.stderr
     assert statuses(tmp_path / "good.jsonl") == [("eager", "ok")]
+    header = read_results(tmp_path / "good.jsonl").headers[0]
+    assert header["timing"]["target_block_s"] == 0.01 and header["timing"]["max_time_s"] == 0.2
 
     out = tmp_path / "bad.jsonl"
     bad = suite_cli("run", *TINY, "--mode", "eager,compile", "--time-cap", "0.2", "-o", str(out), env=BAD_INDUCTOR)

@@ -71,6 +71,7 @@ def one_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
     (["--layout", "NHWC"], "choose from row-major, NCHW, channels_last, BHLD"),  # torch has no NHWC
     (["--time-cap", "0"], "--time-cap must be a positive number"),
     (["--time-cap", "nan"], "--time-cap must be a positive number"),
+    (["--block-time", "0"], "--block-time must be a positive number"),
     (["--case-timeout", "-1"], "--case-timeout must be a positive number"),
     (["--max-run-time", "0"], "--max-run-time must be a positive number"),
     (["--threads", "0"], "--threads must be a positive number"),
