@@ -15,7 +15,7 @@ import pandas as pd
 
 from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
 from reports.frame import PASS_LABELS, backend_order
-from suite.stats import CONTENDED_WAIT, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
+from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
                "attention": "attention", "rnn": "recurrent layers"}
@@ -27,8 +27,8 @@ WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell bel
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
                  "short_blocks": f"a block shorter than {format_seconds(SHORT_BLOCK_S)}",
                  "few_blocks": "too few blocks for a 95% CI",
-                 "contended": f"the worker's threads waited for a CPU core ≥ {100 * CONTENDED_WAIT:.0f}% of the "
-                              "timing (another process used the cores): the time may be too slow",
+                 "contended": f"other processes took ≥ {100 * CONTENDED_SHARE:.0f}% of the usable CPUs' time "
+                              "during the timing: the time may be too slow",
                  "throttled": "the GPU ran below the clocks it was asked for during the measurement (an NVML throttle "
                               "reason: power cap, thermal or board limit): the time may be too slow"}
 

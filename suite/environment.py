@@ -51,6 +51,23 @@ def run_queue_wait_s() -> float | None:
     return total / 1e9
 
 
+def cpu_busy_s() -> float | None:
+    """CPU-seconds the CPUs this process may run on have been busy, for every process (Linux /proc/stat: user, nice,
+    system, irq, softirq, steal); None where the kernel does not tell."""
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        busy = 0
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name in mine:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+                    busy += user + nice + system + irq + softirq + steal
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity), which is what a framework's thread pool should use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

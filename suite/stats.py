@@ -11,8 +11,8 @@ from scipy import stats as sps
 NOISY_REL_IQR = 0.10  # IQR/median at or above this: flag the result noisy
 SHORT_BLOCK_S = 1e-3  # a block shorter than this is dominated by timer and sync overhead
 OVERHEAD_BOUND_S = 50e-6  # a call this short measures framework dispatch more than the kernel
-CONTENDED_WAIT = 0.10  # CPU-seconds the worker's threads waited for a core, per second of timing: another
-#                         process took the cores, so the blocks include time the op never ran
+CONTENDED_SHARE = 0.25  # share of the usable CPUs' time that other processes took while timing: the blocks then
+#                          include time the op waited for a core
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,11 @@ def median_per_call(block_times: list[float] | tuple[float, ...], calls_per_bloc
     return float(np.median(np.asarray(block_times, dtype=float) / calls_per_block))
 
 
-def contended(waited_s: float | None, wall_s: float) -> bool:
-    """Whether timing ran on an oversubscribed machine: its threads waited for a core at least
-    ``CONTENDED_WAIT`` seconds per second (unknown waits, e.g. without Linux schedstat, are not flagged)."""
-    return waited_s is not None and wall_s > 0 and waited_s / wall_s >= CONTENDED_WAIT
+def contended(others_cpu_s: float | None, wall_s: float, cpus: int) -> bool:
+    """Whether other processes took at least ``CONTENDED_SHARE`` of the ``cpus`` usable CPUs' time during ``wall_s``
+    of timing (unknown, e.g. without Linux /proc/stat, is not flagged). A framework's own threads queueing for the
+    cores it was given are not contention: they are how that framework runs."""
+    return others_cpu_s is not None and wall_s > 0 and others_cpu_s / (wall_s * cpus) >= CONTENDED_SHARE
 
 
 def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True) -> Summary:
