@@ -729,7 +729,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> Parser:
-    top = Parser(prog="python -m suite", description="opbench: GEMM and conv2d across frameworks",
+    top = Parser(prog="python -m suite",
+                 description="opbench: GEMMs, convolutions, attention and recurrent layers in PyTorch, TensorFlow "
+                             "and JAX",
                  epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = top.add_subparsers(dest="command", required=True, metavar="command")
     top.commands = {}
