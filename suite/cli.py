@@ -6,7 +6,9 @@ import argparse
 import fnmatch
 import json
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -711,7 +713,7 @@ EXIT_STATUS = """exit status:
   1    a measurement errored, crashed, timed out, ran out of memory or failed the numerical check
        (the run still finishes and keeps every record)
   2    usage error or bad input; nothing was run
-  130  interrupted (Ctrl-C); what finished is kept, and --resume continues a run"""
+  130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -761,11 +763,27 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a Slurm job cancelled or past its time) stops a run as Ctrl-C does: workers killed, every
+    finished measurement kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(argv)
     except SystemExit as exc:  # --help (0), or a mistake argparse found and printed (2)
         return exc.code if isinstance(exc.code, int) else 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    try:
+        return _dispatch(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:

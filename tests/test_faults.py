@@ -129,11 +129,12 @@ def test_a_worker_that_dies_is_recorded_against_its_case_and_restarted(tmp_path,
     assert len(workers) == 2 and workers[0]["pid"] == pid != workers[1]["pid"]
 
 
-def test_ctrl_c_exits_130_keeps_what_finished_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill or a cancelled Slurm job
+def test_ctrl_c_exits_130_keeps_what_finished_and_resume_completes(tmp_path, sig):
     out = tmp_path / "int.jsonl"
     proc = start(tmp_path, out, *SMOKE)
     wait_for(lambda: records(out), proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     code, log = finish(proc)
     assert code == 130 and "interrupted: every finished measurement is in" in log and "--resume" in log, log
     assert "Traceback" not in log
