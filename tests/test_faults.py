@@ -132,19 +132,20 @@ def test_a_worker_that_dies_is_recorded_against_its_case_and_restarted(tmp_path,
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill or a cancelled Slurm job
 def test_ctrl_c_exits_130_keeps_what_finished_and_resume_completes(tmp_path, sig):
     out = tmp_path / "int.jsonl"
-    proc = start(tmp_path, out, *SMOKE)
+    long = [*SMOKE, "--pass", "all", "--time-cap", "1"]  # 20 measurements, several seconds: the signal lands mid-run
+    proc = start(tmp_path, out, *long)
     wait_for(lambda: records(out), proc)
     proc.send_signal(sig)
     code, log = finish(proc)
     assert code == 130 and "interrupted: every finished measurement is in" in log and "--resume" in log, log
     assert "Traceback" not in log
     before = read_results(out).measurements
-    assert 1 <= len(before) < SMOKE_CASES
+    assert 1 <= len(before) < 4 * SMOKE_CASES
     assert gone(records(out, "worker")[0]["pid"])  # the worker did not outlive the run
-    code, log = finish(start(tmp_path, out, *SMOKE, "--resume"))
+    code, log = finish(start(tmp_path, out, *long, "--resume"))
     assert code == 0, log
     after = read_results(out).measurements
-    assert len(after) == SMOKE_CASES == len({measurement_key(m) for m in after})
+    assert len(after) == 4 * SMOKE_CASES == len({measurement_key(m) for m in after})
     assert after[:len(before)] == before  # kept as they were, not measured again
 
 
