@@ -28,10 +28,17 @@ SMOKE = [*BASE, "--id", "smoke-gemm*", "--id", "smoke-conv*"]
 SMOKE_CASES = 5  # smoke-gemm-64, smoke-gemm-transposed and three convs
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """A shell's background job (as a CI runner may start the tests) inherits SIGINT ignored, and Python keeps it
+    ignored; the run under test gets Ctrl-C as a user at a terminal does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(tmp_path: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = (tmp_path / f"{out.stem}.log").open("a")
     return subprocess.Popen([sys.executable, "-m", "suite", "run", "-o", str(out), *args], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=_ctrl_c_as_at_a_terminal)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
