@@ -43,15 +43,21 @@ def write(path: Path, measurements: list[dict[str, Any]], run_id: str = "r1", ve
     return path
 
 
+def slow_down(measurement: dict, factor: float) -> None:
+    """Make a measurement record ``factor`` times slower, keeping its stats and throughput consistent with its raw
+    block times (readers check them against each other)."""
+    measurement["block_times"] = [t * factor for t in measurement["block_times"]]
+    measurement["stats"]["median"] *= factor
+    measurement["tflops"] /= factor
+
+
 def scaled(source: Path, target: Path, case: str, factor: float) -> Path:
     """A copy of a results file with every measurement of ``case`` made ``factor`` times slower."""
     lines = []
     for line in source.read_text().splitlines():
         data = json.loads(line)
         if data.get("record") == "measurement" and data["case"] == case and data.get("block_times"):
-            data["block_times"] = [t * factor for t in data["block_times"]]
-            data["stats"]["median"] *= factor
-            data["tflops"] /= factor  # readers check stats and throughput against the raw block times
+            slow_down(data, factor)
         lines.append(json.dumps(data))
     target.write_text("\n".join(lines) + "\n")
     return target
@@ -249,9 +255,7 @@ def upgraded(source: Path, target: Path, torch: str, created: str, slow_case: st
             data["versions"]["torch"] = torch
         if data["record"] == "measurement" and data["backend"] == "torch" and data["case"] == slow_case \
                 and data.get("block_times"):
-            data["block_times"] = [t * factor for t in data["block_times"]]
-            data["stats"]["median"] *= factor
-            data["tflops"] /= factor  # readers check stats and throughput against the raw block times
+            slow_down(data, factor)
         lines.append(json.dumps(data))
     target.write_text("\n".join(lines) + "\n")
     return target
