@@ -15,6 +15,7 @@ from backends.base import Backend, Unsupported, Variant
 from suite.catalog import CatalogError, load_catalog, load_file
 from suite.ops import PASSES, Attention, BatchedGemm, Gemm, InvalidDims, op_from_dict, op_to_dict
 from suite.reference import CHECK_FLOP_LIMIT, make_inputs, reduced, reference
+from tests.gradients import numeric_gradient
 
 
 # ---------------------------------------------------------------------------------------------------- batched GEMM
@@ -93,15 +94,8 @@ def _loss(op: Attention, inputs: dict[str, np.ndarray]) -> float:
 def test_attention_reference_gradients_match_finite_differences(op):
     inputs = {name: array.astype(np.float64) for name, array in make_inputs(op).items()}
     grads = reference(op, inputs, "backward")
-    step = 1e-6
     for name in ("q", "k", "v"):
-        numeric = np.zeros_like(inputs[name])
-        for index in np.ndindex(numeric.shape):
-            plus, minus = dict(inputs), dict(inputs)
-            plus[name], minus[name] = inputs[name].copy(), inputs[name].copy()
-            plus[name][index] += step
-            minus[name][index] -= step
-            numeric[index] = (_loss(op, plus) - _loss(op, minus)) / (2 * step)
+        numeric = numeric_gradient(lambda values: _loss(op, values), inputs, name)
         np.testing.assert_allclose(grads[f"d{name}"], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
 
 

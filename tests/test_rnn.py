@@ -15,6 +15,7 @@ import yaml
 from suite.catalog import CatalogError, load_catalog, load_file
 from suite.ops import PASSES, InvalidDims, Rnn, op_from_dict, op_to_dict
 from suite.reference import CHECK_FLOP_LIMIT, make_inputs, reduced, reference
+from tests.gradients import numeric_gradient
 from tests.test_catalog_data import DATA_DIR, DEEPBENCH_SETS
 
 CELLS = ("rnn_relu", "rnn_tanh", "lstm", "gru")
@@ -83,15 +84,8 @@ def test_rnn_reference_gradients_match_finite_differences(cell):
     inputs = {name: array.astype(np.float64) for name, array in make_inputs(op).items()}
     grads = reference(op, inputs, "backward")
     assert set(grads) == {"dx", "dw_ih", "dw_hh"}
-    step = 1e-6
     for name in op.inputs:
-        numeric = np.zeros_like(inputs[name])
-        for index in np.ndindex(numeric.shape):
-            plus, minus = dict(inputs), dict(inputs)
-            plus[name], minus[name] = inputs[name].copy(), inputs[name].copy()
-            plus[name][index] += step
-            minus[name][index] -= step
-            numeric[index] = (_loss(op, plus) - _loss(op, minus)) / (2 * step)
+        numeric = numeric_gradient(lambda values: _loss(op, values), inputs, name)
         assert np.abs(numeric).max() > 1e-3, (cell, name)  # the gradient is not trivially zero
         np.testing.assert_allclose(grads[f"d{name}"], numeric, rtol=1e-6, atol=1e-8, err_msg=f"{cell} {name}")
 
