@@ -279,9 +279,12 @@ def check_output(out: Path, resume: bool) -> dict[str, dict[str, Any]]:
                                f"writes schema {results.SCHEMA_VERSION} and will not mix them in one file. Resume "
                                "with the opbench that started it, or write a new file with -o (old files still read)")
         return {measurement_key(m): m for m in existing.measurements}
-    try:  # find out now, not after the first measurement
+    try:  # find out now, not after the first measurement; a run refused before it measures leaves no file
         out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
         out.open("a").close()
+        if not existed:
+            out.unlink()
     except OSError as exc:
         raise ResultsError(f"{out}: cannot write results here: {exc.strerror or exc}") from None
     return {}

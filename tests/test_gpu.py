@@ -430,8 +430,7 @@ def test_a_gpu_run_with_cpu_builds_exits_2_naming_each_build_and_its_cuda_instal
     for name in backends.available():
         for words in expected.get(name, []):
             assert words in message, (name, words, message)
-    measurements = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    assert measurements == []  # no header, no measurement: nothing to resume or report
+    assert not out.exists()  # no file, no header, no measurement: nothing to resume or report
 
 
 @pytest.mark.slow
@@ -505,7 +504,7 @@ def test_a_device_no_framework_sees_stops_the_run_before_its_header(fake_workers
     with pytest.raises(DeviceUnavailable, match=r"(?s)CPU-only build.*\n.*CPU-only build"):
         run(tasks, out, RunOptions())
     assert fake_workers.started == ["torch:gpu", "jax:gpu"]  # one pre-flight per GPU backend, none for the CPU
-    assert out.read_text() == ""
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- selfcheck --device gpu
@@ -560,3 +559,45 @@ def test_selfcheck_on_the_gpu_with_a_cpu_only_torch_exits_2_naming_the_build(cap
     code = main(["selfcheck", "--device", "gpu"])
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: torch ") and "CPU-only build" in err and "tox -e torch-gpu" in err
+
+
+# ---------------------------------------------------------------------------------------------- README's "How long"
+def test_the_readme_states_the_gpu_runs_sizes_as_the_catalog_and_tox_make_them():
+    """The measurement counts and FLOPs the README's estimate rests on, recomputed from the catalog and the GPU envs'
+    arguments, so a catalog change that alters them fails here rather than leaving the README stale."""
+    from pathlib import Path
+
+    from suite.ops import PASSES
+
+    repo = Path(__file__).resolve().parent.parent
+    tox = (repo / "tox.ini").read_text()
+    assert "gpu_args = --device gpu --catalog full --dtype all --resume" in tox
+    assert "tf32_args = --math tf32 --dtype fp32" in tox
+    sections = {part.split("]", 1)[0]: part for part in tox.split("\n[testenv:")[1:]}
+    layouts = {name: ("all",) if "--layout all" in sections[env] else ("default",)
+               for name, env in (("torch", "torch-gpu"), ("tensorflow", "tf-gpu"), ("jax", "jax-gpu"))}
+    catalog = load_catalog()
+
+    def measurements(subset: str, name: str) -> int:
+        cases = catalog.subset(subset)
+        return (len(plan(cases, [name], ["gpu"], ["fp32", "fp16", "bf16"], PASSES, layouts=layouts[name]))
+                + len(plan(cases, [name], ["gpu"], ["fp32"], PASSES, layouts=layouts[name], math="tf32")))
+
+    def tflop(pass_: str) -> float:
+        total = 0
+        for case in catalog.subset("full"):
+            try:
+                total += case.op.flops(pass_)
+            except ValueError:  # attention has no backward_data or backward_weight alone
+                continue
+        return total / 1e12
+
+    quick, full = ({name: measurements(s, name) for name in layouts} for s in ("gpu-quick", "full"))
+    text = " ".join((repo / "README.md").read_text().split())
+    assert quick["torch"] == quick["tensorflow"] and full["torch"] == full["tensorflow"]
+    assert (f"`gpu-quick` ({len(catalog.subset('gpu-quick'))} cases" in text and
+            f"is {quick['torch']} measurements each for torch and TensorFlow and {quick['jax']} for JAX" in text)
+    assert (f"`full` ({len(catalog.subset('full'))} cases) is {full['torch']:,}, {full['tensorflow']:,} and "
+            f"{full['jax']:,}") in text
+    assert (f"`full` is {tflop('forward'):.1f} TFLOP forward, about {sum(map(tflop, PASSES)):.0f} TFLOP over the "
+            "four passes") in text

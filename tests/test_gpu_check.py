@@ -1,0 +1,56 @@
+"""``.ci/gpu-check``, the prepared GPU check for a short lease of a GPU machine, run here so it cannot rot.
+
+On this CPU-only machine: its dry run (``OPBENCH_DEVICE=cpu``, a few smoke cases) goes through every step and leaves
+the archive of results and report; run as on a GPU, every measuring step is refused up front and the script fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from suite.results import read_many
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / ".ci" / "gpu-check"
+RESULTS = ("peak", "torch", "torch-tf32", "jax", "jax-tf32")
+
+pytestmark = pytest.mark.slow
+
+
+def gpu_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OPBENCH_PYTHON": sys.executable, "OPBENCH_GPU_CHECK_DIR": str(tmp_path / "work"),
+           "OUT": str(tmp_path / "out"), **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_dry_run_on_the_cpu_measures_every_step_and_archives_results_and_report(tmp_path):
+    done = gpu_check(tmp_path, OPBENCH_DEVICE="cpu")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.log", "gpu-check.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "gpu-check.tar.gz") as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    assert (tmp_path / "unpacked" / "report" / "index.html").is_file()
+    for name in RESULTS:
+        results = read_many([tmp_path / "unpacked" / "results" / f"{name}.jsonl"])
+        ok = [m for m in results.measurements if m["status"] == "ok"]
+        assert ok, name
+        assert {m["backend"] for m in ok} == {name.split("-")[0].replace("peak", "torch")}
+        assert {m["math"] for m in ok} == {"tf32" if name.endswith("tf32") else "strict"}, name
+    log = (tmp_path / "out" / "gpu-check.log").read_text()
+    assert "== selfcheck: exit 0" in log and "== report: exit 0" in log
+
+
+def test_as_on_a_gpu_here_every_measuring_step_is_refused_and_the_script_fails(tmp_path):
+    done = gpu_check(tmp_path)
+    assert done.returncode != 0
+    log = (tmp_path / "out" / "gpu-check.log").read_text()
+    assert "is a CPU-only build" in log  # torch's refusal, naming the build
+    assert "sees no GPU" in log or "is CPU-only" in log  # JAX's
+    assert "Traceback" not in log
+    assert not list((tmp_path / "work" / "results").glob("*.jsonl"))  # a refusal writes nothing
