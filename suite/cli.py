@@ -393,6 +393,7 @@ def read_measurements(paths: list[str]) -> Results:
     return results
 
 
+SHOW_SETTINGS = ("device", "math", "l2", "threads", "options")  # shown by `show` where its rows differ in them
 SHOW_SORTS = {"file": None, "case": lambda r: (r["case"], r["backend"], r["pass"]),
               "backend": lambda r: (r["backend"], r["case"], r["pass"]), "status": lambda r: r["status"],
               "median": lambda r: -(r["median_s"] or 0.0), "gflops": lambda r: -(r["gflops"] or 0.0)}
@@ -406,7 +407,7 @@ def _show_row(m: dict) -> dict:
     """A measurement as the flat row that `show` prints or exports."""
     stats = m.get("stats") or {}
     return {"case": m["case"], "backend": m["backend"], "device": m["device"], "pass": m["pass"],
-            "dtype": m["dtype"], "mode": m["mode"], "layout": m["layout"], "math": m["math"],
+            "dtype": m["dtype"], "mode": m["mode"], "layout": m["layout"], "math": m["math"], "l2": m.get("l2", "warm"),
             "threads": m.get("threads"),
             "options": ",".join(f"{k}={v}" for k, v in sorted((m.get("options") or {}).items())),
             "status": m["status"], "median_s": _number(stats.get("median")), "ci_low_s": _number(stats.get("ci_low")),
@@ -443,12 +444,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         return 0
     table = Table(title=f"{len(rows)} of {len(results.measurements)} measurements")
-    for col in ("case", "backend", "pass", "dtype", "mode", "layout", "status", "median", "95% CI",
+    # The settings that tell the rows apart get a column (e.g. math: strict beside tf32); one shared by all does not.
+    settings = [col for col in SHOW_SETTINGS if len({r[col] for r in rows}) > 1]
+    for col in ("case", "backend", "pass", "dtype", "mode", "layout", *settings, "status", "median", "95% CI",
                 "GFLOP/s", "check", "flags / reason"):
         table.add_column(col, justify="right" if col in ("median", "95% CI", "GFLOP/s") else "left")
     for r in rows:
         low, high = r["ci_low_s"], r["ci_high_s"]
-        table.add_row(r["case"], r["backend"], r["pass"], r["dtype"], r["mode"], r["layout"], r["status"],
+        table.add_row(r["case"], r["backend"], r["pass"], r["dtype"], r["mode"], r["layout"],
+                      *(str(r[col]) for col in settings), r["status"],
                       format_seconds(r["median_s"]) if r["median_s"] else "",
                       f"{format_seconds(low)} – {format_seconds(high)}" if low is not None and high is not None
                       else "", f"{r['gflops']:,.1f}" if r["gflops"] else "", r["check"], r["reason"] or r["flags"])

@@ -232,6 +232,19 @@ def test_show_filters_sorts_and_exports(capsys):
     assert "unknown backend 'torhc' (did you mean 'torch'?); choose from torch, tensorflow" in capsys.readouterr().err
 
 
+def test_show_gives_a_column_to_each_setting_its_rows_differ_in(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    strict = write(tmp_path / "strict.jsonl", [record("c1", blocks(rng))])
+    tf32 = write(tmp_path / "tf32.jsonl", [record("c1", blocks(rng), math="tf32")], run_id="r2")
+    assert main(["show", str(strict)]) == 0
+    assert "math" not in capsys.readouterr().out  # one setting for every row: no column
+    assert main(["show", str(strict), str(tf32)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "backend" in line)
+    assert "math" in header and "threads" not in header and "l2" not in header
+    assert [line.split("│")[7].strip() for line in out.splitlines() if "c1" in line] == ["strict", "tf32"]
+
+
 def test_list_as_json(capsys):
     assert main(["list", "--catalog", "smoke", "--op", "gemm", "--format", "json"]) == 0
     cases = json.loads(capsys.readouterr().out)
