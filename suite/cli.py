@@ -231,6 +231,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
     parser.add_argument("-o", "--output", default=None, help="results file (.jsonl); default results/<time>.jsonl"
                         + (" (peak: results/peak-<device>.jsonl)" if command == "peak" else ""))
     parser.add_argument("--resume", action="store_true", help="continue a results file, skipping what it holds")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="continue a results file (implies --resume) and measure again what failed there "
+                             "(error, crash, timeout, out of memory, failed check); the new record replaces the "
+                             "old, which it names in retry_of")
     parser.add_argument("--shard", default=None, metavar="I/N", help="run part I of N (whole cases per part)")
 
 
@@ -307,12 +311,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
                          f"with --layout {args.layout} ({offered})")
     out = Path(args.output if args.output is not None else f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
+    args.resume = args.resume or args.retry_failed
     check_output(out, args.resume)  # before the progress display, so a refusal is the only output
     preflight((t.group for t in tasks), out.with_suffix(".worker.log"))  # a GPU no framework sees: refuse now
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap, target_block_s=args.block_time),
                          check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
-                         preflight=False, bandwidth=args.bandwidth)
+                         retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth)
     try:
         counts = _run_with_progress(tasks, out, options, "measuring", each=True)
     except KeyboardInterrupt:
@@ -328,7 +333,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if counts["failed"]:
         err_console.print(f"{counts['failed']} of {len(tasks)} measurements failed (error, crash, timeout, out of "
                           f"memory or a failed numerical check): exit status 1; every record is in {out} "
-                          f"(python -m suite show {out} --status error,crashed,timeout,oom)",
+                          f"(python -m suite show {out} --status error,crashed,timeout,oom); the same command "
+                          "with --retry-failed measures them again",
                           highlight=False, markup=False, soft_wrap=True)
         return 1
     return 0
@@ -715,7 +721,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 EXIT_STATUS = """exit status:
   0    everything requested was measured, or recorded as unsupported/skipped with a reason
   1    a measurement errored, crashed, timed out, ran out of memory or failed the numerical check
-       (the run still finishes and keeps every record)
+       (the run still finishes and keeps every record; --retry-failed measures them again)
   2    usage error or bad input; nothing was run
   130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run"""
 

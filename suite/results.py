@@ -241,6 +241,10 @@ def read_results(path: str | Path) -> Results:
         getattr(results, record["record"] + "s").append(record)
     for version, n in sorted(migrated.items()):
         results.warnings.append(f"{path}: migrated {n} records from results schema {version} to {SCHEMA_VERSION}")
+    # A measurement taken again in the same file (run --retry-failed) supersedes the earlier one: the last stands.
+    last = {measurement_key(m): i for i, m in enumerate(results.measurements)}
+    if len(last) < len(results.measurements):
+        results.measurements = [m for i, m in enumerate(results.measurements) if last[measurement_key(m)] == i]
     return results
 
 

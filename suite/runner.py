@@ -227,6 +227,7 @@ class RunOptions:
     case_timeout_s: float = 300.0  # whole case: compile + check + timing; past it the worker is killed
     run_time_cap_s: float | None = None  # stop starting new measurements after this long
     resume: bool = False
+    retry_failed: bool = False  # with resume: measure again what failed; the new record supersedes the old
     preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
     bandwidth: bool = False  # measure main-memory bandwidth into the header (environment.memory_bandwidth)
 
@@ -297,7 +298,8 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
     ``failed`` counts the requested measurements that failed (see ``results.failed``), resumed ones included.
     """
     out = Path(out)
-    done = check_output(out, options.resume)
+    held = check_output(out, options.resume)
+    done = {key: m for key, m in held.items() if not (options.retry_failed and results.failed(m))}
     todo = [t for t in tasks if t.key not in done]
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo),
                               "failed": sum(results.failed(done[t.key]) for t in tasks if t.key in done)}
@@ -330,7 +332,8 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                     if hello is None or hello.get("type") != "ready":
                         why = hello["reason"] if hello else f"worker did not start: {worker.log_tail()}"
                         for task in pending:
-                            _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report)
+                            _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report,
+                                    held.get(task.key))
                         break
                     writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": settings.device,
                                   "package": backends.REGISTRY[backend].package,  # which plugin (and version) ran
@@ -342,7 +345,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                         message = {"key": task.key, "op": op_to_dict(task.case.op),
                                    "variant": dataclasses.asdict(task.variant), "l2": task.l2}
                         result = worker.run(message, options.case_timeout_s)
-                        _finish(writer, task, result, run_id, hello, counts, report)
+                        _finish(writer, task, result, run_id, hello, counts, report, held.get(task.key))
                         if result["status"] in ("crashed", "timeout", "oom"):
                             break  # start a fresh worker for the rest (after an OOM its allocator may be wedged)
                 except BaseException:  # Ctrl-C: stop now; everything finished is already on disk
@@ -354,8 +357,12 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
 
 
 def _finish(writer: ResultsWriter, task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any],
-            counts: dict[str, int], report: Reporter | None) -> None:
+            counts: dict[str, int], report: Reporter | None, superseded: dict[str, Any] | None = None) -> None:
+    """Write one measurement; ``superseded``: the failed record it measures again (``--retry-failed``), named in
+    ``retry_of`` so the earlier failure stays on record."""
     record = measurement_record(task, result, run_id, worker)
+    if superseded is not None:
+        record["retry_of"] = {name: superseded.get(name) for name in ("run_id", "status", "reason", "finished")}
     writer.write(record)
     counts[record["status"]] = counts.get(record["status"], 0) + 1
     counts["failed"] += results.failed(record)

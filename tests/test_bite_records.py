@@ -154,9 +154,10 @@ def test_merge_keeps_every_distinct_measurement_and_drops_only_duplicates(tmp_pa
     assert len({t.key for t in tasks}) == len(tasks) == len(KEY_FIELDS) + 1
     records = [measurement_record(t, {"status": "ok"}, "r1", {}) for t in tasks]
     one = write(tmp_path / "one.jsonl", records)
-    two = write(tmp_path / "two.jsonl", [*records[::-1], records[0]])  # every record again, the first twice
+    two = write(tmp_path / "two.jsonl", records[::-1])  # every record again
+    three = write(tmp_path / "three.jsonl", records[:1])  # and the first a third time
     out = tmp_path / "merged.jsonl"
-    assert main(["merge", str(one), str(two), "-o", str(out)]) == 0
+    assert main(["merge", str(one), str(two), str(three), "-o", str(out)]) == 0
     merged = read_results(out).measurements
     assert [measurement_key(m) for m in merged] == [t.key for t in tasks]  # the first of each, in order
     assert f"{len(tasks) + 1} duplicates dropped" in capsys.readouterr().out

@@ -401,7 +401,7 @@ def test_results_reader_on_any_json_lines_and_truncations(tmp_path, records, cut
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.text(max_size=10), min_size=1, max_size=5), st.data())
+@given(st.lists(st.text(max_size=10), min_size=1, max_size=5, unique=True), st.data())  # one record per case
 def test_a_written_file_cut_at_any_byte_keeps_every_complete_record(tmp_path, cases, data):
     path = tmp_path / "cut.jsonl"
     path.unlink(missing_ok=True)

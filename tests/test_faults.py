@@ -202,3 +202,21 @@ def test_max_run_time_stops_starting_measurements_and_says_resume_continues(tmp_
     assert records(out) == []
     code, log = finish(start(tmp_path, out, *BASE, "--id", "smoke-gemm*", "--resume"))
     assert code == 0 and len(records(out)) == 2, log
+
+
+def test_retry_failed_measures_again_only_what_failed_and_the_new_record_supersedes(tmp_path):
+    out = tmp_path / "retry.jsonl"
+    args = [*BASE, "--id", "smoke-gemm-64", "--mode", "eager,compile"]
+    code, log = finish(start(tmp_path, out, *args, env={"TORCHINDUCTOR_CACHE_DIR": "/dev/null/cache"}))
+    assert code == 1 and "--retry-failed measures them again" in " ".join(log.split()), log
+    assert [(m["mode"], m["status"]) for m in records(out)] == [("eager", "ok"), ("compile", "error")]
+    code, log = finish(start(tmp_path, out, *args, "--retry-failed",
+                             env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}), timeout=300)
+    assert code == 0, log  # the failure is gone: it was measured again, and nothing else was
+    raw = records(out)
+    assert [(m["mode"], m["status"]) for m in raw] == [("eager", "ok"), ("compile", "error"), ("compile", "ok")]
+    assert raw[2]["retry_of"]["status"] == "error" and "/dev/null/cache" in raw[2]["retry_of"]["reason"]
+    assert raw[2]["retry_of"]["run_id"] == raw[1]["run_id"] != raw[2]["run_id"]
+    assert [(m["mode"], m["status"]) for m in read_results(out).measurements] == [("eager", "ok"), ("compile", "ok")]
+    code, log = finish(start(tmp_path, out, *args, "--retry-failed"))
+    assert code == 0 and len(records(out)) == 3, log  # nothing failed: nothing to measure again

@@ -27,6 +27,23 @@ def test_round_trip_and_keys(tmp_path):
     assert measurement_key(measurement()) != measurement_key(measurement(case="c2"))
 
 
+def test_a_measurement_taken_again_in_one_file_supersedes_the_earlier(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path) as writer:
+        writer.write(HEADER)
+        writer.write(measurement(status="error", reason="CUDA error: busy"))
+        writer.write(measurement(case="c2"))
+        writer.write({**HEADER, "run_id": "r2"})
+        writer.write(measurement(run_id="r2", retry_of={"run_id": "r1", "status": "error"}))
+    got = read_results(path).measurements
+    assert [(m["case"], m["run_id"], m["status"]) for m in got] == [("c2", "r1", "ok"), ("c1", "r2", "ok")]
+    other = tmp_path / "other.jsonl"  # the same key in two files: two runs, both kept (the report pools them)
+    with ResultsWriter(other) as writer:
+        writer.write({**HEADER, "run_id": "r3"})
+        writer.write(measurement(run_id="r3"))
+    assert len(read_many([path, other]).measurements) == 3
+
+
 def test_partial_last_line_is_skipped_on_read_and_dropped_on_append(tmp_path):
     path = tmp_path / "r.jsonl"
     with ResultsWriter(path) as writer:
