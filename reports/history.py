@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,9 @@ def series(track: Track) -> list[dict[str, Any]]:
     return out
 
 
-def figure(track: Track, rows: list[dict[str, Any]]) -> Figure | None:
-    """Time of each case relative to its first measured point, per pass (thin lines), with the geometric mean."""
+def figure(track: Track, rows: list[dict[str, Any]], order: Sequence[str] = ()) -> Figure | None:
+    """Time of each case relative to its first measured point, per pass (thin lines, in the framework's colour of
+    every figure: ``order`` is the report's framework order), with the geometric mean."""
     passes = [p for p in PASSES if any(r["pass"] == p for r in rows)]
     if not passes:
         return None
@@ -166,7 +168,7 @@ def figure(track: Track, rows: list[dict[str, Any]]) -> Figure | None:
             if len(finite) < 2:
                 continue
             relative.append(values / finite[0])
-            ax.plot(range(n), relative[-1], color=color(track.backend), alpha=0.35, linewidth=1, marker=".")
+            ax.plot(range(n), relative[-1], color=color(track.backend, order), alpha=0.35, linewidth=1, marker=".")
         if relative:
             logs = np.log(np.vstack(relative))
             counts = np.isfinite(logs).sum(axis=0)
@@ -186,12 +188,12 @@ def figure(track: Track, rows: list[dict[str, Any]]) -> Figure | None:
     return fig
 
 
-def section(results: Results, figures_dir: Path) -> list[dict[str, Any]]:
+def section(results: Results, figures_dir: Path, order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The history section's content, one entry per track; empty (no section) for single-run results."""
     out = []
     for number, track in enumerate(tracks(results), start=1):
         rows = series(track)
-        fig = figure(track, rows)
+        fig = figure(track, rows, order)
         src = None
         if fig is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)

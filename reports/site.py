@@ -307,7 +307,7 @@ def build_site(results: Results | Iterable[str | Path], out_dir: str | Path, bas
         cases=frame["case"].nunique() if not frame.empty else 0,
         summary=questions, figure_by_key=figs, figures=[f for k, f in figs.items() if k not in inline],
         environments=environments(a), tables=case_tables(a), warnings=warning_rows(a), data_files=data_files,
-        history=history.section(a.results, out / "figures"),  # history hook (reports/history.py): empty for one run
+        history=history.section(a.results, out / "figures", a.order),  # reports/history.py; empty for one run
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")
