@@ -82,6 +82,10 @@ class TorchBackend(Backend):
             "mkldnn.conv.fp32_precision": torch.backends.mkldnn.conv.fp32_precision,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
         }
+        if settings.device == "gpu":  # cuBLAS may reduce fp16/bf16 GEMM partial sums in that precision (default on)
+            matmul = torch.backends.cuda.matmul
+            flags.update({f"cuda.matmul.allow_{dtype}_reduced_precision_reduction":
+                          getattr(matmul, f"allow_{dtype}_reduced_precision_reduction") for dtype in ("fp16", "bf16")})
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             flags.update(gpu=props.name, gpu_memory_bytes=props.total_memory,

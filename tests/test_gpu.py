@@ -601,3 +601,28 @@ def test_the_readme_states_the_gpu_runs_sizes_as_the_catalog_and_tox_make_them()
             f"{full['jax']:,}") in text
     assert (f"`full` is {tflop('forward'):.1f} TFLOP forward, about {sum(map(tflop, PASSES)):.0f} TFLOP over the "
             "four passes") in text
+
+
+def test_torch_on_a_gpu_records_cublas_reduced_precision_reductions(monkeypatch):
+    """fp16/bf16 GEMMs on a GPU may reduce partial sums in that precision (cuBLAS; torch's default): a math mode the
+    worker reads back and records. Driven through torch's own configure() with its CUDA queries faked."""
+    torch = pytest.importorskip("torch")
+    from backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30,
+                                                      major=9, minor=0))
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_bf16_reduced_precision_reduction  # torch's own setter (monkeypatch cannot undo it)
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        settings = Settings(device="gpu")
+        flags = TorchBackend(settings).configure(settings)
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = before
+    assert flags["cuda.matmul.allow_fp16_reduced_precision_reduction"] is matmul.allow_fp16_reduced_precision_reduction
+    assert flags["cuda.matmul.allow_bf16_reduced_precision_reduction"] is False
+    assert flags["gpu"] == "NVIDIA H100 80GB HBM3" and flags["gpu_capability"] == "9.0"
+    cpu = Settings(device="cpu")
+    assert not [name for name in TorchBackend(cpu).configure(cpu) if "reduced_precision" in name]
