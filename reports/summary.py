@@ -167,10 +167,13 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
                  for b in ordered(a, fwd["backend"])]
         if parts:
             head += f" Forward pass against {base} (geomeans): " + "; ".join(parts) + "."
-        rows = []
+        keyed = []  # (kind's place, pass's place), row
         for (kind, pass_), kg in group.groupby(["kind", "pass"], sort=False):
-            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(PASS_LABELS[pass_], num=False),
+            label = "dQ+dK+dV" if kind == "attention" and pass_ == "backward" else PASS_LABELS[pass_]
+            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(label, num=False),
                    cell(int(kg["cases"].max()))]
+            keyed.append(((list(KIND_LABELS).index(kind) if kind in KIND_LABELS else 9,
+                           list(PASS_LABELS).index(pass_)), row))
             by_backend = kg.set_index("backend")
             most = kg["wins"].max()
             for b in backends:
@@ -181,9 +184,7 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
                 if b != base:  # the baseline's own speedup is 1 by definition: no column
                     row.append(cell(speedup_text(r["geomean"]), speedup_ci_text(r["low"], r["high"])))
                 row.append(cell(int(r["wins"]), bold=r["wins"] == most))
-            rows.append(row)
-        rows.sort(key=lambda r: (list(KIND_LABELS.values()).index(r[0]["text"]) if r[0]["text"] in
-                                 KIND_LABELS.values() else 9, list(PASS_LABELS.values()).index(r[1]["text"])))
+        rows = [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
         columns = ["op", "pass", "cases"] + [
             c for b in backends for c in ((f"{b} wins",) if b == base else (f"{b} vs {base} (95% CI)", f"{b} wins"))]
         tables = [table(columns, rows, stacked=True,

@@ -390,6 +390,10 @@ def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
     assert [(q["id"], q["figure"]) for q in questions] == [("kind-bgemm", "kind-bgemm"),
                                                            ("kind-attention", "kind-attention")]
     assert questions[0]["question"].startswith("Batched GEMMs:")
+    # In the fastest-framework table attention's backward is named by its gradients, after its forward.
+    [fastest] = summary.speed(a)
+    labels = [(row[0]["text"], row[1]["text"]) for row in fastest["tables"][0]["rows"]]
+    assert labels == [("attention", "forward"), ("attention", "dQ+dK+dV")]  # the bgemm: torch alone, no row
 
 
 def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> None:
