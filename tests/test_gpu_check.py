@@ -1,12 +1,14 @@
 """``.ci/gpu-check``, the prepared GPU check for a short lease of a GPU machine, run here so it cannot rot.
 
-On this CPU-only machine: its dry run (``OPBENCH_DEVICE=cpu``, a few smoke cases) goes through every step and leaves
-the archive of results and report; run as on a GPU, every measuring step is refused up front and the script fails.
+On this CPU-only machine: its dry run (``OPBENCH_DEVICE=cpu``, a few smoke cases, in a copy of the checkout with
+opbench's metadata written as where it is not installed) goes through every step and leaves the archive of results
+and report; run as on a GPU, every measuring step is refused up front and the script fails.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,14 +25,29 @@ RESULTS = ("peak", "torch", "torch-tf32", "jax", "jax-tf32")
 pytestmark = pytest.mark.slow
 
 
-def gpu_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def checkout(tmp_path: Path) -> Path:
+    """The repository's files as a fresh checkout has them (no opbench.egg-info, which an editable install leaves in
+    the repository root and which Python would find there first), as the GPU machine receives them."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    copy = tmp_path / "repo"
+    for name in files:
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+def gpu_check(tmp_path: Path, repo: Path = REPO, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPBENCH_PYTHON": sys.executable, "OPBENCH_GPU_CHECK_DIR": str(tmp_path / "work"),
            "OUT": str(tmp_path / "out"), **env}
-    return subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", str(repo / SCRIPT.relative_to(REPO))], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_the_dry_run_on_the_cpu_measures_every_step_and_archives_results_and_report(tmp_path):
-    done = gpu_check(tmp_path, OPBENCH_DEVICE="cpu")
+    repo = checkout(tmp_path)
+    done = gpu_check(tmp_path, repo, OPBENCH_DEVICE="cpu", OPBENCH_GPU_CHECK_METADATA="write")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.log", "gpu-check.tar.gz"]
     with tarfile.open(tmp_path / "out" / "gpu-check.tar.gz") as archive:
@@ -44,6 +61,13 @@ def test_the_dry_run_on_the_cpu_measures_every_step_and_archives_results_and_rep
         assert {m["math"] for m in ok} == {"tf32" if name.endswith("tf32") else "strict"}, name
     log = (tmp_path / "out" / "gpu-check.log").read_text()
     assert "== selfcheck: exit 0" in log and "== report: exit 0" in log
+    # The backends came from the entry points the script wrote: on PYTHONPATH they come before the installed package's.
+    assert "== metadata: exit 0" in log
+    found = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
+                            "print(m.entry_points(group='opbench.backends')['torch'].dist._path)"],
+                           cwd=repo, env={**os.environ, "PYTHONPATH": str(tmp_path / "work" / "metadata")},
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(found).parent == tmp_path / "work" / "metadata", found
 
 
 def test_as_on_a_gpu_here_every_measuring_step_is_refused_and_the_script_fails(tmp_path):
