@@ -21,6 +21,12 @@ from suite.results import Results
 
 PASS_LABELS = {"forward": "forward", "backward_data": "dX", "backward_weight": "dW", "backward": "dX+dW"}
 assert tuple(PASS_LABELS) == PASSES
+
+
+def pass_label(kind: str, pass_: str) -> str:
+    """A pass's name for an op kind: attention's whole backward is its three input gradients, not dX+dW."""
+    return "dQ+dK+dV" if kind == "attention" and pass_ == "backward" else PASS_LABELS[pass_]
+
 FIRST_LAYER_TAG = "first-layer"  # catalog tag: the network's first layer, whose input needs no gradient
 CSV_DROP = ["samples"]
 KERNEL_DETAILS = ("sdpa_backend", "implementation")  # details keys in which a backend names the kernel that ran
@@ -88,7 +94,7 @@ def tidy(results: Results) -> pd.DataFrame:
     # Two versions of one framework are two variants, never pooled into one median (history compares them).
     versions = frame.groupby("backend")["version"].transform("nunique")
     frame["variant"] = frame["variant"].where(versions.le(1), frame["variant"] + " · " + frame["version"])
-    frame["pass_label"] = frame["pass"].map(PASS_LABELS)
+    frame["pass_label"] = [pass_label(kind, pass_) for kind, pass_ in zip(frame["kind"], frame["pass"], strict=True)]
     return frame
 
 

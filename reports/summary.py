@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
-from reports.frame import PASS_LABELS, backend_order
+from reports.frame import PASS_LABELS, backend_order, pass_label
 from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
@@ -169,8 +169,7 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
             head += f" Forward pass against {base} (geomeans): " + "; ".join(parts) + "."
         keyed = []  # (kind's place, pass's place), row
         for (kind, pass_), kg in group.groupby(["kind", "pass"], sort=False):
-            label = "dQ+dK+dV" if kind == "attention" and pass_ == "backward" else PASS_LABELS[pass_]
-            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(label, num=False),
+            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(pass_label(kind, pass_), num=False),
                    cell(int(kg["cases"].max()))]
             keyed.append(((list(KIND_LABELS).index(kind) if kind in KIND_LABELS else 9,
                            list(PASS_LABELS).index(pass_)), row))
