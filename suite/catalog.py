@@ -69,6 +69,73 @@ class Case:
     file: str = field(default="", compare=False)
 
 
+# ------------------------------------------------------------------------------------------------ networks
+PHASES = {"train": "training step", "prefill": "prefill", "decode": "decode", "inference": "inference"}
+FIRST_LAYER_TAG = "first-layer"  # the network's first layer: its input is the data, which needs no gradient
+
+
+def phase_of(tags: Iterable[str]) -> str | None:
+    """The network phase a layer belongs to, from its catalog tags (prefill and decode kept apart)."""
+    tags = set(tags)
+    return next((label for tag, label in PHASES.items() if tag in tags), None)
+
+
+def set_of(tags: Iterable[str], network: str, phase: str) -> str:
+    """The layer set a case belongs to: its tag ``net:<id>`` (one network at one batch and phase), else the network
+    and phase."""
+    return next((t.removeprefix("net:") for t in tags if t.startswith("net:")), f"{network} · {phase}")
+
+
+@dataclass(frozen=True)
+class NetworkLayer:
+    """One distinct layer of a network set: its case, how often the network runs it, and its role in a step."""
+
+    case: str
+    count: int = 1
+    first_layer: bool = False  # its input is the data: a training step computes no dX for it
+    weightless: bool = False  # no weight operand (attention): its one backward is all data gradients
+
+
+@dataclass(frozen=True)
+class NetworkSet:
+    """A catalog layer set: one network at one batch and phase, with every layer the catalog lists for it. Runs
+    record the sets of their catalog, so a report judges completeness by the catalog the run used."""
+
+    set: str
+    network: str
+    phase: str
+    layers: tuple[NetworkLayer, ...]
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> NetworkSet:
+        return cls(str(data["set"]), str(data["network"]), str(data["phase"]),
+                   tuple(NetworkLayer(str(layer["case"]), int(layer.get("count", 1)),
+                                      bool(layer.get("first_layer", False)), bool(layer.get("weightless", False)))
+                         for layer in data["layers"]))
+
+    def to_record(self) -> dict[str, Any]:
+        return {"set": self.set, "network": self.network, "phase": self.phase,
+                "layers": [vars(layer).copy() for layer in self.layers]}
+
+
+def network_sets(cases: Iterable[Case]) -> tuple[NetworkSet, ...]:
+    """The network layer sets among ``cases``: cases with a phase tag and a ``net:`` tag (or ``modern``)."""
+    sets: dict[tuple[str, str, str], list[NetworkLayer]] = {}
+    for c in cases:
+        phase = phase_of(c.tags)
+        if phase and ("modern" in c.tags or any(t.startswith("net:") for t in c.tags)):
+            key = (set_of(c.tags, c.provenance.network, phase), c.provenance.network, phase)
+            sets.setdefault(key, []).append(NetworkLayer(c.id, c.count, FIRST_LAYER_TAG in c.tags,
+                                                         "backward_weight" not in c.op.passes))
+    return tuple(NetworkSet(s, network, phase, tuple(layers)) for (s, network, phase), layers in sets.items())
+
+
+def sets_touching(sets: Iterable[NetworkSet], case_ids: Iterable[str]) -> tuple[NetworkSet, ...]:
+    """The sets with at least one of ``case_ids`` among their layers (what a run records in its header)."""
+    ids = set(case_ids)
+    return tuple(s for s in sets if any(layer.case in ids for layer in s.layers))
+
+
 @dataclass(frozen=True)
 class Subset:
     name: str

@@ -20,6 +20,11 @@ WRT: dict[str, tuple[str, ...]] = {"backward_data": ("x",), "backward_weight": (
 OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx",),
                                        "backward_weight": ("dw",), "backward": ("dx", "dw")}
 
+# How a pass is named where an op's two operands are data x and weight w; a kind with other gradients names its
+# own (``pass_labels``: attention's backward is dQ+dK+dV).
+PASS_LABELS: dict[str, str] = {"forward": "forward", "backward_data": "dX", "backward_weight": "dW",
+                               "backward": "dX+dW"}
+
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DTYPES = tuple(DTYPE_BYTES)
 
@@ -37,11 +42,25 @@ class InvalidDims(ValueError):
         super().__init__(problem)
 
 
-class _Operands:
-    """Operands and passes of an op with a data operand x and a weight w (GEMM, conv): all four passes."""
+class OpKind:
+    """What every op kind declares once: its passes and their names, operands, outputs, and how the report names
+    and draws it. A new kind subclasses this (a frozen dataclass of its dims, plus ``flops``, ``min_bytes``,
+    ``operands``, ``out_shape``, ``input_elements`` and ``describe``) and registers with ``register_op``; its
+    float64 reference goes in ``suite.reference``; nothing under ``reports/`` names a kind."""
 
+    kind: ClassVar[str]
     passes: ClassVar[tuple[Pass, ...]] = PASSES
     inputs: ClassVar[tuple[str, ...]] = ("x", "w")  # the operands of the forward call, in call order
+    pass_labels: ClassVar[dict[str, str]] = PASS_LABELS
+    # variety -> (plural noun for sentences, matplotlib marker); the first is the kind itself
+    varieties: ClassVar[dict[str, tuple[str, str]]] = {}
+    main: ClassVar[bool] = False  # a kind of the seed questions (GEMM, conv); every other kind gets its own section
+    no_pass_reason: ClassVar[str] = ""
+
+    @property
+    def variety(self) -> str:
+        """The name the report groups this op under (a depthwise conv apart from dense convs); the kind by default."""
+        return self.kind
 
     def wrt(self, pass_: Pass) -> tuple[str, ...]:
         """The inputs a pass differentiates with respect to."""
@@ -50,6 +69,11 @@ class _Operands:
     def outputs(self, pass_: Pass) -> tuple[str, ...]:
         """What a pass returns, in order (what the numerical check compares)."""
         return OUTPUTS[pass_]
+
+
+class _Operands(OpKind):
+    """Operands and passes of an op with a data operand x and a weight w (GEMM, conv): all four passes."""
+
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,8 @@ class Gemm(_Operands):
     transpose_b: bool = False
 
     kind = "gemm"
+    varieties = {"gemm": ("GEMMs", "o")}
+    main = True
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -135,6 +161,8 @@ class Conv2d(_Operands):
     groups: int = 1
 
     kind = "conv2d"
+    varieties = {"conv2d": ("convs", "s"), "depthwise": ("depthwise convs", "D")}
+    main = True
 
     def __post_init__(self) -> None:
         for name in ("n", "c", "h", "w", "k", "r", "s", "groups"):
@@ -175,6 +203,10 @@ class Conv2d(_Operands):
     @property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.c
+
+    @property
+    def variety(self) -> str:
+        return "depthwise" if self.depthwise else self.kind
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -247,6 +279,7 @@ class BatchedGemm(_Operands):
     transpose_b: bool = False
 
     kind = "bgemm"
+    varieties = {"bgemm": ("batched GEMMs", "P")}
 
     def __post_init__(self) -> None:
         for name in ("batch", "m", "n", "k"):
@@ -285,7 +318,7 @@ class BatchedGemm(_Operands):
 
 
 @dataclass(frozen=True)
-class Attention:
+class Attention(OpKind):
     """Scaled dot-product attention Y = softmax(Q·Kᵀ/√D [+ causal mask])·V over ``heads`` query heads.
 
     Q and dY are batch×heads×q_len×head_dim, K and V batch×kv_heads×kv_len×head_dim (logical layout); with
@@ -309,8 +342,10 @@ class Attention:
     causal: bool = False
 
     kind = "attention"
+    varieties = {"attention": ("attention", "^")}
     passes: ClassVar[tuple[Pass, ...]] = ("forward", "backward")
     inputs: ClassVar[tuple[str, ...]] = ("q", "k", "v")
+    pass_labels = {"forward": "forward", "backward": "dQ+dK+dV"}
     no_pass_reason: ClassVar[str] = ("attention has no weight operand: its backward computes dQ, dK and dV together "
                                      "(pass 'backward'); backward_data/backward_weight do not apply")
 
@@ -395,7 +430,7 @@ RNN_GATES = {"rnn_relu": 1, "rnn_tanh": 1, "lstm": 4, "gru": 3}
 
 
 @dataclass(frozen=True)
-class Rnn:
+class Rnn(OpKind):
     """One unidirectional recurrent layer without biases, run over ``timesteps`` steps from a zero state.
 
     x is batch×timesteps×input_size, y (every step's hidden state, the output a next layer reads) and dy are
@@ -422,7 +457,7 @@ class Rnn:
     input_size: int | None = None  # None: the hidden size, as in DeepBench (its x has hidden features)
 
     kind = "rnn"
-    passes: ClassVar[tuple[Pass, ...]] = PASSES
+    varieties = {"rnn": ("recurrent layers", "v")}
     inputs: ClassVar[tuple[str, ...]] = ("x", "w_ih", "w_hh")
 
     def __post_init__(self) -> None:
@@ -485,9 +520,31 @@ class Rnn:
         return f"{self.cell} {size} B{self.batch} T{self.timesteps}"
 
 
-Op = Gemm | Conv2d | BatchedGemm | Attention | Rnn
-OP_KINDS: dict[str, type[Op]] = {"gemm": Gemm, "conv2d": Conv2d, "bgemm": BatchedGemm, "attention": Attention,
-                                 "rnn": Rnn}
+Op = OpKind  # every op is an OpKind; the kinds are registered in OP_KINDS
+OP_KINDS: dict[str, type[OpKind]] = {}
+
+
+def register_op(cls: type[OpKind]) -> type[OpKind]:
+    """Make an op kind known to the catalog, the results reader and the report (a plugin's or a test's kind too)."""
+    OP_KINDS[cls.kind] = cls
+    return cls
+
+
+for _cls in (Gemm, Conv2d, BatchedGemm, Attention, Rnn):
+    register_op(_cls)
+
+
+def varieties() -> dict[str, tuple[str, str]]:
+    """variety -> (plural noun, marker) over every registered kind, in registration order."""
+    return {name: facts for cls in OP_KINDS.values()
+            for name, facts in (cls.varieties or {cls.kind: (cls.kind, "o")}).items()}
+
+
+def pass_label(kind: str, pass_: str) -> str:
+    """A pass's name for an op kind (attention's backward is dQ+dK+dV); the generic name for an unknown kind."""
+    cls = OP_KINDS.get(kind)
+    labels = cls.pass_labels if cls is not None else PASS_LABELS
+    return labels.get(pass_, PASS_LABELS.get(pass_, pass_))
 
 
 def op_to_dict(op: Op) -> dict:

@@ -1,9 +1,16 @@
-"""Results files: append-only JSON Lines, one self-contained record per line, versioned and migrated on read.
+"""The results model and its file format: every fact about a measurement defined once, typed, read and written here.
 
-Record kinds: ``header`` (one per run session: schema version, environment, command, settings), ``worker`` (a
-backend's versions and the flags read back at run time) and ``measurement`` (one case × backend × variant). Every
-record is flushed and fsynced before the next measurement starts, so a crash loses at most the line being written;
-the reader skips a partial last line with a warning.
+Typed values: ``MeasurementKey`` (what was measured), ``Measurement`` (raw block times, statistics with their final
+flags, the check, and the rates derived from them), ``RunHeader`` (machine, settings and the catalog's network sets
+the run used) and ``WorkerInfo`` (framework versions and flags read back), gathered in a ``ResultSet`` with ONE
+policy for repeated measurements. The rules that judge them live beside them: what failed, what "same speed" means,
+% of a peak. Every consumer (runner, compare, history, show, check, merge, report) takes these types;
+``from_record``/``to_record`` are the only reader and writer of a record's fields.
+
+The file: append-only JSON Lines, one self-contained record per line (``header`` per run session, ``worker`` per
+framework process, ``measurement`` per case × backend × variant), versioned and migrated on read. Every record is
+flushed and fsynced before the next measurement starts, so a crash loses at most the line being written; the reader
+skips a partial last line with a warning.
 """
 
 from __future__ import annotations
@@ -11,38 +18,527 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from suite.ops import op_from_dict
-from suite.stats import median_per_call
+from suite.catalog import NetworkSet
+from suite.ops import Op, op_from_dict, op_to_dict
+from suite.stats import Summary, median_per_call
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the header records the catalog's network sets the run used ("catalog")
 RECORD_KINDS = ("header", "worker", "measurement")
-KEY_FIELDS = ("case", "backend", "device", "dtype", "pass", "mode", "layout", "math", "threads", "options", "l2")
-KEY_DEFAULTS = {"l2": "warm"}  # key fields added later: what records written before them measured
-STATUSES = ("ok", "unsupported", "error", "oom", "timeout", "crashed", "skipped")
-FAILED_STATUSES = ("error", "oom", "timeout", "crashed")  # unsupported and skipped carry a reason: not failures
-
-
-def failed(record: dict[str, Any]) -> bool:
-    """Whether a measurement failed: it errored, crashed, timed out, ran out of memory or failed the check."""
-    return record["status"] in FAILED_STATUSES or (record.get("check") or {}).get("status") == "fail"
 
 
 class ResultsError(ValueError):
     """A results file that cannot be read as opbench results; the message says where and why."""
 
 
-def measurement_key(record: dict[str, Any]) -> str:
-    """The identity of a measurement: what a resumed run must not repeat."""
-    return json.dumps([record.get(name, KEY_DEFAULTS.get(name)) for name in KEY_FIELDS], sort_keys=True)
+# ------------------------------------------------------------------------------------------------ the rules
+STATUSES = ("ok", "unsupported", "error", "oom", "timeout", "crashed", "skipped")
+# A failure is something to measure again: unsupported (the framework has no kernel) and skipped (the memory guard)
+# carry their reason and are not failures; `run` and `check` exit alike on them.
+FAILED_STATUSES = ("error", "oom", "timeout", "crashed")
+# "Same speed": a ratio of medians whose 95% CI lies inside 1 ± SAME_BAND is no clear difference (methodology.md:
+# "call a difference only when the CI excludes 1 ± ~3%"). The report's verdicts and `compare` both use it.
+SAME_BAND = 0.03
+# Timing flags under which a ratio is not evidence of a speed change: the block times measure dispatch overhead, a
+# busy machine or noise more than the op. `compare` shows them and never counts such a pair as a regression.
+UNRELIABLE_FLAGS = ("overhead_bound", "unstable", "noisy", "contended", "throttled", "few_blocks")
 
 
-# Migrations from schema N to N+1, applied in order on read (asv's update_to_N). None yet: schema 1 is the first.
-MIGRATIONS: dict[int, Any] = {}
+def speed_verdict(low: float, high: float, band: float = SAME_BAND) -> str:
+    """'higher' / 'lower' when the CI [low, high] of a ratio lies wholly beyond 1 ± band, 'same' inside it, 'n/a'
+    without a CI. Callers name the direction ('slower', 'faster') from what their ratio divides."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    if low > 1 + band:
+        return "higher"
+    if high < 1 - band:
+        return "lower"
+    return "same"
+
+
+def percent_of(tflops: float, peak_tflops: float | None) -> float:
+    """Achieved TFLOP/s as % of a peak (NaN without one). The peak GEMM itself is exactly 100."""
+    if peak_tflops is None or not math.isfinite(peak_tflops) or peak_tflops <= 0 or not math.isfinite(tflops):
+        return math.nan
+    return 100.0 * tflops / peak_tflops
+
+
+def _float(value: Any) -> float:
+    """JSON numbers, None and the strings "nan"/"inf" → float."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _items(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (mapping or {}).items()))
+
+
+# ------------------------------------------------------------------------------------------------ identity
+@dataclass(frozen=True)
+class MeasurementKey:
+    """What a measurement is of: case × framework × variant × run-wide settings. Two records with one key measured
+    the same thing (a resumed run must not repeat it; `compare` pairs on it; the report pools it across runs)."""
+
+    case: str
+    backend: str
+    device: str
+    dtype: str
+    pass_: str
+    mode: str
+    layout: str
+    math: str
+    threads: int | None
+    options: tuple[tuple[str, str], ...] = ()
+    l2: str = "warm"  # GPU cache state; "warm" for every CPU run and for records older than the field
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> MeasurementKey:
+        """From a record's (or a task's) identity fields, as results files name them."""
+        return cls(case=data["case"], backend=data["backend"], device=data["device"], dtype=data["dtype"],
+                   pass_=data["pass"], mode=data["mode"], layout=data["layout"], math=data["math"],
+                   threads=data.get("threads"), options=_items(data.get("options")), l2=data.get("l2") or "warm")
+
+    def fields(self) -> dict[str, Any]:
+        """The identity fields as a results record names them."""
+        return {name: (dict(self.options) if name == "options" else getattr(self, _ATTR.get(name, name)))
+                for name in KEY_FIELDS}
+
+    @property
+    def options_text(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.options)
+
+    @property
+    def variant(self) -> str:
+        """Mode, layout, math, threads, L2 state (when cold) and options, as one label."""
+        l2 = f"{self.l2} L2" if self.l2 != "warm" else ""
+        threads = f"{self.threads} threads" if self.threads is not None else ""
+        return " · ".join(p for p in (self.mode, self.layout, self.math, threads, l2, self.options_text) if p)
+
+    @property
+    def label(self) -> str:
+        return f"{self.case} · {self.backend} · {self.pass_} · {self.dtype} · {self.device} · {self.variant}"
+
+    def across(self, names: Iterable[str]) -> MeasurementKey:
+        """This key with the fields ``names`` (record names, e.g. "math") blanked: what pairs two runs that differ
+        in those settings (``compare --across math``)."""
+        blank = {_ATTR.get(name, name): (() if name == "options" else None) for name in names}
+        return replace(self, **blank)
+
+
+_ATTR = {"pass": "pass_"}  # record field name -> attribute
+KEY_FIELDS: tuple[str, ...] = tuple("pass" if f.name == "pass_" else f.name for f in dataclass_fields(MeasurementKey))
+
+
+def measurement_key(record: Mapping[str, Any]) -> MeasurementKey:
+    """The identity of a record (or of a task's identity fields)."""
+    return MeasurementKey.from_fields(record)
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+@dataclass(frozen=True)
+class Check:
+    """The numerical check against the float64 reference: relative error per output and the tolerance."""
+
+    status: str  # "pass" or "fail"
+    errors: Mapping[str, float]
+    tolerance: float
+    reduced: bool = False  # checked on a reduced batch (a large case)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values(), default=math.nan)
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any] | None) -> Check | None:
+        if not data:
+            return None
+        return cls(data.get("status", "pass"), {str(k): _float(v) for k, v in (data.get("errors") or {}).items()},
+                   _float(data.get("tolerance")), bool(data.get("reduced", False)))
+
+    def to_record(self) -> dict[str, Any]:
+        return {"status": self.status, "errors": dict(self.errors), "tolerance": self.tolerance,
+                "reduced": self.reduced}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One case × framework × variant as recorded: identity, provenance, status, raw block times, statistics (with
+    their final flags), the check, and the rates derived from them (computed here only)."""
+
+    key: MeasurementKey
+    status: str
+    run_id: str | None = None
+    reason: str | None = None
+    op: Op | None = None
+    shape: str | None = None
+    provenance: Mapping[str, str] = field(default_factory=dict)  # network, layer, source, derivation
+    count: int = 1
+    tags: tuple[str, ...] = ()
+    flops: float = math.nan
+    bytes: float = math.nan
+    block_times: tuple[float, ...] = ()
+    calls_per_block: int = 1
+    stats: Summary | None = None
+    check: Check | None = None
+    first_call_s: float = math.nan
+    default_variant: bool | None = None  # None in results written before it was recorded
+    versions: Mapping[str, str] = field(default_factory=dict)  # the worker's, as it reported them
+    flags: Mapping[str, Any] = field(default_factory=dict)  # the framework's flags read back by the worker
+    details: Mapping[str, Any] = field(default_factory=dict)  # what the backend recorded (e.g. the kernel it chose)
+    finished: str = ""  # ISO time the measurement was written
+    retry_of: Mapping[str, Any] | None = None  # the failed record this one measures again (run --retry-failed)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # other recorded facts (gpu_state, cold_cache, ...)
+
+    # --- reading and writing: the only two places a measurement record is read or written -----------------
+    @classmethod
+    def from_record(cls, m: Mapping[str, Any]) -> Measurement:
+        """A validated, migrated ``measurement`` record as a typed value."""
+        stats = m.get("stats")
+        return cls(
+            key=MeasurementKey.from_fields(m), status=m["status"], run_id=m.get("run_id"), reason=m.get("reason"),
+            op=op_from_dict(m["dims"]) if m.get("dims") else None, shape=m.get("shape"),
+            provenance={str(k): str(v) for k, v in (m.get("provenance") or {}).items()}, count=m.get("count") or 1,
+            tags=tuple(m.get("tags") or ()), flops=_float(m.get("flops")), bytes=_float(m.get("bytes")),
+            block_times=tuple(_float(t) for t in m.get("block_times") or ()),
+            calls_per_block=m.get("calls_per_block") or (stats or {}).get("calls_per_block") or 1,
+            stats=_summary(stats) if stats else None, check=Check.from_record(m.get("check")),
+            first_call_s=_float(m.get("first_call_s")), default_variant=m.get("default_variant"),
+            versions={str(k): str(v) for k, v in (m.get("versions") or {}).items()}, flags=dict(m.get("flags") or {}),
+            details=dict(m.get("details") or {}), finished=str(m.get("finished") or ""), retry_of=m.get("retry_of"),
+            extra={k: v for k, v in m.items() if k not in _MODELLED})
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``measurement`` record, as the writer stores it (rates included, for readers of the raw JSON)."""
+        record: dict[str, Any] = {"record": "measurement", "run_id": self.run_id, **self.key.fields()}
+        if self.op is not None:
+            record.update(op=self.op.kind, dims=op_to_dict(self.op), shape=self.shape or self.op.describe())
+        record.update(provenance=dict(self.provenance), count=self.count, tags=list(self.tags),
+                      flops=None if math.isnan(self.flops) else self.flops,
+                      bytes=None if math.isnan(self.bytes) else self.bytes, default_variant=self.default_variant,
+                      versions=dict(self.versions), flags=dict(self.flags), finished=self.finished,
+                      status=self.status, reason=self.reason)
+        if self.details:
+            record["details"] = dict(self.details)
+        if not math.isnan(self.first_call_s):
+            record["first_call_s"] = self.first_call_s
+        if self.check is not None:
+            record["check"] = self.check.to_record()
+        if self.block_times:
+            record.update(block_times=list(self.block_times), calls_per_block=self.calls_per_block)
+        if self.stats is not None:
+            record["stats"] = self.stats.as_dict()
+            if math.isfinite(self.tflops):
+                record["tflops"] = self.tflops
+        if self.retry_of is not None:
+            record["retry_of"] = dict(self.retry_of)
+        record.update(self.extra)
+        return record
+
+    # --- what every consumer asks ---------------------------------------------------------------------------
+    @property
+    def case(self) -> str:
+        return self.key.case
+
+    @property
+    def backend(self) -> str:
+        return self.key.backend
+
+    @property
+    def per_call(self) -> tuple[float, ...]:
+        """Seconds per call of each block."""
+        return tuple(t / self.calls_per_block for t in self.block_times)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        """It errored, crashed, timed out, ran out of memory or failed the numerical check (what --retry-failed
+        measures again and what makes `run` and `check` exit 1)."""
+        return self.status in FAILED_STATUSES or (self.check is not None and self.check.failed)
+
+    @property
+    def problem(self) -> str | None:
+        """Why its time cannot be compared (not ok, failed check, no block times), or None."""
+        if self.status != "ok":
+            return self.status + (f": {self.reason}" if self.reason else "")
+        if self.check is not None and self.check.failed:
+            return "numerical check failed"
+        if not self.block_times:
+            return "no block times recorded"
+        return None
+
+    @property
+    def timing_flags(self) -> tuple[str, ...]:
+        return self.stats.flags if self.stats else ()
+
+    @property
+    def unreliable(self) -> tuple[str, ...]:
+        """The timing flags under which its time is not evidence of a speed change (UNRELIABLE_FLAGS)."""
+        return tuple(f for f in self.timing_flags if f in UNRELIABLE_FLAGS)
+
+    @property
+    def median(self) -> float:
+        return self.stats.median if self.stats else math.nan
+
+    @property
+    def tflops(self) -> float:
+        """Achieved TFLOP/s at the median (NaN unless it ran)."""
+        return self.flops / self.median / 1e12 if self.ok and self.median > 0 else math.nan
+
+    @property
+    def gbps(self) -> float:
+        """Minimum bytes moved per second at the median (NaN unless it ran)."""
+        return self.bytes / self.median / 1e9 if self.ok and self.median > 0 else math.nan
+
+    @property
+    def version(self) -> str:
+        """The framework's version as its worker reported it ("" where unknown)."""
+        return str(self.versions.get(self.key.backend, ""))
+
+    @property
+    def throttle_reasons(self) -> tuple[str, ...]:
+        """GPU: NVML throttle reasons seen at the start or end of the measurement."""
+        return tuple((self.extra.get("gpu_state") or {}).get("throttled") or ())
+
+    def supersedes(self, other: Measurement) -> bool:
+        """The one policy for two records of one key: a re-measurement supersedes what it retries; otherwise the
+        later finished wins (a tie: this one, the later read)."""
+        if other.retry_of and other.retry_of.get("run_id") == self.run_id and self.run_id != other.run_id:
+            return False
+        if self.retry_of and self.retry_of.get("run_id") == other.run_id:
+            return True
+        return self.finished >= other.finished
+
+
+_MODELLED = {"record", "schema", "run_id", *KEY_FIELDS, "op", "dims", "shape", "provenance", "count", "tags", "flops",
+             "bytes", "block_times", "calls_per_block", "stats", "check", "first_call_s", "default_variant",
+             "versions", "flags", "details", "finished", "retry_of", "status", "reason", "tflops", "migrated_from"}
+
+
+def _summary(stats: Mapping[str, Any]) -> Summary:
+    return Summary(median=_float(stats.get("median")), ci_low=_float(stats.get("ci_low")),
+                   ci_high=_float(stats.get("ci_high")), rel_iqr=_float(stats.get("rel_iqr")),
+                   min=_float(stats.get("min")), mean=_float(stats.get("mean")), blocks=stats.get("blocks") or 0,
+                   calls_per_block=stats.get("calls_per_block") or 1, flags=tuple(stats.get("flags") or ()))
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str = "unknown CPU"
+    architecture: str = ""
+    logical_cpus: int | None = None
+    usable_cpus: int | None = None
+    threads_per_core: int | None = None
+    mhz: float | None = None  # /proc/cpuinfo: the current or, on VMs, the nominal clock
+    max_mhz: float | None = None
+    max_mhz_source: str | None = None
+    llc_bytes: int | None = None
+    vector_flags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any] | None) -> CpuInfo:
+        known = {f.name for f in dataclass_fields(cls)}
+        values = {k: v for k, v in (data or {}).items() if k in known and v is not None}
+        if "vector_flags" in values:
+            values["vector_flags"] = tuple(values["vector_flags"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The machine a run happened on (``suite.environment.capture``), typed."""
+
+    hostname: str = "unknown host"
+    os: str = ""
+    platform: str = ""
+    python: str = ""
+    cpu: CpuInfo = field(default_factory=CpuInfo)
+    memory_bytes: int | None = None
+    gpus: tuple[Mapping[str, Any], ...] = ()  # nvidia-smi's view
+    packages: Mapping[str, str] = field(default_factory=dict)
+    opbench: Mapping[str, Any] = field(default_factory=dict)  # commit, dirty
+    knobs: Mapping[str, str] = field(default_factory=dict)
+    nvml: Mapping[str, Any] | None = None  # driver, CUDA, GPUs, clocks locked
+    load_average: tuple[float, ...] = ()
+    memory_bandwidth: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any] | None) -> Environment:
+        data = data or {}
+        return cls(hostname=data.get("hostname") or "unknown host", os=data.get("os") or "",
+                   platform=data.get("platform") or "", python=data.get("python") or "",
+                   cpu=CpuInfo.from_record(data.get("cpu")), memory_bytes=data.get("memory_bytes"),
+                   gpus=tuple(data.get("gpus") or ()), packages=dict(data.get("packages") or {}),
+                   opbench=dict(data.get("opbench") or {}), knobs=dict(data.get("knobs") or {}),
+                   nvml=data.get("nvml"), load_average=tuple(data.get("load_average") or ()),
+                   memory_bandwidth=data.get("memory_bandwidth"))
+
+    @property
+    def machine(self) -> str:
+        """Hostname and CPU model, plus the GPU models when the machine has any."""
+        gpus = sorted({str(g.get("name", "GPU")) for g in self.gpus})
+        return " · ".join([self.hostname, self.cpu.model, *gpus])
+
+    @property
+    def commit(self) -> str | None:
+        return self.opbench.get("commit")
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """One run session: when, the command, the machine, the timing settings and the catalog facts it ran with."""
+
+    run_id: str | None
+    created: str = ""
+    command: tuple[str, ...] = ()
+    environment: Environment = field(default_factory=Environment)
+    timing: Mapping[str, Any] | None = None
+    check: bool | None = None
+    seed: int | None = None
+    networks: tuple[NetworkSet, ...] | None = None  # None: written before runs recorded their catalog (schema 1)
+    raw_environment: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_record(cls, h: Mapping[str, Any]) -> RunHeader:
+        catalog = h.get("catalog")
+        networks = None if catalog is None else tuple(NetworkSet.from_record(n) for n in catalog.get("networks", ()))
+        return cls(run_id=h.get("run_id"), created=str(h.get("created") or ""),
+                   command=tuple(map(str, h.get("command") or ())),
+                   environment=Environment.from_record(h.get("environment")), timing=h.get("timing"),
+                   check=h.get("check"), seed=h.get("seed"), networks=networks,
+                   raw_environment=dict(h.get("environment") or {}))
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"record": "header", "run_id": self.run_id, "created": self.created,
+                                  "command": list(self.command), "environment": dict(self.raw_environment),
+                                  "timing": self.timing, "check": self.check, "seed": self.seed}
+        record["catalog"] = None if self.networks is None else {"networks": [n.to_record() for n in self.networks]}
+        return record
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A framework's worker process in one run: versions and the flags read back from the framework."""
+
+    run_id: str | None
+    backend: str
+    device: str
+    package: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+    pid: int | None = None
+
+    @classmethod
+    def from_record(cls, w: Mapping[str, Any]) -> WorkerInfo:
+        return cls(run_id=w.get("run_id"), backend=w["backend"], device=w["device"], package=w.get("package") or "",
+                   versions={str(k): str(v) for k, v in (w.get("versions") or {}).items()},
+                   flags=dict(w.get("flags") or {}), devices=tuple(w.get("devices") or ()), pid=w.get("pid"))
+
+    def to_record(self) -> dict[str, Any]:
+        return {"record": "worker", "run_id": self.run_id, "backend": self.backend, "device": self.device,
+                "package": self.package, "versions": dict(self.versions), "flags": dict(self.flags),
+                "devices": list(self.devices), "pid": self.pid}
+
+
+@dataclass
+class ResultSet:
+    """Runs, workers and measurements of one or more results files, read once, with ONE policy for repeats: the
+    same record read twice (a merged file beside its shards) counts once, and of two records of one key in one
+    run lineage the one that supersedes the other stands (``Measurement.supersedes``). Measurements of one key from
+    independent runs are all kept (the report pools them); ``latest()`` gives one per key by the same policy."""
+
+    headers: list[RunHeader] = field(default_factory=list)
+    workers: list[WorkerInfo] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, other: ResultSet) -> None:
+        """Join another set into this one under the policy."""
+        seen_runs = {h.run_id for h in self.headers}
+        self.headers += [h for h in other.headers if h.run_id not in seen_runs or h.run_id is None]
+        seen_workers = set(self.workers)
+        self.workers += [w for w in other.workers if w not in seen_workers]
+        self.measurements = _resolve([*self.measurements, *other.measurements])
+        self.warnings += other.warnings
+
+    def latest(self) -> dict[MeasurementKey, Measurement]:
+        """One measurement per key: the one that supersedes every other (resume, merge, compare, history)."""
+        out: dict[MeasurementKey, Measurement] = {}
+        for m in self.measurements:
+            if m.key not in out or m.supersedes(out[m.key]):
+                out[m.key] = m
+        return out
+
+    def keys(self) -> set[MeasurementKey]:
+        return {m.key for m in self.measurements}
+
+    def header(self, run_id: str | None) -> RunHeader | None:
+        return next((h for h in self.headers if h.run_id == run_id), None)
+
+    def workers_of(self, run_id: str | None) -> list[WorkerInfo]:
+        return [w for w in self.workers if w.run_id == run_id]
+
+    def machines(self) -> dict[str | None, str]:
+        """run id → machine name."""
+        return {h.run_id: h.environment.machine for h in self.headers}
+
+    def network_sets(self) -> tuple[NetworkSet, ...] | None:
+        """The network layer sets of the catalogs the runs used (each set as its run recorded it; a set recorded
+        differently by two runs keeps the first run's, with a warning); None when no run recorded its catalog."""
+        recorded = [h.networks for h in self.headers if h.networks is not None]
+        if not recorded:
+            return None
+        sets: dict[str, NetworkSet] = {}
+        for networks in recorded:
+            for n in networks:
+                if n.set in sets and sets[n.set] != n:
+                    self.warnings.append(f"network set {n.set} was recorded with different layers by two runs "
+                                         "(the catalog changed between them); the first run's layers are used")
+                sets.setdefault(n.set, n)
+        return tuple(sets.values())
+
+
+def _resolve(measurements: list[Measurement]) -> list[Measurement]:
+    """Drop records read twice (same run and key) and records a re-measurement of the same key supersedes."""
+    by_run: dict[tuple[MeasurementKey, str | None], int] = {}
+    out: list[Measurement] = []
+    for m in measurements:
+        at = by_run.get((m.key, m.run_id))
+        if at is None:
+            by_run[(m.key, m.run_id)] = len(out)
+            out.append(m)
+        elif m.supersedes(out[at]):
+            out[at] = m
+    retried = {(m.key, m.retry_of.get("run_id")) for m in out if m.retry_of}
+    return [m for m in out if (m.key, m.run_id) not in retried]
+
+
+# ------------------------------------------------------------------------------------------------ the file
+def _v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 headers did not record the catalog: ``catalog`` None (the report judges their networks against the
+    bundled catalog, and says so)."""
+    if record.get("record") == "header":
+        record.setdefault("catalog", None)
+    return record
+
+
+# Migrations from schema N to N+1, applied in order on read (asv's update_to_N).
+MIGRATIONS: dict[int, Any] = {1: _v1_to_v2}
 
 
 def migrate(record: dict[str, Any], where: str) -> dict[str, Any]:
@@ -105,7 +601,9 @@ def _is_texts(value: Any) -> bool:
 # Fields a record of a kind may lack, but that must have this form when present: (test, what it must be).
 OPTIONAL_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
     "header": {"environment": (lambda v: isinstance(v, dict), "an object"),
-               "timing": (lambda v: v is None or isinstance(v, dict), "an object or null")},
+               "timing": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+               "catalog": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("networks", []), list)),
+                           "an object with a list of networks, or null")},
     "worker": {"versions": (lambda v: v is None or isinstance(v, dict), "an object"),
                "flags": (lambda v: v is None or isinstance(v, dict), "an object")},
     "measurement": {
@@ -183,27 +681,8 @@ def _excerpt(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass
-class Results:
-    """Records of one or more files, grouped by kind, with warnings about what was skipped."""
-
-    headers: list[dict[str, Any]] = field(default_factory=list)
-    workers: list[dict[str, Any]] = field(default_factory=list)
-    measurements: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def keys(self) -> set[str]:
-        return {measurement_key(m) for m in self.measurements}
-
-    def extend(self, other: Results) -> None:
-        self.headers += other.headers
-        self.workers += other.workers
-        self.measurements += other.measurements
-        self.warnings += other.warnings
-
-
-def read_results(path: str | Path) -> Results:
-    """Read, validate and migrate one results file."""
+def read_results(path: str | Path) -> ResultSet:
+    """Read, migrate, validate and type one results file."""
     path = Path(path)
     if path.is_dir():
         raise ResultsError(f"{path}: is a folder, not a results file")
@@ -214,9 +693,10 @@ def read_results(path: str | Path) -> Results:
         raise ResultsError(f"{path}: cannot read results file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ResultsError(f"{path}: not a text file; expected opbench JSON Lines results") from None
-    results = Results()
+    results = ResultSet()
     lines = data.split(b"\n")
     migrated: dict[int, int] = {}
+    measurements: list[Measurement] = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -238,14 +718,26 @@ def read_results(path: str | Path) -> Results:
         validate(record, where)
         if "migrated_from" in record:
             migrated[record["migrated_from"]] = migrated.get(record["migrated_from"], 0) + 1
-        getattr(results, record["record"] + "s").append(record)
+        if record["record"] == "header":
+            results.headers.append(RunHeader.from_record(record))
+        elif record["record"] == "worker":
+            results.workers.append(WorkerInfo.from_record(record))
+        else:
+            measurements.append(Measurement.from_record(record))
     for version, n in sorted(migrated.items()):
         results.warnings.append(f"{path}: migrated {n} records from results schema {version} to {SCHEMA_VERSION}")
-    # A measurement taken again in the same file (run --retry-failed) supersedes the earlier one: the last stands.
-    last = {measurement_key(m): i for i, m in enumerate(results.measurements)}
-    if len(last) < len(results.measurements):
-        results.measurements = [m for i, m in enumerate(results.measurements) if last[measurement_key(m)] == i]
+    results.measurements = _resolve(measurements)  # a --retry-failed record supersedes the failure it retries
     return results
+
+
+def schemas_migrated(path: str | Path) -> list[int]:
+    """The older schemas of the records in a results file (what a resumed run refuses to append to)."""
+    found = set()
+    for raw in Path(path).read_bytes().split(b"\n"):
+        record, problem = _parse_line(raw) if raw.strip() else (None, "empty")
+        if not problem and isinstance(record, dict) and isinstance(record.get("schema"), int):
+            found.add(record["schema"])
+    return sorted(v for v in found if v < SCHEMA_VERSION)
 
 
 def _parse_line(raw: bytes) -> tuple[Any, str | None]:
@@ -272,39 +764,59 @@ def result_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_many(paths: Iterable[str | Path]) -> Results:
-    merged = Results()
+def read_many(paths: Iterable[str | Path]) -> ResultSet:
+    """Every results file of ``paths`` (files, and ``*.jsonl`` under folders) as one set, under the one policy."""
+    merged = ResultSet()
     for path in result_files(paths):
-        merged.extend(read_results(path))
+        merged.add(read_results(path))
     return merged
 
 
-def merge_conflicts(results: Results) -> list[str]:
+def merge_conflicts(results: ResultSet) -> list[str]:
     """Why these runs are not one configuration (empty when they may merge), naming each differing key.
 
     Per backend and device, the framework versions must agree across all runs, and the flags read back across the
     runs with the same backend options (``--option``: part of each measurement's identity, e.g. jax.jsonl and
     jax-ynn-off.jsonl of the main job, whose XLA_FLAGS differ by design).
     """
-    options = {(m.get("run_id"), m["backend"], m["device"]): json.dumps(m.get("options") or {}, sort_keys=True)
-               for m in results.measurements}
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    options = {(m.run_id, m.key.backend, m.key.device): m.key.options_text for m in results.measurements}
+    groups: dict[tuple[str, str, str, str], list[WorkerInfo]] = {}
     for worker in results.workers:
-        run_options = options.get((worker.get("run_id"), worker["backend"], worker["device"]), "{}")
-        groups.setdefault((worker["backend"], worker["device"], "versions", ""), []).append(worker)
-        groups.setdefault((worker["backend"], worker["device"], "flags", run_options), []).append(worker)
+        run_options = options.get((worker.run_id, worker.backend, worker.device), "")
+        groups.setdefault((worker.backend, worker.device, "versions", ""), []).append(worker)
+        groups.setdefault((worker.backend, worker.device, "flags", run_options), []).append(worker)
     conflicts = []
     for (backend, device, what, run_options), workers in groups.items():
-        names = dict.fromkeys(name for w in workers for name in (w.get(what) or {}))
+        names = dict.fromkeys(name for w in workers for name in getattr(w, what))
         for name in names:
             seen: dict[str, str] = {}  # value → first run holding it
             for w in workers:
-                seen.setdefault(json.dumps((w.get(what) or {}).get(name, "absent")), str(w.get("run_id")))
+                seen.setdefault(json.dumps(getattr(w, what).get(name, "absent")), str(w.run_id))
             if len(seen) > 1:
-                among = f" (runs with options {run_options})" if run_options not in ("", "{}") else ""
+                among = f" (runs with options {run_options})" if run_options else ""
                 conflicts.append(f"{backend} on {device}: {what}.{name} differs{among}: " + "; ".join(
                     f"{value} in run {run}" for value, run in seen.items()))
     return conflicts
+
+
+def merge_files(paths: Iterable[str | Path], out: str | Path, allow_mixed: bool = False) -> tuple[int, int, int]:
+    """Write the runs and the latest measurement of each key (``ResultSet.latest``) of ``paths`` into a new file
+    ``out``; refuse runs of different versions or flags unless ``allow_mixed``. Returns (measurements written,
+    runs, records left out because another record of their key supersedes them)."""
+    results = read_many(paths)
+    conflicts = merge_conflicts(results)
+    if conflicts and not allow_mixed:
+        raise ResultsError(f"these results were not measured under one configuration: {'; '.join(conflicts)}. "
+                           "Compare them (python -m suite compare) or report them instead, or pass --allow-mixed")
+    out = Path(out)
+    if out.exists():
+        raise ResultsError(f"{out} exists; choose a new output file")
+    latest = results.latest()
+    kept = [m for m in results.measurements if latest[m.key] is m]
+    with ResultsWriter(out) as writer:
+        for record in [*results.headers, *results.workers, *kept]:
+            writer.write(record.to_record())
+    return len(kept), len(results.headers), len(results.measurements) - len(kept)
 
 
 class ResultsWriter:

@@ -27,9 +27,18 @@ from typing import Any
 
 import backends
 from suite import environment, results
-from suite.catalog import Case
+from suite.catalog import Case, NetworkSet
 from suite.ops import DTYPE_BYTES, op_to_dict
-from suite.results import ResultsError, ResultsWriter, measurement_key, read_results
+from suite.results import (
+    Measurement,
+    MeasurementKey,
+    ResultsError,
+    ResultsWriter,
+    RunHeader,
+    WorkerInfo,
+    read_results,
+    schemas_migrated,
+)
 from suite.timing import TimingConfig
 from suite.variant import Settings, Variant
 
@@ -47,16 +56,13 @@ class Task:
     settings: Settings
     l2: str = "warm"  # cache state: "warm" (calls back to back) or "cold" (L2 cleared before every call)
 
-    def identity(self) -> dict[str, Any]:
-        """The measurement's key fields, as results records name them."""
-        variant, settings = self.variant, self.settings
-        return {"case": self.case.id, "backend": self.backend, "device": settings.device, "dtype": variant.dtype,
-                "pass": variant.pass_, "mode": variant.mode, "layout": variant.layout, "math": settings.math,
-                "threads": settings.threads, "options": dict(settings.options), "l2": self.l2}
-
     @property
-    def key(self) -> str:
-        return measurement_key(self.identity())
+    def key(self) -> MeasurementKey:
+        """The identity of the measurement this task makes."""
+        variant, settings = self.variant, self.settings
+        return MeasurementKey(self.case.id, self.backend, settings.device, variant.dtype, variant.pass_, variant.mode,
+                              variant.layout, settings.math, settings.threads,
+                              tuple(sorted(settings.options.items())), self.l2)
 
     @property
     def group(self) -> tuple:
@@ -230,20 +236,21 @@ class RunOptions:
     retry_failed: bool = False  # with resume: measure again what failed; the new record supersedes the old
     preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
     bandwidth: bool = False  # measure main-memory bandwidth into the header (environment.memory_bandwidth)
+    networks: tuple[NetworkSet, ...] = ()  # the catalog's network sets the run's cases belong to, for the header
 
 
 def is_default_variant(task: Task) -> bool:
     """Whether a task runs its backend's default mode and layout with no options (recorded for the report)."""
-    cls, who = backends.backend_class(task.backend), task.identity()
+    cls, key = backends.backend_class(task.backend), task.key
     default_layout = cls.layouts.get(task.case.op.kind, ("",))[0]
-    return who["mode"] == cls.modes[0] and who["layout"] == default_layout and not who["options"]
+    return key.mode == cls.modes[0] and key.layout == default_layout and not key.options
 
 
-def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any]) -> dict[str, Any]:
-    """A self-contained line: what was measured, where the shape comes from, the raw times and statistics."""
+def measurement_of(task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any]) -> Measurement:
+    """A self-contained measurement: what was measured, where the shape comes from, the raw times and statistics."""
     op, case = task.case.op, task.case
     record = {
-        "record": "measurement", "run_id": run_id, **task.identity(),
+        "record": "measurement", "run_id": run_id, **task.key.fields(),
         "op": op.kind, "dims": op_to_dict(op), "shape": op.describe(),
         "provenance": dataclasses.asdict(case.provenance), "count": case.count, "tags": list(case.tags),
         # None for a pass the op does not have (attention's backward_data): recorded as unsupported, with the reason
@@ -254,18 +261,14 @@ def measurement_record(task: Task, result: dict[str, Any], run_id: str, worker: 
         "versions": worker.get("versions", {}), "flags": worker.get("flags", {}),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    result = {k: v for k, v in result.items() if k not in ("type", "key")}
-    record.update(result)
-    stats = result.get("stats")
-    if stats:
-        record["tflops"] = record["flops"] / stats["median"] / 1e12
-    return record
+    record.update({k: v for k, v in result.items() if k not in ("type", "key")})
+    return Measurement.from_record(record)
 
 
-Reporter = Callable[[Task, dict[str, Any]], None]
+Reporter = Callable[[Task, Measurement], None]
 
 
-def check_output(out: Path, resume: bool) -> dict[str, dict[str, Any]]:
+def check_output(out: Path, resume: bool) -> dict[MeasurementKey, Measurement]:
     """Refuse an output that would lose or mix results; return the measurements it holds by key (with ``resume``)."""
     if out.is_dir():
         raise ResultsError(f"{out}: is a folder; -o takes a results file, e.g. {out / 'run.jsonl'}")
@@ -273,13 +276,13 @@ def check_output(out: Path, resume: bool) -> dict[str, dict[str, Any]]:
         raise FileExistsError(f"{out} already holds results: pass --resume to continue it, or choose another "
                               "output with -o")
     if resume and out.exists():
-        existing = read_results(out)  # refuses a newer schema; marks migrated records with their old one
-        schemas = sorted({h["migrated_from"] for h in existing.headers if "migrated_from" in h})
+        existing = read_results(out)  # refuses a newer schema
+        schemas = schemas_migrated(out)
         if schemas:
             raise ResultsError(f"{out}: written with results schema {', '.join(map(str, schemas))}; this opbench "
                                f"writes schema {results.SCHEMA_VERSION} and will not mix them in one file. Resume "
                                "with the opbench that started it, or write a new file with -o (old files still read)")
-        return {measurement_key(m): m for m in existing.measurements}
+        return existing.latest()
     try:  # find out now, not after the first measurement; a run refused before it measures leaves no file
         out.parent.mkdir(parents=True, exist_ok=True)
         existed = out.exists()
@@ -295,14 +298,14 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
         argv: list[str] | None = None) -> dict[str, int]:
     """Measure every task not yet in ``out``; return counts by status. Raises KeyboardInterrupt through.
 
-    ``failed`` counts the requested measurements that failed (see ``results.failed``), resumed ones included.
+    ``failed`` counts the requested measurements that failed (``Measurement.failed``), resumed ones included.
     """
     out = Path(out)
     held = check_output(out, options.resume)
-    done = {key: m for key, m in held.items() if not (options.retry_failed and results.failed(m))}
+    done = {key: m for key, m in held.items() if not (options.retry_failed and m.failed)}
     todo = [t for t in tasks if t.key not in done]
     counts: dict[str, int] = {"skipped_done": len(tasks) - len(todo),
-                              "failed": sum(results.failed(done[t.key]) for t in tasks if t.key in done)}
+                              "failed": sum(done[t.key].failed for t in tasks if t.key in done)}
     if not todo:
         return counts
     if options.preflight:  # before the header: a refusal writes nothing
@@ -312,10 +315,11 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
     with ResultsWriter(out) as writer:
         if writer.warning:
             print(f"warning: {writer.warning}", file=sys.stderr)
-        writer.write({"record": "header", "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "command": argv or sys.argv, "environment": environment.capture(options.bandwidth),
-                      "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
-                      "seed": options.seed})
+        writer.write(RunHeader.from_record({
+            "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": argv or sys.argv,
+            "environment": environment.capture(options.bandwidth),
+            "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
+            "seed": options.seed, "catalog": {"networks": [n.to_record() for n in options.networks]}}).to_record())
         groups: dict[tuple, list[Task]] = {}
         for task in todo:
             groups.setdefault(task.group, []).append(task)
@@ -335,14 +339,15 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                             _finish(writer, task, {"status": "error", "reason": why}, run_id, {}, counts, report,
                                     held.get(task.key))
                         break
-                    writer.write({"record": "worker", "run_id": run_id, "backend": backend, "device": settings.device,
-                                  "package": backends.REGISTRY[backend].package,  # which plugin (and version) ran
-                                  **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}})
+                    writer.write(WorkerInfo.from_record({
+                        "run_id": run_id, "backend": backend, "device": settings.device,
+                        "package": backends.REGISTRY[backend].package,  # which plugin (and version) ran
+                        **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}}).to_record())
                     while pending:
                         if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
                             break
                         task = pending.pop(0)
-                        message = {"key": task.key, "op": op_to_dict(task.case.op),
+                        message = {"key": task.key.label, "op": op_to_dict(task.case.op),
                                    "variant": dataclasses.asdict(task.variant), "l2": task.l2}
                         result = worker.run(message, options.case_timeout_s)
                         _finish(writer, task, result, run_id, hello, counts, report, held.get(task.key))
@@ -357,14 +362,16 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
 
 
 def _finish(writer: ResultsWriter, task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any],
-            counts: dict[str, int], report: Reporter | None, superseded: dict[str, Any] | None = None) -> None:
+            counts: dict[str, int], report: Reporter | None, superseded: Measurement | None = None) -> None:
     """Write one measurement; ``superseded``: the failed record it measures again (``--retry-failed``), named in
     ``retry_of`` so the earlier failure stays on record."""
-    record = measurement_record(task, result, run_id, worker)
+    measurement = measurement_of(task, result, run_id, worker)
     if superseded is not None:
-        record["retry_of"] = {name: superseded.get(name) for name in ("run_id", "status", "reason", "finished")}
-    writer.write(record)
-    counts[record["status"]] = counts.get(record["status"], 0) + 1
-    counts["failed"] += results.failed(record)
+        measurement = dataclasses.replace(measurement, retry_of={
+            "run_id": superseded.run_id, "status": superseded.status, "reason": superseded.reason,
+            "finished": superseded.finished})
+    writer.write(measurement.to_record())
+    counts[measurement.status] = counts.get(measurement.status, 0) + 1
+    counts["failed"] += measurement.failed
     if report:
-        report(task, record)
+        report(task, measurement)
