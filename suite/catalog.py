@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from suite.ops import OP_KINDS, RNN_GATES, Conv2d, InvalidDims, Op
+from suite.ops import OP_KINDS, InvalidDims, Op
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
 SUBSETS_FILE = "subsets.yaml"
@@ -24,19 +25,6 @@ SUBSETS_FILE = "subsets.yaml"
 ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags"}
 PROVENANCE_KEYS = {"network", "layer", "source", "derivation"}
 REQUIRED_PROVENANCE = ("network", "layer", "source")
-DIM_KEYS = {
-    "gemm": {"m", "n", "k", "transpose_a", "transpose_b"},
-    "conv2d": {"n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation", "groups"},
-    "bgemm": {"batch", "m", "n", "k", "transpose_a", "transpose_b"},
-    "attention": {"batch", "heads", "kv_heads", "q_len", "kv_len", "head_dim", "causal"},
-    "rnn": {"cell", "hidden", "input_size", "batch", "timesteps"},
-}
-REQUIRED_DIMS = {"gemm": ("m", "n", "k"), "conv2d": ("n", "c", "h", "w", "k", "r", "s"),
-                 "bgemm": ("batch", "m", "n", "k"), "attention": ("batch", "heads", "q_len", "kv_len", "head_dim"),
-                 "rnn": ("hidden", "batch", "timesteps")}
-CHOICE_DIMS = {"rnn": {"cell": tuple(RNN_GATES)}}  # required dims that name one of a few values
-OPTIONAL_INT_DIMS = ("kv_heads", "input_size")  # integers >= 1 that default from the others
-FLAG_DIMS = {"gemm": ("transpose_a", "transpose_b"), "bgemm": ("transpose_a", "transpose_b"), "attention": ("causal",)}
 INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
 
 
@@ -218,45 +206,50 @@ def _padding(value: Any, err) -> tuple[int, int, int, int]:
     return tuple(pads)  # type: ignore[return-value]
 
 
+def dim_forms(kind: str) -> dict[str, tuple[str, bool]]:
+    """Each dimension of an op kind with its form and whether the catalog must give it, read off the op's dataclass
+    fields (one definition of the dims): "int" (>= 1), "int?" (>= 1 or left to default), "flag", "choice" (one of the
+    kind's ``choices``), "pair" (an int or [height, width], >= 1) or "padding"."""
+    forms = {"int": "int", "int | None": "int?", "bool": "flag", "str": "choice", "tuple[int, int]": "pair",
+             "tuple[int, int, int, int]": "padding"}
+    return {f.name: (forms[str(f.type)], f.default is MISSING) for f in dataclass_fields(OP_KINDS[kind])}
+
+
 def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
     """Validate ``dims`` for an op kind and build the frozen spec."""
     if not isinstance(dims, Mapping):
         raise err(f"must be a mapping of dimension names to integers, got {type(dims).__name__}", "dims")
-    _unknown_keys(dims, DIM_KEYS[kind], err, "dims.")
-    for name in REQUIRED_DIMS[kind]:
-        if name not in dims:
-            raise err("is required", f"dims.{name}")
-        _positive_int(dims[name], err, f"dims.{name}")
-    for name, choices in CHOICE_DIMS.get(kind, {}).items():
-        if name not in dims:
-            raise err(f"is required: one of {', '.join(choices)}", f"dims.{name}")
-        if dims[name] not in choices:
-            raise err(f"unknown {name} {dims[name]!r}{did_you_mean(str(dims[name]), choices)}; known: "
-                      f"{', '.join(choices)}", f"dims.{name}")
-    for flag in FLAG_DIMS.get(kind, ()):
-        if not isinstance(dims.get(flag, False), bool):
-            raise err(f"must be true or false, got {dims[flag]!r}", f"dims.{flag}")
-    if kind != "conv2d":
-        for name in OPTIONAL_INT_DIMS:
-            if name in dims:
-                _positive_int(dims[name], err, f"dims.{name}")
-        try:
-            op = OP_KINDS[kind](**dims)
-        except InvalidDims as exc:  # e.g. heads not a multiple of kv_heads
-            raise err(str(exc), f"dims.{exc.field}") from None
-        _check_elements(op, err)
-        return op
+    forms = dim_forms(kind)
+    _unknown_keys(dims, set(forms), err, "dims.")
     spec = dict(dims)
-    spec["stride"] = _pair(dims.get("stride", 1), err, "dims.stride", 1)
-    spec["dilation"] = _pair(dims.get("dilation", 1), err, "dims.dilation", 1)
-    spec["padding"] = _padding(dims.get("padding", 0), err)
-    spec["groups"] = _positive_int(dims.get("groups", 1), err, "dims.groups")
+    for name, (form, required) in forms.items():
+        where = f"dims.{name}"
+        if form == "choice":
+            choices = OP_KINDS[kind].choices[name]
+            if name not in dims:
+                raise err(f"is required: one of {', '.join(choices)}", where)
+            if dims[name] not in choices:
+                raise err(f"unknown {name} {dims[name]!r}{did_you_mean(str(dims[name]), choices)}; known: "
+                          f"{', '.join(choices)}", where)
+        elif name not in dims:
+            if required:
+                raise err("is required", where)
+        elif form in ("int", "int?"):
+            _positive_int(dims[name], err, where)
+        elif form == "flag" and not isinstance(dims[name], bool):
+            raise err(f"must be true or false, got {dims[name]!r}", where)
+        elif form == "pair":
+            spec[name] = _pair(dims[name], err, where, 1)
+        elif form == "padding":
+            spec[name] = _padding(dims[name], err)
     try:
-        conv = Conv2d(**spec)
+        op = OP_KINDS[kind](**spec)
+    except InvalidDims as exc:  # e.g. heads not a multiple of kv_heads
+        raise err(str(exc), f"dims.{exc.field}") from None
     except ValueError as exc:  # geometry that cannot exist (filter larger than input, groups not dividing c)
         raise err(str(exc), "dims") from None
-    _check_elements(conv, err)
-    return conv
+    _check_elements(op, err)
+    return op
 
 
 def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, Any]) -> Case:

@@ -21,7 +21,7 @@ import backends
 from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
-from suite.results import Results, ResultsError, read_many
+from suite.results import ResultSet, ResultsError, read_many
 from suite.stats import format_seconds
 from suite.timing import TimingConfig
 
@@ -388,7 +388,7 @@ def _parse_limits(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- show
-def read_measurements(paths: list[str]) -> Results:
+def read_measurements(paths: list[str]) -> ResultSet:
     """Results files holding at least one measurement, their warnings printed; none at all is bad input (exit 2)."""
     results = read_many(paths)
     for warning in results.warnings:

@@ -55,6 +55,7 @@ class OpKind:
     # variety -> (plural noun for sentences, matplotlib marker); the first is the kind itself
     varieties: ClassVar[dict[str, tuple[str, str]]] = {}
     main: ClassVar[bool] = False  # a kind of the seed questions (GEMM, conv); every other kind gets its own section
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # text dims (e.g. an RNN's cell): their allowed values
     no_pass_reason: ClassVar[str] = ""
 
     @property
@@ -69,6 +70,12 @@ class OpKind:
     def outputs(self, pass_: Pass) -> tuple[str, ...]:
         """What a pass returns, in order (what the numerical check compares)."""
         return OUTPUTS[pass_]
+
+    @property
+    def working_elements(self) -> int:
+        """Elements a framework holds besides the operands and outputs while running every pass (the memory
+        guard's estimate): none by default."""
+        return 0
 
 
 class _Operands(OpKind):
@@ -395,6 +402,11 @@ class Attention(OpKind):
         """Elements of the B·H·Lq·Lk score matrix that an unfused implementation materializes."""
         return self.batch * self.heads * self.q_len * self.kv_len
 
+    @property
+    def working_elements(self) -> int:
+        """An unfused (math) kernel holds the scores and probabilities, and their gradients."""
+        return 2 * self.score_elements
+
     def _check(self, pass_: str) -> None:
         _check_pass(pass_)
         if pass_ not in self.passes:
@@ -458,6 +470,7 @@ class Rnn(OpKind):
 
     kind = "rnn"
     varieties = {"rnn": ("recurrent layers", "v")}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"cell": tuple(RNN_GATES)}  # text dims: their allowed values
     inputs: ClassVar[tuple[str, ...]] = ("x", "w_ih", "w_hh")
 
     def __post_init__(self) -> None:
@@ -472,6 +485,11 @@ class Rnn(OpKind):
     @property
     def gates(self) -> int:
         return RNN_GATES[self.cell]
+
+    @property
+    def working_elements(self) -> int:
+        """The forward keeps every step's gate activations for the backward, its gradient as many."""
+        return 2 * self.gates * self.batch * self.timesteps * self.hidden
 
     @property
     def operands(self) -> dict[str, tuple[int, ...]]:

@@ -205,14 +205,14 @@ class Measurement:
     def from_record(cls, m: Mapping[str, Any]) -> Measurement:
         """A validated, migrated ``measurement`` record as a typed value."""
         stats = m.get("stats")
+        times = tuple(_float(t) for t in m.get("block_times") or ())
+        calls = m.get("calls_per_block") or (stats or {}).get("calls_per_block") or 1
         return cls(
             key=MeasurementKey.from_fields(m), status=m["status"], run_id=m.get("run_id"), reason=m.get("reason"),
             op=op_from_dict(m["dims"]) if m.get("dims") else None, shape=m.get("shape"),
             provenance={str(k): str(v) for k, v in (m.get("provenance") or {}).items()}, count=m.get("count") or 1,
             tags=tuple(m.get("tags") or ()), flops=_float(m.get("flops")), bytes=_float(m.get("bytes")),
-            block_times=tuple(_float(t) for t in m.get("block_times") or ()),
-            calls_per_block=m.get("calls_per_block") or (stats or {}).get("calls_per_block") or 1,
-            stats=_summary(stats) if stats else None, check=Check.from_record(m.get("check")),
+            block_times=times, calls_per_block=calls, stats=_summary(stats, len(times), calls) if stats else None, check=Check.from_record(m.get("check")),
             first_call_s=_float(m.get("first_call_s")), default_variant=m.get("default_variant"),
             versions={str(k): str(v) for k, v in (m.get("versions") or {}).items()}, flags=dict(m.get("flags") or {}),
             details=dict(m.get("details") or {}), finished=str(m.get("finished") or ""), retry_of=m.get("retry_of"),
@@ -328,11 +328,12 @@ _MODELLED = {"record", "schema", "run_id", *KEY_FIELDS, "op", "dims", "shape", "
              "versions", "flags", "details", "finished", "retry_of", "status", "reason", "tflops", "migrated_from"}
 
 
-def _summary(stats: Mapping[str, Any]) -> Summary:
+def _summary(stats: Mapping[str, Any], blocks: int, calls_per_block: int) -> Summary:
+    """Stored statistics (validated against the raw samples on read); counts default to the raw samples'."""
     return Summary(median=_float(stats.get("median")), ci_low=_float(stats.get("ci_low")),
                    ci_high=_float(stats.get("ci_high")), rel_iqr=_float(stats.get("rel_iqr")),
-                   min=_float(stats.get("min")), mean=_float(stats.get("mean")), blocks=stats.get("blocks") or 0,
-                   calls_per_block=stats.get("calls_per_block") or 1, flags=tuple(stats.get("flags") or ()))
+                   min=_float(stats.get("min")), mean=_float(stats.get("mean")), blocks=stats.get("blocks", blocks),
+                   calls_per_block=stats.get("calls_per_block", calls_per_block), flags=tuple(stats.get("flags") or ()))
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -471,8 +472,7 @@ class ResultSet:
         """Join another set into this one under the policy."""
         seen_runs = {h.run_id for h in self.headers}
         self.headers += [h for h in other.headers if h.run_id not in seen_runs or h.run_id is None]
-        seen_workers = set(self.workers)
-        self.workers += [w for w in other.workers if w not in seen_workers]
+        self.workers += [w for w in other.workers if w not in self.workers]
         self.measurements = _resolve([*self.measurements, *other.measurements])
         self.warnings += other.warnings
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import backends
 from suite import environment, results
-from suite.catalog import Case, NetworkSet
+from suite.catalog import Case, CatalogError, NetworkSet, load_catalog, network_sets, sets_touching
 from suite.ops import DTYPE_BYTES, op_to_dict
 from suite.results import (
     Measurement,
@@ -236,7 +236,9 @@ class RunOptions:
     retry_failed: bool = False  # with resume: measure again what failed; the new record supersedes the old
     preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
     bandwidth: bool = False  # measure main-memory bandwidth into the header (environment.memory_bandwidth)
-    networks: tuple[NetworkSet, ...] = ()  # the catalog's network sets the run's cases belong to, for the header
+    # The catalog's network sets the run's cases belong to, recorded in the header so a report judges networks by
+    # the catalog the run used; None: those of the catalog folders the cases were loaded from.
+    networks: tuple[NetworkSet, ...] | None = None
 
 
 def is_default_variant(task: Task) -> bool:
@@ -319,7 +321,8 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
             "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": argv or sys.argv,
             "environment": environment.capture(options.bandwidth),
             "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
-            "seed": options.seed, "catalog": {"networks": [n.to_record() for n in options.networks]}}).to_record())
+            "seed": options.seed,
+            "catalog": {"networks": [n.to_record() for n in _networks(tasks, options.networks)]}}).to_record())
         groups: dict[tuple, list[Task]] = {}
         for task in todo:
             groups.setdefault(task.group, []).append(task)
@@ -359,6 +362,19 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                 finally:
                     worker.close()
     return counts
+
+
+def _networks(tasks: list[Task], given: tuple[NetworkSet, ...] | None) -> tuple[NetworkSet, ...]:
+    """The network sets with a layer among the tasks' cases: ``given``, else those of the catalog folders the cases
+    were loaded from (hand-made cases from no file belong to no set)."""
+    cases = {t.case.id: t.case for t in tasks}
+    if given is None:
+        folders = sorted({str(Path(c.file).parent) for c in cases.values() if c.file})
+        try:
+            given = network_sets(load_catalog(folders).cases) if folders else ()
+        except CatalogError:  # the files changed since the cases were loaded: record the sets of the cases alone
+            given = network_sets(cases.values())
+    return sets_touching(given, cases)
 
 
 def _finish(writer: ResultsWriter, task: Task, result: dict[str, Any], run_id: str, worker: dict[str, Any],

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from suite.environment import available_memory_bytes, cpu_busy_s, usable_cpus
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
-from suite.ops import DTYPE_BYTES, Attention, Op, Rnn, op_from_dict
+from suite.ops import DTYPE_BYTES, Op, op_from_dict
 from suite.reference import compare, expected, make_inputs, reduced
 from suite.stats import contended, summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
@@ -32,11 +32,8 @@ MEMORY_HEADROOM = 1.5  # workspaces, allocator slack: a case needs this much mor
 
 def tensor_bytes(op: Op, dtype: str) -> int:
     """Bytes of every tensor a case holds at once: float32 host copies plus device copies and outputs."""
-    elements = op.min_bytes("backward", 1) + op.min_bytes("forward", 1)  # x, w, dy, dx, dw + x, w, y
-    if isinstance(op, Attention):  # an unfused (math) kernel holds the scores and probabilities, and their gradients
-        elements += 2 * op.score_elements
-    if isinstance(op, Rnn):  # the forward keeps every step's gate activations for the backward, its gradient as many
-        elements += 2 * op.gates * op.batch * op.timesteps * op.hidden
+    passes = [p for p in ("backward", "forward") if p in op.passes]
+    elements = sum(op.min_bytes(p, 1) for p in passes) + op.working_elements  # x, w, dy, dx, dw + x, w, y
     return elements * (DTYPE_BYTES[dtype] + 4)
 
 

@@ -10,10 +10,9 @@ from collections import Counter
 import pytest
 
 from suite.catalog import Case, Provenance
-from suite.cli import main
 from suite.ops import PASSES, Conv2d, Gemm, op_from_dict
-from suite.results import KEY_FIELDS, ResultsWriter, measurement_key, read_results
-from suite.runner import check_output, measurement_record, plan
+from suite.results import KEY_FIELDS, ResultsWriter, measurement_key, merge_files, read_results
+from suite.runner import check_output, measurement_of, plan
 
 PROVENANCE = Provenance(network="test net", layer="test layer", source="hand-made", derivation="for the tests")
 # Stride 2 × 1, asymmetric padding, 2 groups: P = (7 + 1 + 0 - 2 - 1) // 2 + 1 = 3, Q = (6 + 2 + 1 - 1 - 1) + 1 = 8
@@ -46,9 +45,9 @@ def ok_result(median: float) -> dict:
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_records_carry_flops_and_bytes_of_their_own_pass(dtype):
     tasks = plan([CONV, GEMM], ["torch"], ["cpu"], [dtype], PASSES)
-    assert {(t.case.id, t.identity()["pass"]) for t in tasks} == set(EXPECTED)
+    assert {(t.case.id, t.key.pass_) for t in tasks} == set(EXPECTED)
     for task in tasks:
-        record = measurement_record(task, ok_result(2e-6), "r1", {"versions": {"torch": "x"}, "flags": {"t": 1}})
+        record = measurement_of(task, ok_result(2e-6), "r1", {"versions": {"torch": "x"}, "flags": {"t": 1}}).to_record()
         flops, elements = EXPECTED[task.case.id, record["pass"]]
         assert record["flops"] == flops, (task.case.id, record["pass"])
         assert record["bytes"] == elements * ITEMSIZE[dtype], (task.case.id, record["pass"])
@@ -61,8 +60,8 @@ def test_records_carry_flops_and_bytes_of_their_own_pass(dtype):
 
 def test_backward_is_the_sum_of_its_parts():
     for case in (CONV, GEMM):
-        records = [measurement_record(t, {"status": "ok"}, "r1", {}) for t in plan([case], ["jax"], ["cpu"], ["fp32"],
-                                                                                  PASSES)]
+        records = [measurement_of(t, {"status": "ok"}, "r1", {}).to_record()
+                   for t in plan([case], ["jax"], ["cpu"], ["fp32"], PASSES)]
         by_pass = {r["pass"]: r for r in records}
         assert by_pass["backward"]["flops"] == by_pass["backward_data"]["flops"] + by_pass["backward_weight"]["flops"]
         # backward reads dy, x and w once and writes dx and dw: one read of dy fewer than dX and dW run apart
@@ -73,7 +72,7 @@ def test_backward_is_the_sum_of_its_parts():
 
 def test_a_failed_measurement_has_no_throughput():
     task = plan([GEMM], ["torch"], ["cpu"], ["fp32"], ["forward"])[0]
-    record = measurement_record(task, {"status": "error", "reason": "boom", "stats": None}, "r1", {})
+    record = measurement_of(task, {"status": "error", "reason": "boom", "stats": None}, "r1", {}).to_record()
     assert record["status"] == "error" and record["reason"] == "boom" and "tflops" not in record
     assert record["flops"] == 210  # what was asked for is still recorded
 
@@ -98,7 +97,7 @@ def every_axis_plan():
 
 def test_the_plan_varies_every_key_field():
     assert set(inspect.signature(plan).parameters) <= {*PER_TASK, *RUN_WIDE}, "a new plan axis: add it to RUN_WIDE"
-    identities = [t.identity() for t in every_axis_plan()]
+    identities = [t.key.fields() for t in every_axis_plan()]
     assert set(identities[0]) == set(KEY_FIELDS), "the task's identity and the results key must name the same fields"
     for name in KEY_FIELDS:
         values = {repr(i[name]) for i in identities}
@@ -107,29 +106,29 @@ def test_the_plan_varies_every_key_field():
 
 def test_keys_are_distinct_over_every_axis_and_equal_for_task_and_record():
     tasks = every_axis_plan()
-    assert len({repr(sorted(t.identity().items())) for t in tasks}) == len(tasks)  # the plan has no duplicates
+    assert len({repr(sorted(t.key.fields().items())) for t in tasks}) == len(tasks)  # the plan has no duplicates
     keys = Counter(t.key for t in tasks)
     collided = [k for k, n in keys.items() if n > 1]
     assert not collided, f"{len(collided)} keys shared by different measurements, e.g. {collided[0]}"
     for task in tasks[:: max(1, len(tasks) // 50)]:
-        record = measurement_record(task, {"status": "ok"}, "r1", {})
+        record = measurement_of(task, {"status": "ok"}, "r1", {}).to_record()
         assert measurement_key(record) == task.key
     # each axis alone changes the key
-    base = tasks[0].identity()
+    base = tasks[0].key.fields()
     for name in KEY_FIELDS:
-        other = next(t.identity() for t in tasks if t.identity()[name] != base[name])
+        other = next(t.key.fields() for t in tasks if t.key.fields()[name] != base[name])
         assert measurement_key({**base, name: other[name]}) != measurement_key(base), name
 
 
 def neighbours(tasks):
     """The first task, then for each key field the task closest to it that differs in that field (a small set:
     every record written costs an fsync)."""
-    base = tasks[0].identity()
+    base = tasks[0].key.fields()
 
     def distance(task):
-        return sum(task.identity()[name] != base[name] for name in KEY_FIELDS)
+        return sum(task.key.fields()[name] != base[name] for name in KEY_FIELDS)
 
-    return [tasks[0], *(min((t for t in tasks if t.identity()[name] != base[name]), key=distance)
+    return [tasks[0], *(min((t for t in tasks if t.key.fields()[name] != base[name]), key=distance)
                         for name in KEY_FIELDS)]
 
 
@@ -143,29 +142,28 @@ def write(path, records):
 
 def test_resume_skips_exactly_what_is_in_the_file(tmp_path):
     base, *others = neighbours(every_axis_plan())
-    assert sum(o.identity()["layout"] != base.identity()["layout"] for o in others) >= 1
-    path = write(tmp_path / "r.jsonl", [measurement_record(base, {"status": "ok"}, "r1", {})])
+    assert sum(o.key.layout != base.key.layout for o in others) >= 1
+    path = write(tmp_path / "r.jsonl", [measurement_of(base, {"status": "ok"}, "r1", {}).to_record()])
     keys = check_output(path, resume=True)  # what run() skips
     assert [t for t in [base, *others] if t.key not in keys] == others
 
 
-def test_merge_keeps_every_distinct_measurement_and_drops_only_duplicates(tmp_path, capsys):
+def test_merge_keeps_every_distinct_measurement_and_drops_only_duplicates(tmp_path):
     tasks = neighbours(every_axis_plan())
     assert len({t.key for t in tasks}) == len(tasks) == len(KEY_FIELDS) + 1
-    records = [measurement_record(t, {"status": "ok"}, "r1", {}) for t in tasks]
+    records = [measurement_of(t, {"status": "ok"}, "r1", {}).to_record() for t in tasks]
     one = write(tmp_path / "one.jsonl", records)
     two = write(tmp_path / "two.jsonl", records[::-1])  # every record again
     three = write(tmp_path / "three.jsonl", records[:1])  # and the first a third time
     out = tmp_path / "merged.jsonl"
-    assert main(["merge", str(one), str(two), str(three), "-o", str(out)]) == 0
+    assert merge_files([one, two, three], out) == (len(tasks), 1, 0)  # the same records read again count once
     merged = read_results(out).measurements
-    assert [measurement_key(m) for m in merged] == [t.key for t in tasks]  # the first of each, in order
-    assert f"{len(tasks) + 1} duplicates dropped" in capsys.readouterr().out
+    assert [m.key for m in merged] == [t.key for t in tasks]  # one of each, in order
 
 
 def test_record_survives_the_file_with_its_identity(tmp_path):
-    task = next(t for t in every_axis_plan() if t.identity()["options"] and t.identity()["threads"])
-    record = measurement_record(task, ok_result(1e-3), "r1", {})
+    task = next(t for t in every_axis_plan() if t.key.options and t.key.threads)
+    record = measurement_of(task, ok_result(1e-3), "r1", {}).to_record()
     back = read_results(write(tmp_path / "r.jsonl", [record])).measurements[0]
-    assert measurement_key(back) == task.key
-    assert op_from_dict(back["dims"]) == task.case.op
+    assert back.key == task.key and back.op == task.case.op
+    assert op_from_dict(back.to_record()["dims"]) == task.case.op

@@ -1,6 +1,7 @@
 """Results files: durable appends, partial lines, schema versions, foreign files."""
 
 import json
+import math
 
 import pytest
 
@@ -21,8 +22,9 @@ def test_round_trip_and_keys(tmp_path):
         writer.write(HEADER)
         writer.write(measurement(first_call_s=float("nan")))
     results = read_results(path)
-    assert len(results.headers) == 1 and results.measurements[0]["schema"] == SCHEMA_VERSION
-    assert results.measurements[0]["first_call_s"] == "nan"  # JSON has no NaN: written as a string
+    assert len(results.headers) == 1 and json.loads(path.read_text().splitlines()[1])["schema"] == SCHEMA_VERSION
+    assert '"first_call_s": "nan"' in path.read_text()  # JSON has no NaN: written as a string
+    assert math.isnan(results.measurements[0].first_call_s)
     assert results.keys() == {measurement_key(measurement())}
     assert measurement_key(measurement()) != measurement_key(measurement(case="c2"))
 
@@ -36,7 +38,7 @@ def test_a_measurement_taken_again_in_one_file_supersedes_the_earlier(tmp_path):
         writer.write({**HEADER, "run_id": "r2"})
         writer.write(measurement(run_id="r2", retry_of={"run_id": "r1", "status": "error"}))
     got = read_results(path).measurements
-    assert [(m["case"], m["run_id"], m["status"]) for m in got] == [("c2", "r1", "ok"), ("c1", "r2", "ok")]
+    assert [(m.case, m.run_id, m.status) for m in got] == [("c2", "r1", "ok"), ("c1", "r2", "ok")]
     other = tmp_path / "other.jsonl"  # the same key in two files: two runs, both kept (the report pools them)
     with ResultsWriter(other) as writer:
         writer.write({**HEADER, "run_id": "r3"})
@@ -56,7 +58,7 @@ def test_partial_last_line_is_skipped_on_read_and_dropped_on_append(tmp_path):
     with ResultsWriter(path) as writer:
         assert "dropped a partial last line" in writer.warning
         writer.write(measurement("c3"))
-    assert [m["case"] for m in read_results(path).measurements] == ["c1", "c3"]
+    assert [m.case for m in read_results(path).measurements] == ["c1", "c3"]
 
 
 @pytest.mark.parametrize(
@@ -90,4 +92,4 @@ def test_folders_are_searched_for_jsonl(tmp_path):
         with ResultsWriter(tmp_path / "sub" / f"{name}.jsonl") as writer:
             writer.write(HEADER)
             writer.write(measurement(name))
-    assert sorted(m["case"] for m in read_many([tmp_path]).measurements) == ["a", "b"]
+    assert sorted(m.case for m in read_many([tmp_path]).measurements) == ["a", "b"]
