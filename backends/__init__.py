@@ -29,7 +29,7 @@ FRAMEWORK_GROUP = "opbench.frameworks"
 HOME = "opbench"  # the distribution whose backends win a name clash
 TOX_ENV = {"torch": "torch-cpu", "tensorflow": "tf-cpu", "jax": "jax-cpu"}
 ALIASES = {"tf": "tensorflow", "pytorch": "torch"}
-OP_KINDS = ("gemm", "conv2d")  # every backend declares layouts for each (it may raise Unsupported for a whole op)
+REQUIRED_LAYOUTS = ("gemm", "conv2d")  # op kinds every backend declares layouts for (it may refuse one whole)
 
 
 class BackendUnavailable(RuntimeError):
@@ -152,8 +152,8 @@ def contract_problem(cls: object, name: str) -> str | None:
         return f"modes must be a non-empty tuple of names (the first is the default), got {modes!r}"
     layouts = getattr(cls, "layouts", None)
     if not isinstance(layouts, dict) or any(not (isinstance(layouts.get(kind), tuple) and layouts[kind])
-                                            for kind in OP_KINDS):
-        return f"layouts must map each of {', '.join(OP_KINDS)} to a non-empty tuple of names, got {layouts!r}"
+                                            for kind in REQUIRED_LAYOUTS):
+        return f"layouts must map each of {', '.join(REQUIRED_LAYOUTS)} to a non-empty tuple of names, got {layouts!r}"
     return None
 
 
