@@ -270,7 +270,7 @@ def _one_side(results: ResultSet, side: str, across: tuple[str, ...],
     return out
 
 
-def _differing(base: Iterable[MeasurementKey], new: Iterable[MeasurementKey]) -> list[tuple[str, set[str], set[str]]]:
+def _differing(base: Sequence[MeasurementKey], new: Sequence[MeasurementKey]) -> list[tuple[str, set[str], set[str]]]:
     """Identity fields whose values on the two sides do not meet: (name, base values, new values)."""
     a = {name: {json.dumps(k.fields()[name], sort_keys=True) for k in base} for name in KEY_FIELDS}
     b = {name: {json.dumps(k.fields()[name], sort_keys=True) for k in new} for name in KEY_FIELDS}
@@ -297,7 +297,7 @@ def compare(base: ResultSet, new: ResultSet, threshold: float = SAME_BAND, acros
     pairs = [compare_pair(a[key], b[key], threshold, names) for key in a if key in b]
     only_base, only_new = [m for key, m in a.items() if key not in b], [m for key, m in b.items() if key not in a]
     if not pairs:
-        differing = _differing((m.key for m in only_base), (m.key for m in only_new))
+        differing = _differing([m.key for m in only_base], [m.key for m in only_new])
         reason = "; they differ in " + ", ".join(f"{name} ({', '.join(sorted(x))} vs {', '.join(sorted(y))})"
                                                  for name, x, y in differing) if differing else ""
         settings = [name for name, _, _ in differing if name in ACROSS_FIELDS]

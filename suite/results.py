@@ -471,7 +471,7 @@ class ResultSet:
         """Join another set into this one under the policy."""
         seen_runs = {h.run_id for h in self.headers}
         self.headers += [h for h in other.headers if h.run_id not in seen_runs or h.run_id is None]
-        seen_workers = set(self.workers)
+        seen_workers = list(self.workers)  # WorkerInfo holds dicts: compared, not hashed
         self.workers += [w for w in other.workers if w not in seen_workers]
         self.measurements = _resolve([*self.measurements, *other.measurements])
         self.warnings += other.warnings
