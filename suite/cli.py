@@ -397,11 +397,11 @@ def _parse_limits(args: argparse.Namespace) -> None:
 def read_measurements(paths: list[str]) -> ResultSet:
     """Results files holding at least one measurement, their warnings printed; none at all is bad input (exit 2)."""
     results = read_many(paths)
-    for warning in results.warnings:
-        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
-    if not results.measurements:
+    if not results.measurements:  # the one message: the readers' warnings would only precede it
         raise ResultsError(f"{', '.join(map(str, paths))}: no measurements (an empty results file, or a run that "
                            "stopped before its first measurement finished)")
+    for warning in results.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     return results
 
 
