@@ -379,14 +379,14 @@ def test_across_l2_and_threads_label_the_pairs_without_the_blanked_setting(tmp_p
 
 def test_a_partial_overlap_says_which_setting_parts_differ_in(tmp_path, capsys):
     times = blocks(np.random.default_rng(20))
-    base = write(tmp_path / "a.jsonl", [record("c1", times), record("c2", times)])
+    base = write(tmp_path / "a.jsonl", [record("c1", times), record("c2", times, options={"ynn_conv": "on"})])
     new = write(tmp_path / "b.jsonl", [record("c1", times), record("c2", times, options={"ynn_conv": "off"})],
                 run_id="r2")
     assert main(["compare", str(base), str(new)]) == 0
     assert ("warning: 1 measurements only in NEW have a counterpart only in BASE that differs in options: --across "
             "options compares them") in " ".join(capsys.readouterr().err.split())
     result = compare(read_results(base), read_results(new), across=["options"])
-    assert [p.change for p in result.pairs] == ["", "options: none → ynn_conv=off"]
+    assert [p.change for p in result.pairs] == ["", "options: ynn_conv=on → ynn_conv=off"]
 
 
 # ------------------------------------------------------------------------------------------------ merge
