@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
+import math
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -18,10 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 import backends
+from suite import show
 from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
+from suite.compare import CompareError
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
-from suite.results import ResultSet, ResultsError, read_many
+from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
 from suite.stats import format_seconds
 from suite.timing import TimingConfig
 
@@ -103,18 +107,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         catalog = load_catalog(shape_folders(args.shapes))
         table = Table(title="catalog subsets")
         subsets = []
-        kind_columns = {"gemm": "GEMM", "conv2d": "conv2d", "bgemm": "batched GEMM", "attention": "attention",
-                        "rnn": "RNN"}
-        for col in ("subset", "cases", *kind_columns.values(), "GFLOP fwd", "GFLOP fwd+bwd", "description"):
+        for col in ("subset", "cases", *OP_KINDS, "GFLOP fwd", "GFLOP all passes", "description"):
             table.add_column(col, justify="left" if col in ("subset", "description") else "right")
         for name, subset in catalog.subsets.items():
             cases = catalog.subset(name)
-            fwd = sum(c.op.flops("forward") for c in cases)  # every kind's backward is 2× its forward
-            kinds = {kind: sum(c.op.kind == kind for c in cases) for kind in kind_columns}
-            table.add_row(name, str(len(cases)), *map(str, kinds.values()), _gflop(fwd), _gflop(3 * fwd),
+            fwd = sum(c.op.flops("forward") for c in cases)
+            every = sum(c.op.flops(p) for c in cases for p in c.op.passes)  # what `run --pass all` computes
+            kinds = {kind: sum(c.op.kind == kind for c in cases) for kind in OP_KINDS}
+            table.add_row(name, str(len(cases)), *map(str, kinds.values()), _gflop(fwd), _gflop(every),
                           subset.description)
             subsets.append({"subset": name, "cases": len(cases), "description": subset.description,
-                            "flops_forward": fwd, "kinds": kinds})
+                            "flops_forward": fwd, "flops_all_passes": every, "kinds": kinds})
         if args.format == "json":
             print(json.dumps(subsets, indent=1))
         else:
@@ -300,6 +303,7 @@ def build_plan(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Measure the selected cases; results go to a JSON Lines file as they finish."""
+    from suite import runner
     from suite.runner import RunOptions, check_output, preflight
 
     _parse_limits(args)
@@ -319,7 +323,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
                          retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth)
     try:
-        counts = _run_with_progress(tasks, out, options, "measuring", each=True)
+        with _progress("measuring", len(tasks), each=True) as report:
+            counts = runner.run(tasks, out, options, report, argv=sys.argv)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
                           "--resume to continue", highlight=False, markup=False, soft_wrap=True)
@@ -340,8 +345,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) -> dict[str, int]:
-    """``runner.run`` behind a progress bar on stderr; with ``each``, one line per finished measurement."""
+def progress_line(m: Measurement) -> str:
+    """One finished measurement as the progress display prints it."""
+    k = m.key
+    rate = f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else ""
+    timing = f"{format_seconds(m.median)}{rate}" if m.stats else ""
+    return (f"{m.status:<11} {k.backend:<10} {k.pass_:<15} {k.dtype} {k.mode:<8} {k.case:<40} {timing} "
+            f"{m.check.status if m.check else ''} {m.reason or ''}")[:240]
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, each: bool) -> Iterator[Callable[[object, Measurement], None]]:
+    """A progress bar on stderr for ``total`` measurements; yields the runner's reporter, which advances it (with
+    ``each``, one line per finished measurement)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -351,28 +367,18 @@ def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) 
         TimeRemainingColumn,
     )
 
-    from suite.runner import run
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=not each) as progress:
-        bar = progress.add_task(label, total=len(tasks))
+        bar = progress.add_task(label, total=total)
 
-        def report(task, record) -> None:
+        def report(task: object, measurement: Measurement) -> None:
             if each:
-                stats = record.get("stats")
-                time_text = (f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s"
-                             if stats else "")
-                check = record.get("check", {}).get("status", "")
-                variant = task.variant
-                progress.console.print(f"{record['status']:<11} {task.backend:<10} {variant.pass_:<15} "
-                                       f"{variant.dtype} {variant.mode:<8} {task.case.id:<40} {time_text} {check} "
-                                       f"{record.get('reason') or ''}"[:240], highlight=False)
+                progress.console.print(progress_line(measurement), highlight=False, markup=False)
             progress.advance(bar)
 
-        counts = run(tasks, out, options, report, argv=sys.argv)
-        progress.update(bar, completed=len(tasks))
-    return counts
+        yield report
+        progress.update(bar, completed=total)
 
 
 def _parse_limits(args: argparse.Namespace) -> None:
@@ -391,36 +397,12 @@ def _parse_limits(args: argparse.Namespace) -> None:
 def read_measurements(paths: list[str]) -> ResultSet:
     """Results files holding at least one measurement, their warnings printed; none at all is bad input (exit 2)."""
     results = read_many(paths)
-    for warning in results.warnings:
-        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
-    if not results.measurements:
+    if not results.measurements:  # the one message: the readers' warnings would only precede it
         raise ResultsError(f"{', '.join(map(str, paths))}: no measurements (an empty results file, or a run that "
                            "stopped before its first measurement finished)")
+    for warning in results.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     return results
-
-
-SHOW_SETTINGS = ("device", "math", "l2", "threads", "options")  # shown by `show` where its rows differ in them
-SHOW_SORTS = {"file": None, "case": lambda r: (r["case"], r["backend"], r["pass"]),
-              "backend": lambda r: (r["backend"], r["case"], r["pass"]), "status": lambda r: r["status"],
-              "median": lambda r: -(r["median_s"] or 0.0), "gflops": lambda r: -(r["gflops"] or 0.0)}
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, float | int) and not isinstance(value, bool) else None
-
-
-def _show_row(m: dict) -> dict:
-    """A measurement as the flat row that `show` prints or exports."""
-    stats = m.get("stats") or {}
-    return {"case": m["case"], "backend": m["backend"], "device": m["device"], "pass": m["pass"],
-            "dtype": m["dtype"], "mode": m["mode"], "layout": m["layout"], "math": m["math"], "l2": m.get("l2", "warm"),
-            "threads": m.get("threads"),
-            "options": ",".join(f"{k}={v}" for k, v in sorted((m.get("options") or {}).items())),
-            "status": m["status"], "median_s": _number(stats.get("median")), "ci_low_s": _number(stats.get("ci_low")),
-            "ci_high_s": _number(stats.get("ci_high")),
-            "gflops": m["tflops"] * 1e3 if _number(m.get("tflops")) is not None else None,
-            "check": (m.get("check") or {}).get("status", ""), "flags": " ".join(stats.get("flags") or []),
-            "reason": m.get("reason") or ""}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -431,27 +413,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     results = read_measurements(args.results)
     statuses = _choices(args.status, STATUSES, "status") if args.status else None
-    present = dict.fromkeys(m["backend"] for m in results.measurements)
+    present = dict.fromkeys(m.backend for m in results.measurements)
     chosen = _choices(",".join(backends.ALIASES.get(b, b) for b in _csv(args.backend)), present, "backend",
                       ()) if args.backend else None
-    rows = [_show_row(m) for m in results.measurements
-            if (chosen is None or m["backend"] in chosen)
-            and (not args.case or any(fnmatch.fnmatchcase(m["case"], pattern) for pattern in args.case))
-            and (statuses is None or m["status"] in statuses)]
-    if SHOW_SORTS[args.sort]:
-        rows.sort(key=SHOW_SORTS[args.sort])
+    rows = show.rows(results.measurements, chosen, args.case, statuses, args.sort)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
     if args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(_show_row(results.measurements[0]))
-                                if results.measurements else ["case"], lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(show.row(results.measurements[0])), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return 0
     table = Table(title=f"{len(rows)} of {len(results.measurements)} measurements")
-    # The settings that tell the rows apart get a column (e.g. math: strict beside tf32); one shared by all does not.
-    settings = [col for col in SHOW_SETTINGS if len({r[col] for r in rows}) > 1]
+    settings = show.varying_settings(rows)
     for col in ("case", "backend", "pass", "dtype", "mode", "layout", *settings, "status", "median", "95% CI",
                 "GFLOP/s", "check", "flags / reason"):
         table.add_column(col, justify="right" if col in ("median", "95% CI", "GFLOP/s") else "left")
@@ -469,65 +444,37 @@ def cmd_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- check
 def cmd_check(args: argparse.Namespace) -> int:
     """Every case through every selected backend on the same seeded inputs, against a float64 reference."""
-    import tempfile
-
-    from suite.runner import RunOptions
+    from suite.checking import run_check
 
     _parse_limits(args)
     tasks = build_plan(args)
     if not tasks:
         raise UsageError("the selection gives nothing to check")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.output or Path(tmp) / "check.jsonl")
-        _run_with_progress(tasks, out, RunOptions(timing=None, check=True, seed=args.seed,
-                                                  case_timeout_s=args.case_timeout), "checking", each=False)
-        records = read_many([out]).measurements
-    backends_seen = list(dict.fromkeys(r["backend"] for r in records))
+    with _progress("checking", len(tasks), each=False) as report:
+        result = run_check(tasks, args.seed, args.case_timeout, args.output, report)
     table = Table(title="relative Frobenius error against float64 NumPy (same seeded inputs; layout named "
                         "where a backend ran several)")
-    for col in ("case", "pass", "dtype", *backends_seen):
+    for col in ("case", "pass", "dtype", *result.backends):
         table.add_column(col)
-    rows: dict[tuple, dict[str, list[tuple[str, str]]]] = {}
-    failed = 0
-    for r in records:
-        check = r.get("check") or {}
-        if r["status"] == "ok" and check.get("status") == "pass":
-            cell = f"{max(check['errors'].values()):.1e} ✓"
-        elif r["status"] == "ok":
-            failed += 1
-            cell = f"[red]{max(float(e) for e in check['errors'].values()):.1e} > {check['tolerance']:.0e} ✗[/red]"
-        elif r["status"] == "unsupported":
-            cell = "unsupported"
-        else:
-            failed += 1
-            cell = f"[red]{r['status']}[/red]"
-        rows.setdefault((r["case"], r["pass"], r["dtype"]), {}).setdefault(r["backend"], []).append(
-            (r["layout"], cell))
-    for (case, pass_, dtype), cells in rows.items():
-        table.add_row(case, pass_, dtype, *(
-            " · ".join(f"{layout}: {cell}" if len(cells.get(b, [])) > 1 else cell for layout, cell in cells.get(b, []))
-            for b in backends_seen))
+    for row in result.rows:
+        table.add_row(*row, *(" · ".join(
+            (f"{layout}: " if layout else "") + (f"[red]{cell.text}[/red]" if cell.failed else cell.text)
+            for layout, cell in result.cell(row, b)) for b in result.backends))
     console.print(table)
-    for r in records:
-        if r["status"] not in ("ok", "unsupported"):
-            err_console.print(f"{r['backend']} {r['case']} {r['pass']}: {r['status']}: {r.get('reason')}",
-                              markup=False, highlight=False)
-    console.print(f"{len(records) - failed} of {len(records)} agree (unsupported counted as agreeing); "
-                  f"{failed} mismatched or failed")
-    return 1 if failed else 0
+    for note in result.notes:
+        err_console.print(note, markup=False, highlight=False)
+    console.print(result.summary())
+    return result.exit_status
 
 
 # ---------------------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the static HTML report (figures, tables, normalized data) from results files or folders."""
+    from suite.compare import choose_baseline
+
     results = read_measurements(args.results)
-    present = list(dict.fromkeys(m["backend"] for m in results.measurements))
-    rank = {name: i for i, name in enumerate(backends.REGISTRY)}  # the registry's order is the backend order
-    baseline = (backends.ALIASES.get(args.baseline, args.baseline) if args.baseline
-                else min(present, key=lambda name: rank.get(name, len(rank))))
-    if baseline not in present:
-        raise UsageError(f"--baseline {args.baseline!r}: no measurements of that backend in these results"
-                         f"{did_you_mean(baseline, present)}; they hold {', '.join(present)}")
+    baseline = choose_baseline(backends.ALIASES.get(args.baseline, args.baseline) if args.baseline else None,
+                               list(dict.fromkeys(m.backend for m in results.measurements)), list(backends.REGISTRY))
     out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -557,31 +504,14 @@ def cmd_peak(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- merge
 def cmd_merge(args: argparse.Namespace) -> int:
-    """Combine results files (e.g. shards of one run) into one, refusing mixed versions or flags."""
-    from suite.results import ResultsWriter, measurement_key, merge_conflicts
+    """Combine results files (e.g. shards of one run) into one, refusing mixed versions or flags; of measurements
+    of one key, the latest (or the re-measurement of a failure) is kept, whatever the order of the files."""
+    from suite.results import merge_files
 
-    results = read_measurements(args.results)
-    conflicts = merge_conflicts(results)
-    if conflicts and not args.allow_mixed:
-        raise UsageError(f"these results were not measured under one configuration: {'; '.join(conflicts)}. "
-                         "Compare them (python -m suite compare) or report them instead, or pass --allow-mixed")
-    seen: set[str] = set()
-    duplicates = 0
-    out = Path(args.output)
-    if out.exists():
-        raise UsageError(f"{out} exists; choose a new output file")
-    with ResultsWriter(out) as writer:
-        for record in results.headers + results.workers:
-            writer.write(record)
-        for record in results.measurements:
-            key = measurement_key(record)
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            writer.write(record)
-    console.print(f"{out}: {len(seen)} measurements from {len(results.headers)} runs"
-                  + (f"; {duplicates} duplicates dropped (kept the first)" if duplicates else ""))
+    written, runs, left_out = merge_files(args.results, args.output, args.allow_mixed)
+    console.print(f"{args.output}: {written} measurements from {runs} runs"
+                  + (f"; left out {left_out} records superseded by a later measurement of their key" if left_out
+                     else ""), highlight=False, markup=False)
     return 0
 
 
@@ -590,19 +520,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Compare NEW with BASE (files or folders): per measurement time(new)/time(base) with a CI, and a verdict."""
     from suite import compare
 
-    if args.threshold is not None and not 0 <= args.threshold < 100:
+    if not 0 <= args.threshold < 100:
         raise UsageError(f"--threshold takes a percentage between 0 and 100, got {args.threshold}")
     if args.fail_on_regression is not None and not args.fail_on_regression >= 0:
         raise UsageError(f"--fail-on-regression takes a percentage >= 0, got {args.fail_on_regression}")
-    base, new = read_many([args.base]), read_many([args.new])
-    for warning in base.warnings + new.warnings:
-        err_console.print(f"warning: {warning}", highlight=False, markup=False)
-    result = compare.compare(base, new, args.threshold / 100)
-    if not result.pairs:
-        raise UsageError(f"{args.base} and {args.new} have no measurement in common (same case, backend, device, "
-                         f"dtype, pass and variant){compare.no_overlap_reason(base, new)}")
+    result = compare.compare_files(args.base, args.new, args.threshold / 100, _csv(args.across or ""))
     for warning in result.warnings:
-        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if args.format == "table":
         _print_comparison(result)
     else:
@@ -610,9 +534,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "markdown": compare.to_markdown}[args.format](result))
     if args.fail_on_regression is None:
         return 0
-    failures = [f"slower by more than {args.fail_on_regression:g}% (ratio {p.ratio:.3f}, 95% CI {p.low:.3f}–"
-                f"{p.high:.3f}): {p.label}" for p in result.regressions(args.fail_on_regression / 100)]
-    failures += [f"fine in base, not in new ({p.reason}): {p.label}" for p in result.broken()]
+    failures = result.gate(args.fail_on_regression / 100)
     for failure in failures:
         err_console.print(f"regression: {failure}", highlight=False, markup=False, soft_wrap=True)
     return 1 if failures else 0
@@ -626,31 +548,29 @@ def _print_comparison(result) -> None:
         for col in ("what", "base", "new"):
             table.add_column(col, overflow="fold")
         for row in result.environment:
-            table.add_row(*row)
-        console.print(table)
+            table.add_row(*row, style=None)
+        console.print(table, markup=False)
     else:
         console.print("The recorded environments do not differ.")
-    table = Table(title=f"time new/base per measurement: slower or faster when the 95% CI lies beyond "
-                        f"±{result.threshold:.0%}")
-    for col in compare.PAIR_COLUMNS:
+    table = Table(title=f"time new/base per measurement: {compare.threshold_text(result.threshold)}",
+                  caption=compare.FLAGS_TEXT)
+    for col in compare.pair_columns(result):
         table.add_column(col, justify="right" if col in ("base", "new", "new/base", "95% CI") else "left")
     colors = {"slower": "red", "faster": "green", "not compared": "yellow"}
     for pair in compare.sorted_pairs(result.pairs):
-        table.add_row(*compare.pair_cells(pair), style=colors.get(pair.verdict))
-    console.print(table)
+        table.add_row(*compare.pair_cells(pair, bool(result.across)),
+                      style="dim" if pair.unreliable else colors.get(pair.verdict))
+    console.print(table, markup=False)
     table = Table(title="geometric mean of new/base per backend, op and pass")
-    for col in ("backend", "device", "dtype", "op", "pass", "pairs", "geomean", "slower", "faster"):
+    for col in compare.GEOMEAN_COLUMNS:
         table.add_column(col)
     for g in result.geomeans():
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in g.values()))
     console.print(table)
-    for side, records in (("base", result.only_base), ("new", result.only_new)):
-        if records:
-            console.print(f"only in {side} ({len(records)}): " + ", ".join(sorted(
-                {f"{m['case']} ({m['backend']} {m['pass']} {compare.variant(m)})" for m in records})),
-                highlight=False, markup=False, soft_wrap=True)
-    counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())
-    console.print(f"{len(result.pairs)} measurements in both: {counts}", highlight=False)
+    for side, measurements in (("base", result.only_base), ("new", result.only_new)):
+        if measurements:
+            console.print(compare.only_text(side, measurements), highlight=False, markup=False, soft_wrap=True)
+    console.print(result.summary(), highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- selfcheck
@@ -684,7 +604,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("--backend", help="keep these backends (comma list)"),
         p.add_argument("--case", action="append", default=[], help="case id or glob pattern (repeatable)"),
         p.add_argument("--status", help="keep these statuses (comma list, e.g. error,timeout)"),
-        p.add_argument("--sort", choices=tuple(SHOW_SORTS), default="file",
+        p.add_argument("--sort", choices=tuple(show.SORTS), default="file",
                        help="row order (median: slowest first; gflops: fastest first; default: as in the files)"),
         p.add_argument("--format", choices=("table", "csv", "json"), default="table"))),
     "check": (cmd_check, lambda p: add_run_options(p, "check")),
@@ -702,11 +622,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "compare": (cmd_compare, lambda p: (
         p.add_argument("base", help="results file or folder: the baseline"),
         p.add_argument("new", help="results file or folder: compared with the baseline"),
-        p.add_argument("--threshold", type=float, default=5.0, metavar="PCT",
-                       help="slower/faster only when the CI lies beyond ±PCT%% (default %(default)s)"),
+        p.add_argument("--threshold", type=float, default=SAME_BAND * 100, metavar="PCT",
+                       help="slower/faster only when the 95%% CI of time new/base lies wholly beyond 1 ± PCT%% "
+                            "(default %(default)g: the report's same-speed band)"),
+        p.add_argument("--across", default=None, metavar="NAME[,NAME]",
+                       help="pair measurements that differ in these settings of their identity, on the rest of it "
+                            "(e.g. --across math: strict vs tf32; threads; options; layout; mode; backend)"),
         p.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
                        help="exit 1 when a measurement is significantly slower by more than PCT%% (its whole CI "
-                            "above 1 + PCT%%) or was fine in base and fails in new"),
+                            "above 1 + PCT%%) or was fine in base and fails in new; a pair flagged "
+                            f"{', '.join(UNRELIABLE_FLAGS)} on either side is shown but never counted"),
         p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table"))),
     "selfcheck": (cmd_selfcheck, lambda p: (
         p.add_argument("--threads", type=int, default=usable_cpus()),
@@ -796,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
-    except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
+    except (UsageError, CatalogError, ResultsError, CompareError, backends.BackendUnavailable, FileExistsError) as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except OSError as exc:  # a file or folder the system refused (permissions, a full disk, a name too long)

@@ -117,7 +117,7 @@ class MeasurementKey:
     @property
     def variant(self) -> str:
         """Mode, layout, math, threads, L2 state (when cold) and options, as one label."""
-        l2 = f"{self.l2} L2" if self.l2 != "warm" else ""
+        l2 = f"{self.l2} L2" if self.l2 not in ("warm", None) else ""  # None: blanked by across()
         threads = f"{self.threads} threads" if self.threads is not None else ""
         return " · ".join(p for p in (self.mode, self.layout, self.math, threads, l2, self.options_text) if p)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import suite.runner
+from suite.checking import CheckReport
 from suite.cli import COMMANDS, build_plan, main, parser
-from suite.results import failed, read_results
+from suite.results import Measurement, read_results
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "data" / "golden" / "smoke_torch_tf.jsonl"
@@ -26,7 +28,7 @@ def suite_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30
 
 
 def statuses(path: Path) -> list[tuple[str, str]]:
-    return [(m["mode"], m["status"]) for m in read_results(path).measurements]
+    return [(m.key.mode, m.status) for m in read_results(path).measurements]
 
 
 # ---------------------------------------------------------------------------------------------- --help
@@ -65,7 +67,7 @@ def test_run_exits_0_when_everything_is_measured_and_1_when_a_measurement_failed
     assert good.returncode == 0, good.stderr
     assert statuses(tmp_path / "good.jsonl") == [("eager", "ok")]
     header = read_results(tmp_path / "good.jsonl").headers[0]
-    assert header["timing"]["target_block_s"] == 0.01 and header["timing"]["max_time_s"] == 0.2
+    assert header.timing["target_block_s"] == 0.01 and header.timing["max_time_s"] == 0.2
 
     out = tmp_path / "bad.jsonl"
     bad = suite_cli("run", *TINY, "--mode", "eager,compile", "--time-cap", "0.2", "-o", str(out), env=BAD_INDUCTOR)
@@ -97,12 +99,32 @@ def test_check_exits_0_when_every_backend_agrees_and_1_when_one_fails(tmp_path):
 
 
 @pytest.mark.slow
+def test_check_and_run_exit_0_when_the_memory_guard_skips_a_case(tmp_path):
+    """A case too large for this machine's memory is skipped with its reason, not failed: `check` exits as `run`."""
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    prov = {"network": "test", "layer": "test", "source": "test"}
+    (shapes / "cases.yaml").write_text(json.dumps({"cases": [
+        {"id": "tiny", "op": "gemm", "dims": {"m": 8, "n": 8, "k": 8}, "provenance": prov},
+        {"id": "huge", "op": "gemm", "dims": {"m": 2**20, "n": 2**20, "k": 8}, "provenance": prov}]}))  # terabytes
+    args = ["--shapes", str(shapes), "--catalog", "all", "--backend", "torch", "--pass", "forward"]
+    check = suite_cli("check", *args, "-o", str(tmp_path / "check.jsonl"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert {m.case: m.status for m in read_results(tmp_path / "check.jsonl").measurements} == {"tiny": "ok",
+                                                                                                "huge": "skipped"}
+    assert "2 of 2 agree" in check.stdout and "huge forward: skipped: memory guard" in " ".join(check.stderr.split())
+    run = suite_cli("run", *args, "--time-cap", "0.2", "-o", str(tmp_path / "run.jsonl"))
+    assert run.returncode == 0, run.stderr
+    assert statuses(tmp_path / "run.jsonl") == [("eager", "ok"), ("eager", "skipped")]
+
+
+@pytest.mark.slow
 def test_peak_exits_1_when_its_measurements_time_out(tmp_path):
     out = tmp_path / "peak.jsonl"
     done = suite_cli("peak", "--backend", "torch", "--case-timeout", "0.001", "-o", str(out))
     assert done.returncode == 1, done.stderr
     records = read_results(out).measurements
-    assert records and {m["status"] for m in records} == {"timeout"} and {m["pass"] for m in records} == {"forward"}
+    assert records and {m.status for m in records} == {"timeout"} and {m.key.pass_ for m in records} == {"forward"}
 
 
 @pytest.mark.parametrize("argv", [["run", "--backend", "nope"], ["check", "--resume"], ["peak", "--catalog", "x"],
@@ -146,7 +168,8 @@ def test_report_names_the_extra_it_needs(tmp_path, monkeypatch, capsys):
 ])
 def test_report_baseline_must_be_a_backend_of_the_results(tmp_path, capsys, baseline, expected):
     assert main(["report", str(GOLDEN), "--baseline", baseline, "-o", str(tmp_path / "r")]) == 2
-    assert " ".join(capsys.readouterr().err.split()) == f"error: {expected}"
+    err = capsys.readouterr().err  # after the reader's warning that the golden file was migrated from schema 1
+    assert " ".join(err.split()).endswith(f"error: {expected}") and err.count("error:") == 1
     assert not (tmp_path / "r").exists()
 
 
@@ -174,8 +197,17 @@ def test_a_value_named_twice_is_planned_once():
     ("unsupported", None, False), ("skipped", None, False),
     ("error", None, True), ("oom", None, True), ("timeout", None, True), ("crashed", None, True),
 ])
-def test_which_records_make_the_exit_status_1(status, check, is_failure):
-    assert failed({"status": status, "check": check}) is is_failure
+def test_which_records_make_the_exit_status_1_of_run_and_of_check_alike(status, check, is_failure):
+    """One definition of failed: what the runner counts (Measurement.failed) is what makes `check` exit 1."""
+    m = Measurement.from_record({"case": "c", "backend": "torch", "device": "cpu", "dtype": "fp32", "pass": "forward",
+                                 "mode": "eager", "layout": "row-major", "math": "strict", "status": status,
+                                 "check": check})
+    ok = Measurement.from_record({**m.to_record(), "status": "ok", "check": {"status": "pass", "errors": {"y": 1e-7},
+                                                                            "tolerance": 2e-5}})
+    assert m.failed is is_failure
+    report = CheckReport.of([ok, m])
+    assert report.exit_status == int(is_failure) and report.failures == ([m] if is_failure else [])
+    assert report.summary().startswith(f"{1 if is_failure else 2} of 2 agree")
 
 
 def test_a_file_the_system_refuses_is_one_error_line(monkeypatch, capsys):

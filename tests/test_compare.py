@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from suite.cli import main
 from suite.compare import compare, compare_pair
-from suite.results import ResultsWriter, read_many, read_results
+from suite.results import SAME_BAND, Measurement, ResultsWriter, read_many, read_results
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "smoke_torch_tf.jsonl"
 
@@ -29,7 +30,13 @@ def record(case: str, times: list[float], run_id: str = "r1", **extra: Any) -> d
     return {"record": "measurement", "run_id": run_id, "case": case, "backend": "torch", "device": "cpu",
             "dtype": "fp32", "pass": "forward", "mode": "eager", "layout": "NCHW", "math": "strict", "threads": 2,
             "options": {}, "op": "gemm", "status": "ok", "block_times": times, "calls_per_block": 10,
-            "stats": {"median": float(np.median(times)) / 10 if times else None}, "check": {"status": "pass"}, **extra}
+            "stats": {"median": float(np.median(times)) / 10, "blocks": len(times), "calls_per_block": 10} if times
+            else None, "check": {"status": "pass"}, **extra}
+
+
+def measured(case: str, times: list[float], **extra: Any) -> Measurement:
+    """The typed measurement of ``record``."""
+    return Measurement.from_record(record(case, times, **extra))
 
 
 def write(path: Path, measurements: list[dict[str, Any]], run_id: str = "r1", version: str = "2.13.0",
@@ -68,12 +75,12 @@ def test_known_slowdown_is_reported_slower_with_its_ratio(tmp_path):
     base = [record(f"c{i}", blocks(rng)) for i in range(4)]
     new = [record(m["case"], [t * (1.3 if m["case"] == "c2" else 1.0) for t in m["block_times"]]) for m in base]
     result = compare(read_results(write(tmp_path / "a.jsonl", base)), read_results(write(tmp_path / "b.jsonl", new)))
-    verdicts = {p.base["case"]: p for p in result.pairs}
+    verdicts = {p.base.case: p for p in result.pairs}
     assert verdicts["c2"].verdict == "slower" and verdicts["c2"].ratio == pytest.approx(1.3)
     assert verdicts["c2"].low > 1.05 and verdicts["c2"].high < 1.5
     assert {p.verdict for case, p in verdicts.items() if case != "c2"} == {"same"}
     assert not result.only_base and not result.only_new and not result.environment
-    assert [p.base["case"] for p in result.regressions(0.05)] == ["c2"] and not result.regressions(0.4)
+    assert [p.base.case for p in result.regressions(0.05)] == ["c2"] and not result.regressions(0.4)
     geomean = result.geomeans()[0]
     assert geomean["pairs"] == 4 and geomean["slower"] == 1 and geomean["geomean"] == pytest.approx(1.3 ** 0.25)
 
@@ -82,7 +89,7 @@ def test_known_slowdown_is_reported_slower_with_its_ratio(tmp_path):
 @given(factor=st.floats(0.2, 5.0), seed=st.integers(0, 2**32 - 1))
 def test_a_scaled_copy_gives_its_factor_and_the_verdict_of_its_direction(factor, seed):
     times = blocks(np.random.default_rng(seed), n=20, noise=0.01)
-    pair = compare_pair(record("c", times), record("c", [t * factor for t in times]))
+    pair = compare_pair(measured("c", times), measured("c", [t * factor for t in times]))
     assert pair.ratio == pytest.approx(factor) and pair.low <= pair.ratio <= pair.high
     expected = "slower" if factor > 1.1 else "faster" if factor < 0.9 else None
     assert expected is None or pair.verdict == expected
@@ -93,7 +100,7 @@ def test_a_scaled_copy_gives_its_factor_and_the_verdict_of_its_direction(factor,
 def test_faster_is_reported_faster():
     rng = np.random.default_rng(2)
     times = blocks(rng)
-    pair = compare_pair(record("c", times), record("c", [t / 2 for t in times]))
+    pair = compare_pair(measured("c", times), measured("c", [t / 2 for t in times]))
     assert pair.verdict == "faster" and pair.ratio == pytest.approx(0.5)
 
 
@@ -121,9 +128,13 @@ def test_done_when_one_case_twice_as_slow_fails_the_gate_and_is_named(tmp_path, 
     captured = capsys.readouterr()
     regressions = [line for line in captured.err.splitlines() if line.startswith("regression:")]
     assert regressions and all("seed-conv-7x7" in line for line in regressions)
-    assert len(regressions) == sum(json.loads(line).get("case") == "seed-conv-7x7" and json.loads(line)["status"] ==
-                                   "ok" for line in GOLDEN.read_text().splitlines())
+    records = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    slowed = [r for r in records if r.get("case") == "seed-conv-7x7" and r.get("status") == "ok"]
+    reliable = [r for r in slowed if not {"unstable", "noisy", "overhead_bound"} & set(r["stats"]["flags"])]
+    assert (len(reliable), len(slowed)) == (5, 8)  # the golden run flagged torch's forward, dX and dW
+    assert len(regressions) == len(reliable)  # only the reliably timed ones are regressions
     assert "slower" in captured.out and "2.000" in captured.out
+    assert captured.out.count("slower (flagged: ") == len(slowed) - len(reliable)
     assert main(["compare", str(GOLDEN), str(slow)]) == 0  # without the gate, a report only
     assert main(["compare", str(GOLDEN), str(slow), "--fail-on-regression", "150"]) == 0  # 2× is not > 2.5×
 
@@ -135,7 +146,7 @@ def test_failed_measurements_are_reported_not_compared_and_fail_the_gate(tmp_pat
     new = write(tmp_path / "b.jsonl", [record("c1", times, check={"status": "fail"}),
                                        record("c2", [], status="error", reason="boom"), record("c3", times)])
     result = compare(read_results(base), read_results(new))
-    reasons = {p.base["case"]: (p.verdict, p.reason) for p in result.pairs}
+    reasons = {p.base.case: (p.verdict, p.reason) for p in result.pairs}
     assert reasons["c1"] == ("not compared", "new: numerical check failed")
     assert reasons["c2"] == ("not compared", "new: error: boom") and reasons["c3"][0] == "same"
     assert main(["compare", str(base), str(new), "--fail-on-regression", "5"]) == 1
@@ -150,17 +161,17 @@ def test_environment_differences_and_one_sided_measurements_are_listed(tmp_path,
     new = write(tmp_path / "b.jsonl", [record("c1", times), record("added", times)], run_id="r2", version="2.14.0")
     result = compare(read_results(base), read_results(new))
     assert result.environment == [("torch on cpu: versions.torch", "2.13.0", "2.14.0")]  # run ids are not facts
-    assert [m["case"] for m in result.only_base] == ["old"] and [m["case"] for m in result.only_new] == ["added"]
+    assert [m.case for m in result.only_base] == ["old"] and [m.case for m in result.only_new] == ["added"]
     assert main(["compare", str(base), str(new), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert "| torch on cpu: versions.torch | 2.13.0 | 2.14.0 |" in out
     assert "Only in base (1): old" in out and "Only in new (1): added" in out
     assert main(["compare", str(base), str(new), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [(r["case"], r["verdict"], r["ratio"]) for r in rows] == [("c1", "same", "1.0")]
+    assert [(r["case"], r["verdict"], r["ratio"], r["flags"]) for r in rows] == [("c1", "same", "1.0", "")]
     assert main(["compare", str(base), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "versions.torch" in out and "only in base (1): old" in out
+    assert "versions.torch" in out and "Only in base (1): old" in out
 
 
 @pytest.mark.parametrize("problem", ["missing", "not_results", "no_overlap", "bad_threshold", "bad_gate"])
@@ -178,6 +189,204 @@ def test_bad_input_exits_2_with_one_message(tmp_path, capsys, problem):
     expected = {"missing": "no such results file", "not_results": "not valid JSON", "bad_threshold": "--threshold",
                 "no_overlap": "differ in backend (\"torch\" vs \"jax\")", "bad_gate": "--fail-on-regression"}
     assert expected[problem] in err
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+@pytest.mark.parametrize("check, compared", [(None, True), ({"status": "pass"}, True), ({"status": "fail"}, False)])
+def test_a_record_without_a_check_is_compared_and_one_that_failed_it_is_not(tmp_path, capsys, check, compared):
+    """A run with --no-check records no check: its times are as good as a checked run's (not a failure)."""
+    times = blocks(np.random.default_rng(11))
+    base = write(tmp_path / "a.jsonl", [record("c1", times, check=None)])
+    new = write(tmp_path / "b.jsonl", [record("c1", [t * 2 for t in times], check=check)], run_id="r2")
+    pair = compare(read_results(base), read_results(new)).pairs[0]
+    expected = ("slower", True) if compared else ("not compared", False)
+    assert (pair.verdict, pair.ratio == pytest.approx(2.0)) == expected
+    assert pair.reason == ("" if compared else "new: numerical check failed")
+    assert main(["compare", str(base), str(new), "--fail-on-regression", "5"]) == 1  # slower, or broken in new
+    err = capsys.readouterr().err
+    assert ("regression: slower by more than 5%" in err) is compared
+    assert ("fine in base, not in new" in err) is not compared
+    assert main(["compare", str(new), str(base), "--fail-on-regression", "5"]) == 0  # faster, or a failure fixed
+
+
+@pytest.mark.parametrize("low, high, verdict", [
+    (1 + SAME_BAND, 1.2, "same"), (1.0301, 1.2, "slower"),  # at the band's edge: no clear difference
+    (0.8, 1 - SAME_BAND, "same"), (0.8, 0.9699, "faster"),
+    (0.98, 1.02, "same"), (0.5, 1.5, "same"), (math.nan, math.nan, "not compared"),
+])
+def test_the_verdict_at_the_edges_of_the_same_speed_band(monkeypatch, low, high, verdict):
+    import suite.compare
+
+    monkeypatch.setattr(suite.compare, "ratio_ci", lambda new, base: (1.0, low, high))
+    times = blocks(np.random.default_rng(12))
+    pair = compare_pair(measured("c", times), measured("c", times))  # the default threshold: SAME_BAND (3%)
+    assert pair.verdict == verdict
+    assert SAME_BAND == 0.03  # the methodology's band; the cases above are written around it
+
+
+def test_the_gate_counts_a_regression_only_beyond_its_own_threshold(monkeypatch):
+    import suite.compare
+
+    times = blocks(np.random.default_rng(13))
+    for low, regression in ((1.05, False), (1.0501, True)):
+        monkeypatch.setattr(suite.compare, "ratio_ci", lambda new, base, low=low: (1.1, low, 1.2))
+        pair = compare_pair(measured("c", times), measured("c", times))
+        assert pair.verdict == "slower" and pair.slower_by_more_than(0.05) is regression
+
+
+def test_the_default_band_is_the_reports_and_is_stated_in_help_and_outputs(tmp_path, capsys):
+    times = blocks(np.random.default_rng(14), noise=0.001)
+    pair = compare_pair(measured("c", times), measured("c", [t * 1.04 for t in times]))
+    assert pair.low > 1.03 and pair.verdict == "slower"  # 4% is beyond the 3% band (it was within compare's 5%)
+    assert main(["compare", "--help"]) == 0
+    assert "(default 3: the report's same-speed band)" in " ".join(capsys.readouterr().out.split())
+    base = write(tmp_path / "a.jsonl", [record("c1", times)])
+    new = write(tmp_path / "b.jsonl", [record("c1", [t * 1.04 for t in times])], run_id="r2")
+    for form in ("table", "markdown", "json"):
+        assert main(["compare", str(base), str(new), "--format", form]) == 0
+        out = capsys.readouterr().out
+        assert "lies wholly beyond 1 ± 3%" in " ".join((json.loads(out)["rule"] if form == "json" else out).split())
+    assert main(["compare", str(base), str(new), "--threshold", "5", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == 0.05 and out["pairs"][0]["verdict"] == "same" and "1 ± 5%" in out["rule"]
+
+
+# ------------------------------------------------------------------------------------------------ unreliable timings
+def flagged(case: str, times: list[float], *flags: str, **extra: Any) -> dict[str, Any]:
+    """``record`` whose statistics carry timing flags, as the worker writes them."""
+    data = record(case, times, **extra)
+    data["stats"]["flags"] = list(flags)
+    return data
+
+
+def test_a_flagged_pair_shows_its_flags_everywhere_and_is_never_a_regression(tmp_path, capsys):
+    rng = np.random.default_rng(15)
+    times = {case: blocks(rng, noise=0.001) for case in ("tiny", "busy", "solid")}
+    base = write(tmp_path / "a.jsonl", [flagged("tiny", times["tiny"], "overhead_bound", "short_blocks"),
+                                        record("busy", times["busy"]), record("solid", times["solid"])])
+    new = write(tmp_path / "b.jsonl", [flagged("tiny", [t * 2 for t in times["tiny"]], "overhead_bound"),
+                                       flagged("busy", [t * 2 for t in times["busy"]], "contended"),
+                                       record("solid", [t * 2 for t in times["solid"]])], run_id="r2")
+    result = compare(read_results(base), read_results(new))
+    pairs = {p.base.case: p for p in result.pairs}
+    assert {case: p.verdict for case, p in pairs.items()} == {"tiny": "slower", "busy": "slower", "solid": "slower"}
+    assert pairs["tiny"].flags == {"base": ("overhead_bound",), "new": ("overhead_bound",)}  # short_blocks is benign
+    assert pairs["busy"].flags == {"new": ("contended",)} and pairs["solid"].flags == {}
+    assert [p.base.case for p in result.regressions(0.05)] == ["solid"]
+    assert result.summary() == "3 measurements in both: 3 slower (2 flagged)"
+    assert main(["compare", str(base), str(new), "--fail-on-regression", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(": ")[-1].split(" · ")[0] for line in err.splitlines()] == ["solid"]
+    assert "slower (flagged: base: overhead_bound; new: overhead_bound)" in " ".join(out.split())
+    assert main(["compare", str(base), str(new), "--format", "markdown"]) == 0
+    markdown = capsys.readouterr().out
+    assert "| slower (flagged: new: contended) |" in markdown and "never counted as a regression" in markdown
+    assert main(["compare", str(base), str(new), "--format", "csv"]) == 0
+    rows = {r["case"]: r["flags"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows == {"tiny": "base: overhead_bound; new: overhead_bound", "busy": "new: contended", "solid": ""}
+    assert main(["compare", str(base), str(new), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flagged"] == 2 and [p["case"] for p in out["pairs"]] == ["solid", "tiny", "busy"]  # reliable first
+    assert out["geomeans"][0]["flagged"] == 2
+    reliable_only = write(tmp_path / "c.jsonl", [flagged("tiny", [t * 2 for t in times["tiny"]], "overhead_bound"),
+                                                 flagged("busy", [t * 2 for t in times["busy"]], "noisy")],
+                          run_id="r3")
+    assert main(["compare", str(base), str(reliable_only), "--fail-on-regression", "5"]) == 0
+
+
+@pytest.mark.slow
+def test_two_real_runs_of_overhead_bound_cases_come_out_same_under_the_gate(tmp_path, capsys):
+    """Two identical runs of µs GEMMs (torch, the smoke catalog): their times measure dispatch overhead and a busy
+    machine more than the op; they are flagged, shown, and pass --fail-on-regression 5."""
+    pytest.importorskip("torch")
+    args = ["run", "--catalog", "smoke", "--backend", "torch", "--id", "smoke-gemm-*", "--pass", "forward",
+            "--time-cap", "0.2", "--block-time", "0.01", "--threads", "1"]
+    for name in ("a", "b"):
+        assert main([*args, "-o", str(tmp_path / f"{name}.jsonl")]) == 0
+    capsys.readouterr()
+    result = compare(read_results(tmp_path / "a.jsonl"), read_results(tmp_path / "b.jsonl"))
+    assert len(result.pairs) >= 2 and all("overhead_bound" in p.base.unreliable for p in result.pairs)
+    assert main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--fail-on-regression", "5"]) == 0
+    assert "overhead_bound" in capsys.readouterr().out
+    case = result.pairs[0].base.case
+    slow = scaled(tmp_path / "b.jsonl", tmp_path / "slow.jsonl", case, 2.0)
+    assert main(["compare", str(tmp_path / "a.jsonl"), str(slow), "--fail-on-regression", "5", "--format",
+                 "json"]) == 0  # twice as slow, but flagged: not counted
+    planted = next(p for p in json.loads(capsys.readouterr().out)["pairs"] if p["case"] == case)
+    assert planted["ratio"] == pytest.approx(2 * result.pairs[0].ratio) and "overhead_bound" in planted["flags"]
+
+
+# ------------------------------------------------------------------------------------------------ --across
+def test_across_math_pairs_strict_with_tf32_on_the_rest_of_the_identity(tmp_path, capsys):
+    rng = np.random.default_rng(16)
+    times = {case: blocks(rng) for case in ("c1", "c2")}
+    strict = write(tmp_path / "strict.jsonl", [record(c, t) for c, t in times.items()])
+    tf32 = write(tmp_path / "tf32.jsonl", [record("c1", [x / 2 for x in times["c1"]], math="tf32"),
+                                           record("c2", times["c2"], math="tf32"),
+                                           record("c3", times["c2"], math="tf32", threads=1)], run_id="r2")
+    # Without --across the full identity pairs nothing: the message names the setting and the flag.
+    assert main(["compare", str(strict), str(tf32)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert 'they differ in math ("strict" vs "tf32"); to compare across math, pass --across math' in err
+    result = compare(read_results(strict), read_results(tf32), across=["math"])
+    pairs = {p.base.case: p for p in result.pairs}
+    assert {c: (p.verdict, p.change) for c, p in pairs.items()} == {"c1": ("faster", "math: strict → tf32"),
+                                                                   "c2": ("same", "math: strict → tf32")}
+    assert pairs["c1"].ratio == pytest.approx(0.5) and pairs["c1"].key.math is None
+    assert pairs["c1"].key.variant == "eager · NCHW · 2 threads"  # the setting paired across is left out
+    assert [m.case for m in result.only_new] == ["c3"]  # threads differ too: not paired across math alone
+    assert main(["compare", str(strict), str(tf32), "--across", "math", "--format", "markdown"]) == 0
+    markdown = capsys.readouterr().out
+    assert "| variant | base → new |" in markdown and "| math: strict → tf32 |" in markdown
+    assert main(["compare", str(strict), str(tf32), "--across", "math,threads", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["across"] == ["math", "threads"] and [p["change"] for p in out["pairs"]] == ["math: strict → tf32"] * 2
+
+
+def test_across_refuses_a_side_holding_several_values_of_the_setting(tmp_path, capsys):
+    times = blocks(np.random.default_rng(17))
+    base = write(tmp_path / "a.jsonl", [record("c1", times)])
+    both = write(tmp_path / "b.jsonl", [record("c1", times), record("c1", times, math="tf32")], run_id="r2")
+    assert main(["compare", str(base), str(both), "--across", "math"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: --across math: NEW holds more than one of them for c1 (torch forward fp32): "
+                          "math strict and tf32.")
+    assert main(["compare", str(both), str(base), "--across", "math"]) == 2
+    assert "BASE holds more than one" in capsys.readouterr().err
+    assert main(["compare", str(base), str(both)]) == 0  # on the full identity strict pairs with strict
+    assert "1 measurements in both: 1 same" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("across, expected", [
+    ("mth", "--across 'mth': not a setting to compare across (did you mean 'math'?); choose from backend, device, "
+            "dtype, mode, layout, math, threads, options, l2"),
+    ("case", "--across 'case': not a setting to compare across"), ("pass", "--across 'pass': not a setting")])
+def test_across_takes_only_the_settings_of_the_identity(tmp_path, capsys, across, expected):
+    base = write(tmp_path / "a.jsonl", [record("c1", blocks(np.random.default_rng(18)))])
+    assert main(["compare", str(base), str(base), "--across", across]) == 2
+    assert " ".join(capsys.readouterr().err.split()).startswith(f"error: {expected}")
+
+
+def test_across_l2_and_threads_label_the_pairs_without_the_blanked_setting(tmp_path):
+    times = blocks(np.random.default_rng(19))
+    warm = write(tmp_path / "a.jsonl", [record("c1", times, device="gpu")])
+    cold = write(tmp_path / "b.jsonl", [record("c1", [t * 1.5 for t in times], device="gpu", l2="cold", threads=1)],
+                 run_id="r2")
+    pair = compare(read_results(warm), read_results(cold), across=["l2", "threads"]).pairs[0]
+    assert pair.key.variant == "eager · NCHW · strict" and pair.change == "l2: warm → cold; threads: 2 → 1"
+    assert pair.verdict == "slower" and pair.label.endswith("(l2: warm → cold; threads: 2 → 1)")
+
+
+def test_a_partial_overlap_says_which_setting_parts_differ_in(tmp_path, capsys):
+    times = blocks(np.random.default_rng(20))
+    base = write(tmp_path / "a.jsonl", [record("c1", times), record("c2", times, options={"ynn_conv": "on"})])
+    new = write(tmp_path / "b.jsonl", [record("c1", times), record("c2", times, options={"ynn_conv": "off"})],
+                run_id="r2")
+    assert main(["compare", str(base), str(new)]) == 0
+    assert ("warning: 1 measurements only in NEW have a counterpart only in BASE that differs in options: --across "
+            "options compares them") in " ".join(capsys.readouterr().err.split())
+    result = compare(read_results(base), read_results(new), across=["options"])
+    assert [p.change for p in result.pairs] == ["", "options: ynn_conv=on → ynn_conv=off"]
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -210,6 +419,24 @@ def test_merge_names_the_differing_version(tmp_path, capsys):
     b = write(tmp_path / "b.jsonl", [record("c2", blocks(rng))], run_id="r2", version="2.14.0")
     assert main(["merge", str(a), str(b), "-o", str(tmp_path / "m.jsonl")]) == 2
     assert 'torch on cpu: versions.torch differs: "2.13.0" in run r1; "2.14.0" in run r2' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("older_status", ["ok", "error"])
+def test_merge_keeps_the_newer_measurement_of_a_key_whatever_the_argument_order(tmp_path, capsys, older_status):
+    rng = np.random.default_rng(21)
+    old_times, new_times, other = blocks(rng), blocks(rng, scale=1.5), blocks(rng)
+    older = write(tmp_path / "older.jsonl", [
+        record("c1", old_times if older_status == "ok" else [], status=older_status, finished="2026-01-01T10:00:00"),
+        record("c2", other, finished="2026-01-01T10:00:01")])
+    newer = write(tmp_path / "newer.jsonl", [record("c1", new_times, finished="2026-01-02T10:00:00")], run_id="r2")
+    for number, files in enumerate([(older, newer), (newer, older)]):
+        out = tmp_path / f"merged-{number}.jsonl"
+        assert main(["merge", *map(str, files), "-o", str(out)]) == 0
+        assert capsys.readouterr().out == (f"{out}: 2 measurements from 2 runs; left out 1 records superseded by a "
+                                           "later measurement of their key\n")
+        merged = {m.case: m for m in read_results(out).measurements}
+        assert (merged["c1"].run_id, merged["c1"].status, merged["c1"].block_times) == ("r2", "ok", tuple(new_times))
+        assert merged["c2"].block_times == tuple(other)
 
 
 # ------------------------------------------------------------------------------------------------ show, list
@@ -253,6 +480,12 @@ def test_list_as_json(capsys):
     assert main(["list", "--subsets", "--format", "json"]) == 0
     subsets = {s["subset"]: s for s in json.loads(capsys.readouterr().out)}
     assert subsets["smoke"]["cases"] >= len(cases)
+    # Every pass each op has: GEMM and conv forward, dX, dW (each the forward's FLOPs) and dX+dW; attention forward
+    # and its backward (twice the forward).
+    assert subsets["seed"]["kinds"]["attention"] == subsets["seed"]["kinds"]["rnn"] == 0
+    assert subsets["seed"]["flops_all_passes"] == 5 * subsets["seed"]["flops_forward"]
+    assert subsets["attention"]["kinds"]["attention"] == subsets["attention"]["cases"] > 0
+    assert subsets["attention"]["flops_all_passes"] == 3 * subsets["attention"]["flops_forward"]
 
 
 # ------------------------------------------------------------------------------------------------ history in the report
@@ -318,13 +551,16 @@ def test_history_compares_the_last_two_first_and_keeps_the_tables_few():
     assert many[0] == (6, 7) and (0, 7) in many and (2, 3) in many and (0, 2) not in many and len(many) == 13
 
 
-def test_too_few_blocks_for_a_median_ci_are_not_compared(tmp_path):
+def test_too_few_blocks_are_flagged_and_never_a_regression_and_one_block_is_not_compared():
     rng = np.random.default_rng(9)
     times = blocks(rng, n=3)
-    pair = compare_pair(record("c", times), record("c", [t * 3 for t in times]))
-    assert pair.verdict == "not compared" and pair.ratio == pytest.approx(3.0)
-    assert pair.reason == "too few blocks for a confidence interval (base: 3 blocks, new: 3 blocks)"
-    assert not pair.slower_by_more_than(0.05)
+    few = {"median": float(np.median(times)) / 10, "flags": ["few_blocks"]}  # as stats.summarize flags 3 blocks
+    pair = compare_pair(measured("c", times, stats=few), measured("c", [t * 3 for t in times]))
+    assert pair.verdict == "slower" and pair.ratio == pytest.approx(3.0) and pair.flags == {"base": ("few_blocks",)}
+    assert pair.low > 1.05 and not pair.slower_by_more_than(0.05)
+    one = compare_pair(measured("c", times[:1]), measured("c", [t * 3 for t in times[:1]]))
+    assert one.verdict == "not compared" and one.ratio == pytest.approx(3.0)
+    assert one.reason == "a single timed block on a side: no confidence interval"
 
 
 def test_pairs_are_listed_slower_first_then_faster_then_not_compared_then_same(tmp_path, capsys):

@@ -19,7 +19,7 @@ import suite.results as results_mod
 from suite.catalog import CatalogError, load_catalog, load_file
 from suite.cli import main
 from suite.ops import Conv2d, Gemm
-from suite.results import Results, ResultsError, ResultsWriter, read_results
+from suite.results import ResultsError, ResultSet, ResultsWriter, read_results
 from suite.timing import TimingConfig
 from suite.worker import run_task
 
@@ -365,7 +365,7 @@ def test_catalog_loader_on_any_text(tmp_path, text):
         assert exc.file == str(path)
 
 
-def read_or_error(path: Path) -> Results | None:
+def read_or_error(path: Path) -> ResultSet | None:
     try:
         return read_results(path)
     except ResultsError as exc:
@@ -415,11 +415,12 @@ def test_a_written_file_cut_at_any_byte_keeps_every_complete_record(tmp_path, ca
     whole = full[cut - 1:cut] == b"\n" or full[cut - 1:cut + 1] == b"}\n"  # the newline alone may be cut off
     complete = full[:cut].count(b"\n") + (full[cut - 1:cut + 1] == b"}\n")
     results = read_results(path)
-    assert [m["case"] for m in results.measurements] == cases[:complete - 1]
-    assert bool(results.warnings) == (not whole)  # a partial last line is skipped with a warning
+    assert [m.case for m in results.measurements] == cases[:complete - 1]
+    partial = [w for w in results.warnings if "skipped a partial last line" in w]
+    assert bool(partial) == (not whole)  # a partial last line is skipped with a warning
     with ResultsWriter(path) as writer:  # a resumed run appends after exactly those records
         writer.write(measurement("after"))
-    assert [m["case"] for m in read_results(path).measurements] == [*cases[:complete - 1], "after"]
+    assert [m.case for m in read_results(path).measurements] == [*cases[:complete - 1], "after"]
 
 
 def test_a_last_record_that_lost_only_its_newline_is_kept_by_reader_and_writer(tmp_path):
@@ -429,11 +430,11 @@ def test_a_last_record_that_lost_only_its_newline_is_kept_by_reader_and_writer(t
         writer.write(HEADER)
         writer.write(measurement("c1"))
     path.write_bytes(path.read_bytes()[:-1])
-    assert [m["case"] for m in read_results(path).measurements] == ["c1"]
+    assert [m.case for m in read_results(path).measurements] == ["c1"]
     with ResultsWriter(path) as writer:
         assert writer.warning is None
         writer.write(measurement("c2"))
-    assert [m["case"] for m in read_results(path).measurements] == ["c1", "c2"]
+    assert [m.case for m in read_results(path).measurements] == ["c1", "c2"]
 
 
 # ---------------------------------------------------------------------------------------------- durability, schemas
@@ -449,27 +450,28 @@ def test_each_record_is_flushed_and_fsynced_before_write_returns(tmp_path, monke
     writer.close()
 
 
+V1_TO_V2 = results_mod.MIGRATIONS[1]
+
+
 def rename_case_to_shape_id(record: dict[str, Any]) -> dict[str, Any]:
-    """A test-only migration 1 → 2: 'case' became 'shape_id'... then the reader's field list follows."""
+    """The migration 1 → 2, and a test-only mark: 'case' copied to 'shape_id' (kept as an unmodelled field)."""
+    record = V1_TO_V2(record)
     if record["record"] == "measurement":
         record["shape_id"] = record["case"]
     return record
 
 
 def test_old_schema_is_migrated_and_marked_and_a_resume_into_it_refused(tmp_path, monkeypatch, capsys):
-    path = tmp_path / "old.jsonl"
-    with ResultsWriter(path) as writer:  # schema 1
-        writer.write(HEADER)
-        writer.write(measurement("c1"))
-    monkeypatch.setattr(results_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(results_mod, "MIGRATIONS", {1: rename_case_to_shape_id})
+    assert results_mod.SCHEMA_VERSION == 2
+    path = write_lines(tmp_path / "old.jsonl", {**HEADER, "schema": 1}, {**measurement("c1"), "schema": 1})
     with ResultsWriter(path) as writer:  # schema 2 appended: now the file mixes two schemas
-        writer.write({**HEADER, "run_id": "r2"})
+        writer.write({**HEADER, "run_id": "r2", "catalog": {"networks": []}})
         writer.write(measurement("c2"))
+    monkeypatch.setattr(results_mod, "MIGRATIONS", {1: rename_case_to_shape_id})
     results = read_results(path)
-    assert [m["schema"] for m in results.measurements] == [2, 2]
-    assert [m.get("shape_id") for m in results.measurements] == ["c1", None]  # only the old one went through it
-    assert [m.get("migrated_from") for m in results.measurements] == [1, None]
+    assert [m.case for m in results.measurements] == ["c1", "c2"]
+    assert [m.extra.get("shape_id") for m in results.measurements] == ["c1", None]  # only the old one went through it
+    assert [h.networks for h in results.headers] == [None, ()]  # schema 1 did not record the catalog's networks
     assert "migrated 2 records from results schema 1 to 2" in " ".join(results.warnings)
     code = main(["run", "--catalog", "smoke", "--backend", "torch", "--resume", "-o", str(path)])
     assert "written with results schema 1; this opbench writes schema 2" in one_error(capsys, code)

@@ -152,7 +152,7 @@ def test_ctrl_c_exits_130_keeps_what_finished_and_resume_completes(tmp_path, sig
     code, log = finish(start(tmp_path, out, *long, "--resume"))
     assert code == 0, log
     after = read_results(out).measurements
-    assert len(after) == 4 * SMOKE_CASES == len({measurement_key(m) for m in after})
+    assert len(after) == 4 * SMOKE_CASES == len({m.key for m in after})
     assert after[:len(before)] == before  # kept as they were, not measured again
 
 
@@ -167,10 +167,10 @@ def test_resume_after_kill_9_of_the_run_and_its_worker(tmp_path):
     code, log = finish(start(tmp_path, out, *SMOKE, "--resume"))
     assert code == 0, log
     results = read_results(out)
-    keys = [measurement_key(m) for m in results.measurements]
+    keys = [m.key for m in results.measurements]
     assert len(keys) == SMOKE_CASES == len(set(keys)), Counter(keys)
     assert results.measurements[:len(before)] == before
-    assert len(results.headers) == 2 and not [m for m in results.measurements if m["status"] != "ok"]
+    assert len(results.headers) == 2 and not [m for m in results.measurements if m.status != "ok"]
 
 
 def test_concurrent_runs_into_two_files_and_every_line_is_durable(tmp_path):
@@ -188,10 +188,10 @@ def test_concurrent_runs_into_two_files_and_every_line_is_durable(tmp_path):
         code, log = finish(proc)
         assert code == 0, log
     assert len(read_results(one).measurements) == SMOKE_CASES and not read_results(one).warnings
-    assert [m["case"] for m in read_results(two).measurements] == ["smoke-conv-3x3", "smoke-conv-strided",
-                                                                   "smoke-conv-depthwise"]
-    assert {m["run_id"] for m in read_results(one).measurements}.isdisjoint(
-        m["run_id"] for m in read_results(two).measurements)
+    assert [m.case for m in read_results(two).measurements] == ["smoke-conv-3x3", "smoke-conv-strided",
+                                                                "smoke-conv-depthwise"]
+    assert {m.run_id for m in read_results(one).measurements}.isdisjoint(
+        m.run_id for m in read_results(two).measurements)
 
 
 def test_max_run_time_stops_starting_measurements_and_says_resume_continues(tmp_path):
@@ -217,6 +217,6 @@ def test_retry_failed_measures_again_only_what_failed_and_the_new_record_superse
     assert [(m["mode"], m["status"]) for m in raw] == [("eager", "ok"), ("compile", "error"), ("compile", "ok")]
     assert raw[2]["retry_of"]["status"] == "error" and "/dev/null/cache" in raw[2]["retry_of"]["reason"]
     assert raw[2]["retry_of"]["run_id"] == raw[1]["run_id"] != raw[2]["run_id"]
-    assert [(m["mode"], m["status"]) for m in read_results(out).measurements] == [("eager", "ok"), ("compile", "ok")]
+    assert [(m.key.mode, m.status) for m in read_results(out).measurements] == [("eager", "ok"), ("compile", "ok")]
     code, log = finish(start(tmp_path, out, *args, "--retry-failed"))
     assert code == 0 and len(records(out)) == 3, log  # nothing failed: nothing to measure again

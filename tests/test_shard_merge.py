@@ -13,7 +13,7 @@ def test_shards_are_disjoint_cover_the_plan_and_keep_cases_whole():
                  ["forward", "backward_data", "backward_weight", "backward"])
     parts = [shard(tasks, i, 3) for i in (1, 2, 3)]
     keys = [t.key for part in parts for t in part]
-    assert sorted(keys) == sorted(t.key for t in tasks) and len(set(keys)) == len(keys)
+    assert set(keys) == {t.key for t in tasks} and len(set(keys)) == len(keys) == len(tasks)
     case_sets = [{t.case.id for t in part} for part in parts]
     assert not (case_sets[0] & case_sets[1]) and not (case_sets[1] & case_sets[2])
     assert all(abs(len(p) - len(tasks) / 3) <= 16 for p in parts)  # round-robin keeps parts balanced
@@ -36,8 +36,9 @@ def test_merge_combines_shards_and_drops_duplicates(tmp_path, capsys):
     _write(tmp_path / "b.jsonl", "r2", {"torch": "2.13.0"}, ["c2", "c3"])
     assert main(["merge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "-o", str(tmp_path / "m.jsonl")]) == 0
     merged = read_results(tmp_path / "m.jsonl")
-    assert [m["case"] for m in merged.measurements] == ["c1", "c2", "c3"] and len(merged.headers) == 2
-    assert "1 duplicates dropped" in capsys.readouterr().out
+    assert [(m.case, m.run_id) for m in merged.measurements] == [("c1", "r1"), ("c2", "r2"), ("c3", "r2")]
+    assert len(merged.headers) == 2  # c2 of both runs, finished at the same time: the later read is kept
+    assert "left out 1 records superseded by a later measurement of their key" in capsys.readouterr().out
 
 
 def test_merge_refuses_shards_with_different_versions(tmp_path, capsys):
