@@ -508,7 +508,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     of one key, the latest (or the re-measurement of a failure) is kept, whatever the order of the files."""
     from suite.results import merge_files
 
-    written, runs, left_out = merge_files(args.results, args.output, args.allow_mixed)
+    written, runs, left_out, warnings = merge_files(args.results, args.output, args.allow_mixed)
+    for warning in warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"{args.output}: {written} measurements from {runs} runs"
                   + (f"; left out {left_out} records superseded by a later measurement of their key" if left_out
                      else ""), highlight=False, markup=False)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from suite.catalog import NetworkSet
 from suite.ops import Op, op_from_dict, op_to_dict
@@ -118,7 +118,7 @@ class MeasurementKey:
     def variant(self) -> str:
         """Mode, layout, math, threads, L2 state (when cold) and options, as one label."""
         l2 = f"{self.l2} L2" if self.l2 not in ("warm", None) else ""  # None: blanked by across()
-        threads = f"{self.threads} threads" if self.threads is not None else ""
+        threads = f"{self.threads} thread{'s' * (self.threads != 1)}" if self.threads is not None else ""
         return " · ".join(p for p in (self.mode, self.layout, self.math, threads, l2, self.options_text) if p)
 
     @property
@@ -212,7 +212,8 @@ class Measurement:
             op=op_from_dict(m["dims"]) if m.get("dims") else None, shape=m.get("shape"),
             provenance={str(k): str(v) for k, v in (m.get("provenance") or {}).items()}, count=m.get("count") or 1,
             tags=tuple(m.get("tags") or ()), flops=_float(m.get("flops")), bytes=_float(m.get("bytes")),
-            block_times=times, calls_per_block=calls, stats=_summary(stats, len(times), calls) if stats else None, check=Check.from_record(m.get("check")),
+            block_times=times, calls_per_block=calls, stats=_summary(stats, len(times), calls) if stats else None,
+            check=Check.from_record(m.get("check")),
             first_call_s=_float(m.get("first_call_s")), default_variant=m.get("default_variant"),
             versions={str(k): str(v) for k, v in (m.get("versions") or {}).items()}, flags=dict(m.get("flags") or {}),
             details=dict(m.get("details") or {}), finished=str(m.get("finished") or ""), retry_of=m.get("retry_of"),
@@ -315,12 +316,17 @@ class Measurement:
 
     def supersedes(self, other: Measurement) -> bool:
         """The one policy for two records of one key: a re-measurement supersedes what it retries; otherwise the
-        later finished wins (a tie: this one, the later read)."""
+        later finished wins; within the same second (``finished`` is to the second) one that did not fail wins, then
+        the larger run id, so the choice never depends on the order the files were read in."""
         if other.retry_of and other.retry_of.get("run_id") == self.run_id and self.run_id != other.run_id:
             return False
         if self.retry_of and self.retry_of.get("run_id") == other.run_id:
             return True
-        return self.finished >= other.finished
+        if self.finished != other.finished:
+            return self.finished > other.finished
+        if self.failed != other.failed:
+            return other.failed
+        return (self.run_id or "") >= (other.run_id or "")
 
 
 _MODELLED = {"record", "schema", "run_id", *KEY_FIELDS, "op", "dims", "shape", "provenance", "count", "tags", "flops",
@@ -799,11 +805,21 @@ def merge_conflicts(results: ResultSet) -> list[str]:
     return conflicts
 
 
-def merge_files(paths: Iterable[str | Path], out: str | Path, allow_mixed: bool = False) -> tuple[int, int, int]:
+class Merged(NamedTuple):
+    written: int  # measurements written
+    runs: int
+    superseded: int  # records left out: another record of their key supersedes them
+    warnings: list[str]  # what the readers said (partial last lines, migrated schemas)
+
+
+def merge_files(paths: Iterable[str | Path], out: str | Path, allow_mixed: bool = False) -> Merged:
     """Write the runs and the latest measurement of each key (``ResultSet.latest``) of ``paths`` into a new file
-    ``out``; refuse runs of different versions or flags unless ``allow_mixed``. Returns (measurements written,
-    runs, records left out because another record of their key supersedes them)."""
+    ``out``; refuse runs of different versions or flags unless ``allow_mixed``, and inputs without a measurement."""
+    paths = list(paths)
     results = read_many(paths)
+    if not results.measurements:
+        raise ResultsError(f"{', '.join(map(str, paths))}: no measurements to merge (empty results files, or runs "
+                           "that stopped before their first measurement finished)")
     conflicts = merge_conflicts(results)
     if conflicts and not allow_mixed:
         raise ResultsError(f"these results were not measured under one configuration: {'; '.join(conflicts)}. "
@@ -816,7 +832,7 @@ def merge_files(paths: Iterable[str | Path], out: str | Path, allow_mixed: bool 
     with ResultsWriter(out) as writer:
         for record in [*results.headers, *results.workers, *kept]:
             writer.write(record.to_record())
-    return len(kept), len(results.headers), len(results.measurements) - len(kept)
+    return Merged(len(kept), len(results.headers), len(results.measurements) - len(kept), results.warnings)
 
 
 class ResultsWriter:

@@ -15,7 +15,7 @@ PACKAGES = ("suite", "backends", "reports")
 FRAMEWORKS = {"torch", "tensorflow", "jax", "jaxlib", "keras", "tf_keras", "flax"}
 # Modules that drive backends: the runner and its worker process, the CLI, and selfcheck (which times the torch
 # backend beside torch.utils.benchmark in one process). Every other suite module is core (ops, catalog, timing, ...).
-ORCHESTRATION = {"suite.runner", "suite.worker", "suite.cli", "suite.selfcheck", "suite.__main__"}
+ORCHESTRATION = {"suite.runner", "suite.worker", "suite.cli", "suite.selfcheck", "suite.__main__", "suite.checking"}
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def test_merge_keeps_the_newer_ok_measurement_whatever_the_argument_order(tmp_pa
     new = write(tmp_path / "new.jsonl", header("r2"), record("r2", "2026-02-01T00:00:00", median=1e-3))
     for i, paths in enumerate(([old, new], [new, old])):
         out = tmp_path / f"merged{i}.jsonl"
-        assert merge_files(paths, out) == (1, 2, 1)
+        assert merge_files(paths, out)[:3] == (1, 2, 1)
         [kept] = read_results(out).measurements
         assert kept.run_id == "r2" and kept.median == 1e-3
 
@@ -166,3 +166,18 @@ def test_bundled_network_sets_name_every_layer_once():
     bert = next(s for s in sets if s.network.startswith("BERT") and s.phase == "training step")
     assert any(layer.weightless for layer in bert.layers)  # its attention core: one fused backward
     assert NetworkSet.from_record(json.loads(json.dumps(bert.to_record()))) == bert
+
+
+def test_a_tie_to_the_second_never_depends_on_the_reading_order(tmp_path):
+    same = "2026-01-01T00:00:00"
+    ok = write(tmp_path / "ok.jsonl", header("r1"), record("r1", same))
+    bad = write(tmp_path / "bad.jsonl", header("r2"), record("r2", same, status="crashed", reason="killed"))
+    other = write(tmp_path / "other.jsonl", header("r3"), record("r3", same, median=2e-3))
+    for paths in ([ok, bad], [bad, ok]):
+        [kept] = read_many(paths).latest().values()
+        assert kept.status == "ok"  # of two in one second, the one that did not fail
+    assert {next(iter(read_many(p).latest().values())).run_id for p in ([ok, other], [other, ok])} == {"r3"}
+
+
+def test_the_variant_label_counts_threads_in_words():
+    assert MeasurementKey.from_fields(record(threads=1)).variant == "eager · NCHW · strict · 1 thread"
