@@ -17,44 +17,21 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from golden_report import FILES, GOLDEN, ORDER, stated
 from reports.site import build_site
+from tests.golden_report import FILES, GOLDEN, ORDER, as_run, stated
 
 EXPECTED = json.loads((GOLDEN / "expected_report.json").read_text(encoding="utf-8"))
-# The layer sets the BERT run recorded would have recorded: network_sets of the catalog at commit ead18ed, which
-# measured bert_3fw.jsonl (four GEMMs per BERT-base layer set; the attention core was added to the catalog later).
-BERT_SETS = [{"set": name, "network": "BERT-base", "phase": phase, "layers": [
-    {"case": f"{prefix}-{layer}", "count": 12, "first_layer": False, "weightless": False}
-    for layer in ("qkv", "attn-out", "ffn-up", "ffn-down")]}
-    for name, phase, prefix in (("bert-base-train-b8s128", "training step", "bert-base-train-b8s128"),
-                                ("bert-base-infer-b1s128", "inference", "bert-base-infer"))]
-
-
-def with_catalog(source: Path, target: Path) -> Path:
-    """``source`` as a schema-2 file whose header records the network sets its run used (none but BERT's)."""
-    lines = []
-    for line in source.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        record["schema"] = 2
-        if record["record"] == "header":
-            record["catalog"] = {"networks": BERT_SETS if source.name == "bert_3fw.jsonl" else []}
-        lines.append(json.dumps(record))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return target
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("golden")
     build_site(FILES, tmp / "bundled", baseline="torch", order=ORDER)
-    as_run = [with_catalog(path, tmp / "as_run_results" / path.name) for path in FILES]
-    build_site(as_run, tmp / "as_run", baseline="torch", order=ORDER)
+    build_site(as_run(tmp / "as_run_results"), tmp / "as_run", baseline="torch", order=ORDER)
     return {"bundled": stated(tmp / "bundled"), "as_run": stated(tmp / "as_run")}
 
 
