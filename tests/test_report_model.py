@@ -242,6 +242,15 @@ def test_results_without_a_recorded_catalog_fall_back_to_the_given_one_and_say_s
     assert recorded.networks.iloc[0]["time_s"] == pytest.approx(42) and not recorded.notes
 
 
+def test_an_old_run_beside_a_recorded_one_is_judged_by_the_fallback_for_the_sets_not_recorded() -> None:
+    other = Case("P", SMALL, Provenance("Other", "P", "t"), 1, ("inference", "net:other"))
+    records = [*network(), record("P", "torch", "forward", 0.5, run_id="r2", tags=other.tags)]
+    mixed = results(*records, cases=NET, headers={"r2": {"catalog": None}})  # r2 written before runs recorded it
+    a = analysis.analyze(mixed, cases=(*NET, other))
+    assert a.networks.set_index("set")["time_s"].to_dict() == pytest.approx({"toy": 42, "other": 0.5})
+    assert a.notes and a.notes[0].startswith("1 of 2 runs did not record the catalog they ran with")
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 TEAM = """
 defaults:

@@ -466,9 +466,9 @@ def test_a_new_op_kind_gets_its_section_without_code(toy: type[Toy], tmp_path: P
     records = [record(f"T{n}", b, p, t * n * f, Toy(1000 * n), layout="seq")
                for n in (1, 2, 3) for b, f in (("torch", 1), ("tensorflow", 2)) for p, t in (("forward", 1e-6),
                                                                                              ("backward", 2e-6))]
-    records.append(record("A", "torch", "forward", 1e-3, ATTENTION))
+    records += [record("A", "torch", "forward", 1e-3, ATTENTION), record("B", "torch", "forward", 2e-3, BGEMM)]
     a = analysis.analyze(results(*records), order=REGISTRY_ORDER)
-    assert a.kinds == ["attention", "toy"]  # the registry's order: a new kind after the bundled ones
+    assert a.kinds == ["bgemm", "attention", "toy"]  # the registry's order: a new kind after the bundled ones
     t = a.kind_throughput.set_index(["op", "backend", "pass"])
     assert t.loc[("toy", "torch", "forward"), "tflops"] == pytest.approx(1e9 / 1e12)
     assert t.loc[("toy", "torch", "forward"), "cases"] == 3
