@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 import backends
 from reports import analysis, history, summary
+from reports.palette import Palette
 from suite.catalog import Case, Provenance, network_sets
 from suite.ops import Gemm, op_to_dict
 from suite.results import SAME_BAND, Measurement, ResultSet, RunHeader, WorkerInfo, percent_of, speed_verdict
@@ -162,6 +164,14 @@ def test_history_states_and_applies_the_same_band(tmp_path: Path) -> None:
     assert section["threshold"] == f"1 ± {100 * SAME_BAND:g}%" == "1 ± 3%"
     rows = {r["case"]: r["verdict"] for r in section["comparisons"][0]["rows"]}
     assert rows == {"G": "slower", "H": "same"}
+
+
+def test_a_plugin_keeps_its_report_colour_in_the_history_figure() -> None:
+    palette = Palette.of(("torch", "numpy", "numpy2"), ("torch",))  # two plugins: the second takes the second colour
+    track = history.Track("machine", "numpy2", [None, None])  # the figure reads only how many points there are
+    fig = history.figure(track, [{"pass": "forward", "medians": [1e-3, 2e-3]}], palette)
+    assert to_hex(fig.axes[0].lines[0].get_color()) == palette.color("numpy2").lower()
+    assert palette.color("numpy2") != Palette.of(["numpy2"]).color("numpy2")  # not the colour it has alone
 
 
 # ------------------------------------------------------------------------------------------------ % of peak
