@@ -1,10 +1,12 @@
 """Every figure the report states, computed once from the tidy frame of ``reports.frame``.
 
-Results of different configurations (machine, device, dtype, math mode, threads, GPU cache state) are never mixed.
-Repeated runs of one variant (mode · layout · options) of a case and pass are pooled: their per-call samples are
-joined and the median and its CI recomputed, never the fastest run picked. Each framework enters a cross-framework
-comparison with its fastest variant for that case and pass (``best``); which variants were tried and which won is
-reported alongside.
+The rules come from the results model: a verdict from ``suite.results.speed_verdict`` (the one same-speed band,
+``SAME_BAND``), percentages from ``percent_of``; whole networks are judged by the catalog the runs recorded
+(``ResultSet.network_sets``). Results of different configurations (machine, device, dtype, math mode, threads,
+GPU cache state) are never mixed. Repeated runs of one variant (mode · layout · options) of a case and pass are
+pooled: their per-call samples are joined and the median and its CI recomputed, never the fastest run picked. Each
+framework enters a cross-framework comparison with its fastest variant for that case and pass (``best``); which
+variants were tried and which won is reported alongside.
 """
 
 from __future__ import annotations
@@ -20,33 +22,29 @@ import pandas as pd
 from scipy import stats as sps
 
 from reports import frame as tidy_frame
-from suite.catalog import Case, CatalogError, load_catalog
-from suite.ops import PASSES, op_from_dict
-from suite.results import Results, read_many
+from reports.palette import Palette
+from suite import catalog
+from suite.catalog import PHASES, Case, CatalogError, NetworkLayer, NetworkSet
+from suite.ops import OP_KINDS, PASSES
+from suite.results import ResultSet, read_many, speed_verdict
 from suite.stats import OVERHEAD_BOUND_S, median_ci, ratio_ci
 
 CONFIG = ["machine", "device", "dtype", "math", "threads", "l2"]  # what a comparison never crosses
 COMPARE_KEY = [*CONFIG, "case", "pass"]
 VARIANT_KEY = [*COMPARE_KEY, "backend", "variant"]
-SAME_BAND = 0.03  # a ratio whose CI lies inside 1 ± 3% is "no clear difference" (methodology.md)
 OVERHEAD_FACTOR = 10.0  # a sweep point is compute-bound when its time is ≥ this × the sweep's fastest call
 MIN_FIT_POINTS = 3
 SWEEPS = {"sweep-gemm": ("m", "M = N = K", 3.0), "sweep-conv-spatial": ("h", "H = W", 2.0),
           "sweep-conv-channels": ("c", "C = K", 2.0)}  # tag → (dimension, label, FLOP exponent in it)
-PHASES = {"train": "training step", "prefill": "prefill", "decode": "decode", "inference": "inference"}
-TRAINING_PASSES = ("forward", "backward_data", "backward_weight")
-KIND_ORDER = ("bgemm", "attention", "rnn")  # the op kinds beyond GEMM and conv, in the order the report shows them
+TRAINING_PASSES = ("forward", "backward_data", "backward_weight")  # a training step's parts: forward, dX, dW
 
 
-def verdict(low: float, high: float) -> str:
-    """'faster'/'slower' when the CI of a speedup excludes 1 ± 3%, else 'same' (or 'n/a' without a CI)."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "n/a"
-    if low > 1 + SAME_BAND:
-        return "faster"
-    if high < 1 - SAME_BAND:
-        return "slower"
-    return "same"
+def verdict(low: float, high: float, above: str = "faster", below: str = "slower") -> str:
+    """``speed_verdict`` of a ratio's CI in words: ``above`` when it lies wholly above 1 + SAME_BAND, ``below`` when
+    wholly below 1 - SAME_BAND, else 'same' (or 'n/a' without a CI). For a speedup time(base) / time(framework)
+    above is faster; for a time ratio time(a) / time(b), a is slower."""
+    found = speed_verdict(low, high)
+    return {"higher": above, "lower": below}.get(found, found)
 
 
 def geomean_ci(values: Iterable[float], seed: int = 0) -> tuple[float, float, float]:
@@ -85,12 +83,14 @@ def pool(frame: pd.DataFrame) -> pd.DataFrame:
     pooled = pd.DataFrame(rows, columns=[*frame.columns, "runs"])
     if pooled.empty:
         return pooled
-    pooled["tflops"] = pooled["flops"] / pooled["median_s"] / 1e12
-    pooled["tflops_low"] = pooled["flops"] / pooled["ci_high_s"] / 1e12
-    pooled["tflops_high"] = pooled["flops"] / pooled["ci_low_s"] / 1e12
-    pooled["gbps"] = pooled["bytes"] / pooled["median_s"] / 1e9
-    pooled["pct_peak_theoretical"] = 100 * pooled["tflops"] / pooled["peak_theoretical_tflops"]
-    pooled["pct_peak_measured"] = 100 * pooled["tflops"] / pooled["measured_tflops"]
+    joined = pooled["runs"].gt(1)  # pooled samples have their own median, hence their own rates
+    for column, value in (("tflops", pooled["flops"] / pooled["median_s"] / 1e12),
+                          ("tflops_low", pooled["flops"] / pooled["ci_high_s"] / 1e12),
+                          ("tflops_high", pooled["flops"] / pooled["ci_low_s"] / 1e12),
+                          ("gbps", pooled["bytes"] / pooled["median_s"] / 1e9)):
+        pooled[column] = pooled[column].where(~joined, value)
+    pooled["pct_peak_theoretical"] = tidy_frame.percent(pooled["tflops"], pooled["peak_theoretical_tflops"])
+    pooled["pct_peak_measured"] = tidy_frame.percent(pooled["tflops"], pooled["measured_tflops"])
     fastest = pooled.groupby([*COMPARE_KEY, "backend"], dropna=False)["median_s"].idxmin()
     pooled["best"] = pooled.index.isin(fastest.to_numpy())
     return pooled
@@ -187,7 +187,7 @@ def pass_ratios(pooled: pd.DataFrame) -> pd.DataFrame:
         if "forward" not in by_pass.index:
             continue
         forward = by_pass.loc["forward"]
-        op = op_from_dict(forward["dims"])
+        op = forward["spec"]
         for which in PASSES[1:]:
             if which in by_pass.index:
                 point, low, high = ratio_ci(by_pass.loc[which, "samples"], forward["samples"])
@@ -214,10 +214,10 @@ def ratio_summary(ratios: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFram
 
 # ------------------------------------------------------------------------------------------------ other op kinds
 def other_kinds(frame: pd.DataFrame) -> list[str]:
-    """The op kinds in the results beyond GEMM and conv (batched GEMM, attention, recurrent layers, …), each of which
-    gets a section of its own: the known ones in their usual order, then any other alphabetically."""
-    present = set(frame["op"].dropna()) - set(tidy_frame.MAIN_KINDS) if not frame.empty else set()
-    return [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+    """The op kinds in the results beyond GEMM and conv (batched GEMM, attention, recurrent layers, …; every kind
+    not ``OpKind.main``), each of which gets a section of its own, in the op registry's order."""
+    present = set(frame["op"].dropna()) if not frame.empty else set()
+    return [kind for kind, cls in OP_KINDS.items() if kind in present and not cls.main]
 
 
 def kind_throughput(pooled: pd.DataFrame, kinds: Iterable[str]) -> pd.DataFrame:
@@ -237,51 +237,31 @@ def kind_throughput(pooled: pd.DataFrame, kinds: Iterable[str]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ networks
-def phase_of(tags: Iterable[str]) -> str | None:
-    """The network phase a layer belongs to, from its catalog tags (prefill and decode kept apart)."""
-    tags = set(tags)
-    for tag in ("train", "prefill", "decode", "inference"):
-        if tag in tags:
-            return PHASES[tag]
-    return None
-
-
-SET_COLUMNS = ["set", "network", "phase", "case", "count", "first_layer", "weightless"]
-
-
-def set_of(tags: Iterable[str], network: str, phase: str) -> str:
-    """The layer set a case belongs to: its catalog tag ``net:<id>`` (one network at one batch and phase), else
-    the network and phase."""
-    return next((t.removeprefix("net:") for t in tags if t.startswith("net:")), f"{network} · {phase}")
-
-
-def weightless(op: Any) -> bool:
-    """An op without a weight (attention): its training backward is the one fused pass, all data gradients."""
-    return "backward_weight" not in getattr(op, "passes", PASSES)
-
-
-def layer_sets(cases: Iterable[Case]) -> pd.DataFrame:
-    """The catalog's network layer sets: one row per layer (case) of each set, with its count and whether it is the
-    network's first layer (tag ``first-layer``: its input needs no gradient)."""
-    rows = []
-    for c in cases:
-        phase = phase_of(c.tags)
-        if phase and ("modern" in c.tags or any(t.startswith("net:") for t in c.tags)):
-            rows.append({"set": set_of(c.tags, c.provenance.network, phase), "network": c.provenance.network,
-                         "phase": phase, "case": c.id, "count": c.count,
-                         "first_layer": tidy_frame.FIRST_LAYER_TAG in c.tags, "weightless": weightless(c.op)})
-    return pd.DataFrame(rows, columns=SET_COLUMNS)
-
-
-def _sets_from_results(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for r in frame.drop_duplicates("case").itertuples() if not frame.empty else []:
-        phase = phase_of(r.tags)
-        if phase and ("modern" in r.tags or any(t.startswith("net:") for t in r.tags)):
-            rows.append({"set": set_of(r.tags, r.network, phase), "network": r.network, "phase": phase,
-                         "case": r.case, "count": r.count, "first_layer": r.first_layer,
-                         "weightless": weightless(op_from_dict(r.dims)) if r.dims else False})
-    return pd.DataFrame(rows, columns=SET_COLUMNS)
+def network_sets(results: ResultSet, cases: Iterable[Case] | None = None) -> tuple[tuple[NetworkSet, ...], list[str]]:
+    """The network layer sets to judge completeness by: those the runs recorded with their catalog
+    (``ResultSet.network_sets``). Only runs that recorded none (schema-1 files, written before runs recorded their
+    catalog) are judged against ``cases`` (default: the bundled catalog), for the sets the other runs did not record,
+    and a note says so. A set is never built from the layers found in the results: a network with half its layers
+    measured must not get a total."""
+    recorded = results.network_sets() or ()
+    if all(h.networks is not None for h in results.headers):
+        return tuple(recorded), []
+    unrecorded = sum(h.networks is None for h in results.headers)
+    runs = f"{unrecorded} of {len(results.headers)} runs" if len(results.headers) > 1 else "These results"
+    if cases is None:
+        try:
+            cases = catalog.load_catalog().cases
+        except CatalogError as exc:
+            return tuple(recorded), [f"{runs} did not record the catalog they ran with, and the bundled catalog "
+                                     f"could not be read ({exc}): their networks are not judged."]
+        source = "the catalog bundled with this opbench"
+    else:
+        source = "the catalog given to the report"
+    known = {s.set for s in recorded}
+    fallback = tuple(s for s in catalog.network_sets(cases) if s.set not in known)
+    return (*recorded, *fallback), [
+        f"{runs} did not record the catalog they ran with (results schema 1): their networks are judged complete "
+        f"against {source}, which may list layers those runs did not have."]
 
 
 def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
@@ -299,64 +279,63 @@ def _network_variants(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
             yield f"{mode} · {shown}", part
 
 
-def _training_passes(layer: pd.Series) -> dict[str, str]:
+def _training_passes(layer: NetworkLayer) -> dict[str, str]:
     """Step component → the pass that measures it for one layer: forward, dX (its fused backward for a weightless
     op such as attention; none for a first layer that occurs once) and dW (none without a weight)."""
-    if layer["weightless"]:
+    if layer.weightless:
         return {"forward": "forward", "backward_data": "backward"}
     parts = {"forward": "forward", "backward_data": "backward_data", "backward_weight": "backward_weight"}
-    if layer["first_layer"] and layer["count"] == 1:
+    if layer.first_layer and layer.count == 1:
         del parts["backward_data"]
     return parts
 
 
-def _weighted_sum(layers: pd.DataFrame, times: pd.DataFrame, component: str, column: str, training: bool) -> float:
+def _weighted_sum(layers: Iterable[NetworkLayer], times: pd.DataFrame, component: str, column: str,
+                  training: bool) -> float:
     """Σ over a set's layers of count × time of the pass behind a step component; dX counts the first layer once
     less (its input is the data)."""
     total = 0.0
-    for case, layer in layers.iterrows():
+    for layer in layers:
         passes = _training_passes(layer) if training else {"forward": "forward"}
         if component in passes:
-            first = component == "backward_data" and layer["first_layer"] and not layer["weightless"]
-            total += (layer["count"] - first) * times.loc[(case, passes[component]), column]
+            first = component == "backward_data" and layer.first_layer and not layer.weightless
+            total += (layer.count - first) * times.loc[(layer.case, passes[component]), column]
     return float(total)
 
 
-def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def network_rollup(pooled: pd.DataFrame, sets: Iterable[NetworkSet]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Whole-network totals and the partial networks apart.
 
-    For each configuration, framework, variant and catalog layer set (network × phase): a training step is
-    Σ count × (forward + dW) + Σ (count − first) × dX, the first layer's dX excluded once (training never computes
-    the gradient of the input data), a weightless op's fused backward (attention: dQ, dK, dV) counted as dX; an
-    inference, prefill or decode is Σ count × forward. A total is given only when
-    every layer of the set was measured in that variant; otherwise the set is listed as partial with what is missing.
-    Intervals sum the per-layer CI bounds.
+    For each configuration, framework, variant and layer set (network × phase, as the catalog lists it): a training
+    step is Σ count × (forward + dW) + Σ (count − first) × dX, the first layer's dX excluded once (training never
+    computes the gradient of the input data), a weightless op's fused backward (attention: dQ, dK, dV) counted as
+    dX; an inference, prefill or decode is Σ count × forward. A total is given only when every layer of the set was
+    measured in that variant; otherwise the set is listed as partial with what is missing. Intervals sum the
+    per-layer CI bounds.
     """
     info_cols = [*CONFIG, "set", "name", "network", "phase", "backend", "variant", "layers"]
     complete_cols = [*info_cols, "kinds", "time_s", "low_s", "high_s", "forward_s", "dx_s", "dw_s", "forward_share",
                      "dx_share", "dw_share", "first_layer_marked"]
     partial_cols = [*info_cols, "measured", "missing"]
     complete, partial = [], []
-    if pooled.empty or sets.empty:
+    sets = sorted(sets, key=lambda s: (s.set, s.network, s.phase))
+    if pooled.empty or not sets:
         return pd.DataFrame(columns=complete_cols), pd.DataFrame(columns=partial_cols)
-    members = pooled[pooled["case"].isin(sets["case"])]
-    for (set_id, network, phase), layer_set in sets.groupby(["set", "network", "phase"], sort=True):
-        layers = layer_set.set_index("case")
-        training = phase == PHASES["train"]
-        needed = {case: list(_training_passes(layer).values()) if training else ["forward"]
-                  for case, layer in layers.iterrows()}
-        rows = members[members["case"].isin(layers.index)]
+    for layer_set in sets:
+        layers, training = layer_set.layers, layer_set.phase == PHASES["train"]
+        cases = [layer.case for layer in layers]
+        needed = {layer.case: list(_training_passes(layer).values()) if training else ["forward"] for layer in layers}
+        rows = pooled[pooled["case"].isin(cases)]
         for key, group in rows.groupby([*CONFIG, "backend"], dropna=False, sort=True):
             for variant, part in _network_variants(group):
                 times = part.set_index(["case", "pass"])
                 have = [case for case, passes in needed.items() if all((case, p) in times.index for p in passes)]
+                network, phase, set_id = layer_set.network, layer_set.phase, layer_set.set
                 name = f"{network} {phase}" + (f" ({set_id})" if set_id != f"{network} · {phase}" else "")
                 info = {**dict(zip([*CONFIG, "backend"], key, strict=True)), "set": set_id, "name": name,
-                        "network": network, "phase": phase,
-                        "variant": variant, "layers": len(layers)}
+                        "network": network, "phase": phase, "variant": variant, "layers": len(layers)}
                 if len(have) < len(layers):
-                    partial.append({**info, "measured": len(have),
-                                    "missing": [c for c in layers.index if c not in have]})
+                    partial.append({**info, "measured": len(have), "missing": [c for c in cases if c not in have]})
                     continue
                 components = TRAINING_PASSES if training else ("forward",)
                 sums = {column: {p: _weighted_sum(layers, times, p, column, training) for p in components}
@@ -371,7 +350,7 @@ def network_rollup(pooled: pd.DataFrame, sets: pd.DataFrame) -> tuple[pd.DataFra
                                  "forward_share": parts["forward"] / overall,
                                  "dx_share": parts.get("backward_data", math.nan) / overall,
                                  "dw_share": parts.get("backward_weight", math.nan) / overall,
-                                 "first_layer_marked": bool(layers["first_layer"].any())})
+                                 "first_layer_marked": any(layer.first_layer for layer in layers)})
     return pd.DataFrame(complete, columns=complete_cols), pd.DataFrame(partial, columns=partial_cols)
 
 
@@ -388,7 +367,7 @@ def scaling_points(pooled: pd.DataFrame) -> pd.DataFrame:
     for tag, (dim, label, flop_slope) in SWEEPS.items():
         swept = best[tidy_frame.has_tag(best, tag)] if not best.empty else best
         for key, group in (swept.groupby([*CONFIG, "backend"], dropna=False) if not swept.empty else []):
-            by = group.assign(size=group["dims"].map(lambda d, dim=dim: d[dim])).set_index(["size", "pass"])
+            by = group.assign(size=group["spec"].map(lambda op, dim=dim: getattr(op, dim))).set_index(["size", "pass"])
             for size in sorted(set(by.index.get_level_values("size"))):
                 at = by.loc[size]
                 phases = {"inference": ["forward"]}
@@ -449,7 +428,7 @@ def conv_vs_dense(pooled: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in (fwd.groupby(CONFIG, dropna=False) if not fwd.empty else []):
         cases = group.drop_duplicates("case").set_index("case")
-        ops = {case: op_from_dict(row["dims"]) for case, row in cases.iterrows()}
+        ops = {case: row["spec"] for case, row in cases.iterrows()}
         dense = [c for c, op in ops.items() if op.kind == "gemm"]
         convs = [c for c, op in ops.items() if op.kind == "conv2d"]
         for conv in convs:
@@ -465,8 +444,7 @@ def conv_vs_dense(pooled: pd.DataFrame) -> pd.DataFrame:
                             point, low, high = ratio_ci(by_case.loc[conv, "samples"], by_case.loc[d, "samples"])
                             rows.append({**dict(zip(CONFIG, key, strict=True)), "framing": framing, "conv": conv,
                                          "dense": d, "backend": backend, "ratio": point, "low": low, "high": high,
-                                         "verdict": {"faster": "slower", "slower": "faster"}.get(
-                                             verdict(low, high), verdict(low, high)),
+                                         "verdict": verdict(low, high, above="slower", below="faster"),
                                          "flop_ratio": c_op.flops() / ops[d].flops()})
     return pd.DataFrame(rows, columns=columns)
 
@@ -517,11 +495,11 @@ def quality(frame: pd.DataFrame) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ all of it
 @dataclass
 class Analysis:
-    """Every table the report shows, computed once from the results files."""
+    """Every table the report shows, computed once from the results."""
 
-    results: Results
+    results: ResultSet
     baseline: str
-    order: tuple[str, ...]  # the frameworks of these results in the backend registry's order
+    palette: Palette  # the frameworks of these results in the backend registry's order, and their colours
     measurements: pd.DataFrame  # one row per measurement (reports.frame)
     pooled: pd.DataFrame  # one row per configuration × case × pass × framework × variant
     speedups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -542,35 +520,20 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
-def catalog_sets(frame: pd.DataFrame, cases: Iterable[Case] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Layer sets from the catalog (the bundled one by default), plus sets of networks the catalog lacks, taken
-    from the results; notes say when the catalog could not be read."""
-    notes = []
-    if cases is None:
-        try:
-            cases = load_catalog().cases
-        except CatalogError as exc:
-            cases, notes = (), [f"The catalog could not be read ({exc}); networks are judged complete from the "
-                                "results alone."]
-    sets = layer_sets(cases)
-    extra = _sets_from_results(frame)
-    extra = extra[~extra["set"].isin(sets["set"])]
-    return pd.concat([sets, extra], ignore_index=True) if len(extra) else sets, notes
-
-
-def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | None = None,
-            order: Iterable[str] = ()) -> Analysis:
-    """Compute every table of the report from read results (``cases``: the catalog to judge networks by; ``order``:
-    the backend registry's order of frameworks, which the CLI passes in)."""
+def analyze(results: ResultSet, baseline: str = "torch", order: Iterable[str] = (),
+            cases: Iterable[Case] | None = None) -> Analysis:
+    """Compute every table of the report from read results (``order``: the backend registry's order of
+    frameworks, which the CLI passes in; ``cases``: the catalog to judge networks by for runs that did not record
+    theirs, default the bundled one)."""
     frame = tidy_frame.measurements(results)
     pooled = add_speedups(pool(frame), baseline)
     ratios = pass_ratios(pooled)
-    sets, notes = catalog_sets(frame, cases)
+    sets, notes = network_sets(results, cases)
     networks, partial = network_rollup(pooled, sets)
     points = scaling_points(pooled)
     kinds = other_kinds(frame)
     present = frame["backend"].unique() if not frame.empty else ()
-    return Analysis(results=results, baseline=baseline, order=tuple(tidy_frame.backend_order(present, order)),
+    return Analysis(results=results, baseline=baseline, palette=Palette.of(present, order),
                     measurements=frame, pooled=pooled,
                     speedups=speedup_summary(pooled), variants=variants(pooled),
                     variant_effects=variant_effects(pooled), ratios=ratios,
@@ -581,8 +544,7 @@ def analyze(results: Results, baseline: str = "torch", cases: Iterable[Case] | N
                     conv_dense=conv_vs_dense(pooled), peaks=peaks(pooled), quality=quality(frame), notes=notes)
 
 
-def build(paths: Iterable[str | Path], baseline: str = "torch", cases: Iterable[Case] | None = None,
-          order: Iterable[str] = ()) -> Analysis:
+def build(paths: Iterable[str | Path], baseline: str = "torch", order: Iterable[str] = (),
+          cases: Iterable[Case] | None = None) -> Analysis:
     """Read results files (through ``suite.results.read_many``) and analyze them."""
-    return analyze(read_many(paths), baseline, cases, order)
-
+    return analyze(read_many(paths), baseline, order, cases)

@@ -1,5 +1,6 @@
 """Pure functions: ready tables (from ``reports.analysis``) → matplotlib Figures, or None when there is nothing
-to draw. Each framework has ONE colour everywhere (Okabe-Ito, colour-blind safe); every axis says its unit.
+to draw. Each framework has ONE colour everywhere (the report's ``reports.palette.Palette``: Okabe-Ito, colour-blind
+safe); every axis says its unit; op kinds are drawn with the markers their ``suite.ops`` class declares.
 
 Comparisons use each framework's fastest variant (``best`` rows of the pooled frame); all variants are in the
 report's tables. Nothing is computed here beyond what a plot needs (units, positions).
@@ -8,7 +9,6 @@ report's tables. Nothing is computed here beyond what a plot needs (units, posit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 
 import matplotlib
 
@@ -24,35 +24,29 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from reports.analysis import CONFIG
-from reports.frame import PASS_LABELS, backend_order
+from reports.palette import Palette
 from reports.summary import speedup_text
-from suite.ops import PASSES
+from suite.ops import PASS_LABELS, PASSES, pass_label, varieties
+from suite.results import SAME_BAND
 
-# Okabe & Ito (2008) colour-blind-safe palette; one fixed colour per framework in every figure.
-COLORS = {"torch": "#D55E00", "tensorflow": "#0072B2", "jax": "#009E73"}
-# Plugins (a fourth framework) take these in turn: reddish purple and black first, far from torch's vermillion;
-# orange, the nearest to it, last.
-SPARE_COLORS = ("#CC79A7", "#000000", "#56B4E9", "#E69F00")
-MARKERS = {"gemm": "o", "conv2d": "s", "depthwise": "D"}
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85)
 
 
-def palette(order: Iterable[str]) -> dict[str, str]:
-    """The colour of each framework of ``order``: the three main ones fixed, every other the next spare colour in
-    its order (the report passes every framework of the results, so a plugin keeps its colour in every figure)."""
-    others = [b for b in dict.fromkeys(order) if b not in COLORS]
-    return {**COLORS, **{b: SPARE_COLORS[i % len(SPARE_COLORS)] for i, b in enumerate(others)}}
+def markers() -> dict[str, str]:
+    """Op kind or variety → its matplotlib marker, as ``suite.ops`` declares it (registry order)."""
+    return {name: marker for name, (_, marker) in varieties().items()}
 
 
-def color(backend: str, order: Sequence[str] = ()) -> str:
-    """One framework's colour (``palette`` of ``order``)."""
-    return palette([*order, backend])[backend]
+def _frameworks(backends: pd.Series, palette: Palette | None) -> tuple[list[str], dict[str, str]]:
+    """The frameworks present in the report's order, and their colours (without a palette: of these alone)."""
+    palette = palette or Palette.of(backends.dropna())
+    return palette.ordered(backends.dropna()), dict(palette.colors)
 
 
-def _frameworks(backends: pd.Series, order: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The frameworks present, in ``order``, and the colours of all of them."""
-    present = backend_order(backends.dropna(), order)
-    return present, palette([*order, *present])
+def _pass_title(frame: pd.DataFrame, pass_: str) -> str:
+    """A pass's name for a panel: the kind's own (attention's dQ+dK+dV) when the panel holds one op kind."""
+    kinds = set(frame["op"].dropna()) if "op" in frame else set()
+    return pass_label(kinds.pop(), pass_) if len(kinds) == 1 else PASS_LABELS[pass_]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -137,7 +131,8 @@ def _passes(frame: pd.DataFrame) -> list[str]:
     return [p for p in PASSES if p in set(frame["pass"])]
 
 
-def throughput(frame: pd.DataFrame, order: Sequence[str] = (), max_cases: int = 40, title: str = "") -> Figure | None:
+def throughput(frame: pd.DataFrame, palette: Palette | None = None, max_cases: int = 40,
+               title: str = "") -> Figure | None:
     """(a) Achieved FLOP/s per case by framework (95% CI), one column per pass, one row per machine/device/dtype.
 
     With more than ``max_cases`` cases, FLOP/s is plotted against the case's FLOPs instead of one row per case.
@@ -148,7 +143,7 @@ def throughput(frame: pd.DataFrame, order: Sequence[str] = (), max_cases: int = 
     best["panel"] = panel_labels(best)
     scale, unit = flop_unit(best["tflops_high"].fillna(best["tflops"]))
     passes, panels = _passes(best), sorted(best["panel"].unique())
-    backends, colors = _frameworks(best["backend"], order)
+    backends, colors = _frameworks(best["backend"], palette)
     cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
     per_case = len(cases) <= max_cases
     height = (0.22 * len(cases) + 1.2) if per_case else 3.2
@@ -173,17 +168,17 @@ def throughput(frame: pd.DataFrame, order: Sequence[str] = (), max_cases: int = 
                 ax.set_xlabel("FLOPs per call (log)")
                 ax.set_ylabel(f"achieved {unit}")
             ax.set_xscale("log") if per_case else ax.set_yscale("log")
-            ax.set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
+            ax.set_title(" · ".join(filter(None, [_pass_title(best, pass_), panel])), fontsize=9)
     _legend(fig, backends, colors)
     fig.suptitle("Achieved throughput per case (fastest measured variant of each framework; bars: 95% CI)")
     return fig
 
 
-def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch", order: Sequence[str] = ()) -> Figure | None:
+def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch", palette: Palette | None = None) -> Figure | None:
     """(b) Speedup over the baseline (time of baseline / time of framework): cases × frameworks, one panel per pass.
 
-    Cells read "1.5× faster" or "3.6× slower"; a trailing "≈" marks a CI that does not exclude 1 ± 3% (no clear
-    difference). The baseline's own column (all 1×) is left out.
+    Cells read "1.5× faster" or "3.6× slower"; a trailing "≈" marks a CI that does not exclude 1 ± SAME_BAND (no
+    clear difference: the verdict "same"). The baseline's own column (all 1×) is left out.
     """
     best = _best(frame).dropna(subset=["speedup"])
     if best.empty or best["backend"].nunique() < 2:
@@ -192,7 +187,7 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch", order: Sequenc
     best["panel"] = panel_labels(best)
     best["text"] = best["speedup"].map(speedup_text) + best["speedup_verdict"].map({"same": " ≈"}).fillna("")
     passes, panels = _passes(best), sorted(best["panel"].unique())
-    backends, _ = _frameworks(best["backend"], order)
+    backends, _ = _frameworks(best["backend"], palette)
     cases = best.sort_values(["kind", "flops"])["case"].drop_duplicates().tolist()
     row_h = 0.24 if len(cases) <= 60 else 0.16
     fig = _figure(1.3 * len(backends) * len(passes) + 4.0, (row_h * len(cases) + 1.4) * len(panels) + 0.6)
@@ -215,21 +210,22 @@ def speedup_heatmap(frame: pd.DataFrame, baseline: str = "torch", order: Sequenc
             if c == len(passes) - 1:
                 colorbar = axes[r][c].collections[0].colorbar
                 colorbar.set_ticklabels([f"{2 ** t:.2g}×" for t in np.linspace(-limit, limit, 5)])
-            axes[r][c].set_title(" · ".join(filter(None, [PASS_LABELS[pass_], panel])), fontsize=9)
+            axes[r][c].set_title(" · ".join(filter(None, [_pass_title(best, pass_), panel])), fontsize=9)
             axes[r][c].set_xlabel("framework")
             axes[r][c].set_ylabel("case" if c == 0 else "")
-    fig.suptitle(f"Speedup over {baseline} (×, >1 = faster than {baseline}; ≈ = 95% CI within 1 ± 3%)")
+    fig.suptitle(f"Speedup over {baseline} (×, >1 = faster than {baseline}; ≈ = 95% CI within 1 ± "
+                 f"{100 * SAME_BAND:g}%)")
     return fig
 
 
-def roofline(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def roofline(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(c) Achieved FLOP/s against arithmetic intensity (FLOPs / minimum bytes), with the peak roofs."""
     best = _best(frame).dropna(subset=["tflops", "intensity"])
     if best.empty:
         return None
     best["panel"] = panel_labels(best)
     panels = sorted(best["panel"].unique())
-    backends, colors = _frameworks(best["backend"], order)
+    backends, colors = _frameworks(best["backend"], palette)
     tops = pd.concat([best["tflops"], best.get("peak_theoretical_tflops", pd.Series(dtype=float))])
     scale, unit = flop_unit(tops)
     fig = _figure(6.0 * len(panels), 4.8)
@@ -238,8 +234,8 @@ def roofline(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     for ax, panel in zip(axes, panels, strict=True):
         data = best[best["panel"] == panel]
         for (backend, kind), part in data.groupby(["backend", "kind"]):
-            ax.scatter(part["intensity"], part["tflops"] * scale, color=colors[backend], marker=MARKERS.get(kind, "o"),
-                       s=18, alpha=0.8)
+            ax.scatter(part["intensity"], part["tflops"] * scale, color=colors[backend],
+                       marker=markers().get(kind, "o"), s=18, alpha=0.8)
         theo, gbps = data["peak_theoretical_tflops"].max(), data["bandwidth_gbps"].max()
         measured = data["measured_tflops"].max() if "measured_tflops" in data else math.nan
         notes = []
@@ -258,7 +254,7 @@ def roofline(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
                 color="0.25", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
         ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, minimum bytes; log)",
                ylabel=f"achieved {unit} (log)", title=panel or "all passes")
-    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items()
+    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in markers().items()
              if k in set(best["kind"])]
     extra += [Line2D([], [], color="0.3", linestyle="--", label="theoretical roof"),
               Line2D([], [], color="0.3", linestyle=":", label="measured peak")]
@@ -267,14 +263,14 @@ def roofline(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
     return fig
 
 
-def pass_ratio(ratios: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def pass_ratio(ratios: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(d) Backward time / forward time per case (dots) and their geometric mean (bar: 95% CI over cases)."""
     data = ratios[ratios["best"]].copy() if not ratios.empty else ratios
     if data.empty:
         return None
     data["panel"] = panel_labels(data)
     panels = sorted(data["panel"].unique())
-    backends, colors = _frameworks(data["backend"], order)
+    backends, colors = _frameworks(data["backend"], palette)
     dodge = (0.8 - 0.8 / len(backends)) if len(backends) > 1 else False  # the stripplot's hue offsets
     whiches = [w for w in ("backward_data", "backward_weight", "backward") if w in set(data["which"])]
     fig = _figure(max(4.5, 1.4 * len(whiches) * len(backends)) * len(panels), 4.2)
@@ -300,7 +296,7 @@ def pass_ratio(ratios: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None
     return fig
 
 
-def conv_vs_gemm(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def conv_vs_gemm(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(e) Why is a conv slower than a dense layer of the same input size? Forward pass only.
 
     Left: FLOPs per input element (a dense layer does 2·N; a conv about 2·K·R·S: R·S·K/N times more). Middle: time
@@ -312,7 +308,7 @@ def conv_vs_gemm(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | Non
     both = fwd["kind"].isin(["gemm"]).any() and fwd["kind"].isin(["conv2d", "depthwise"]).any()
     if seed.empty and not both:
         return None
-    backends, colors = _frameworks(fwd["backend"], order)
+    backends, colors = _frameworks(fwd["backend"], palette)
     panels = (2 if not seed.empty else 0) + (1 if both else 0)
     fig = _figure(5.0 * panels, 4.4)
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
@@ -330,7 +326,7 @@ def conv_vs_gemm(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | Non
         ax = axes.pop(0)
         scale, unit = time_unit(seed["ci_high_s"].fillna(seed["median_s"]))
         seed = seed.assign(category=seed["case"], t=seed["median_s"] * scale, lo=seed["ci_low_s"] * scale,
-                           hi=seed["ci_high_s"] * scale, marker=seed["kind"].map(MARKERS).fillna("o"))
+                           hi=seed["ci_high_s"] * scale, marker=seed["kind"].map(markers()).fillna("o"))
         _dodged(ax, seed, cases, "t", "lo", "hi", backends, colors)
         ax.set_yticks(range(len(cases)), cases)
         ax.set_ylim(len(cases) - 0.5, -0.5)
@@ -340,18 +336,18 @@ def conv_vs_gemm(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | Non
         ax = axes.pop(0)
         scale, unit = flop_unit(fwd["tflops"])
         for (backend, kind), part in fwd.groupby(["backend", "kind"]):
-            ax.scatter(part["flops"], part["tflops"] * scale, color=colors[backend], marker=MARKERS.get(kind, "o"),
+            ax.scatter(part["flops"], part["tflops"] * scale, color=colors[backend], marker=markers().get(kind, "o"),
                        s=20, alpha=0.8)
         ax.set(xscale="log", yscale="log", xlabel="forward FLOPs per call (log)", ylabel=f"achieved {unit} (log)",
                title="same work, different speed: GEMM vs conv")
     kinds = set(fwd["kind"]) if both else set(seed["kind"])
-    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in MARKERS.items() if k in kinds]
+    extra = [Line2D([], [], color="0.5", marker=m, linestyle="", label=k) for k, m in markers().items() if k in kinds]
     _legend(fig, backends, colors, extra)
     fig.suptitle("Conv vs dense (GEMM) layer, forward")
     return fig
 
 
-def scaling(points: pd.DataFrame, fits: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def scaling(points: pd.DataFrame, fits: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(f) Time per call against the swept size (log-log), inference (forward, solid) and training (forward +
     backward, dashed) side by side; hollow markers are points left out of the fit as overhead-bound."""
     if points.empty:
@@ -359,7 +355,7 @@ def scaling(points: pd.DataFrame, fits: pd.DataFrame, order: Sequence[str] = ())
     points = points.assign(panel=panel_labels(points))
     sweeps = list(dict.fromkeys(points["sweep"]))
     panels = sorted(points["panel"].unique())
-    backends, colors = _frameworks(points["backend"], order)
+    backends, colors = _frameworks(points["backend"], palette)
     phases = [p for p in ("inference", "training") if p in set(points["phase"])]
     fig = _figure(4.6 * len(sweeps) * len(phases), 4.0 * len(panels) + 0.8)
     axes = fig.subplots(len(panels), len(sweeps) * len(phases), squeeze=False)
@@ -402,7 +398,7 @@ def scaling(points: pd.DataFrame, fits: pd.DataFrame, order: Sequence[str] = ())
     return fig
 
 
-def training_shares(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def training_shares(networks: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(g) Share of a training step in forward, dX and dW per complete network and framework (stacked bars)."""
     train = networks[networks["phase"] == "training step"] if not networks.empty else networks
     if train.empty:
@@ -413,7 +409,7 @@ def training_shares(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure
     train["label"] = train["name"].str.replace(" training step", "") + " · " + train["backend"] + \
         train["panel"].map(lambda p: f" · {p}" if p else "")
     train = train.sort_values(["panel", "name", "backend"], key=lambda c: c.map(
-        {b: i for i, b in enumerate(backend_order(train["backend"], order))}) if c.name == "backend" else c)
+        {b: i for i, b in enumerate(_frameworks(train["backend"], palette)[0])}) if c.name == "backend" else c)
     fig = _figure(8.5, 0.45 * len(train) + 1.6)
     ax = fig.subplots()
     left = np.zeros(len(train))
@@ -433,14 +429,14 @@ def training_shares(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure
     return fig
 
 
-def network_rollup(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def network_rollup(networks: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(h) One panel per complete network layer set: Σ count × time over its layers per framework variant."""
     if networks.empty:
         return None
     data = networks.assign(panel=panel_labels(networks))
     data["title"] = data["name"] + data["panel"].map(lambda p: f"\n{p}" if p else "")
     titles = sorted(data["title"].unique())
-    backends, colors = _frameworks(data["backend"], order)
+    backends, colors = _frameworks(data["backend"], palette)
     scale, unit = time_unit(data["time_s"])
     data = data.assign(t=data["time_s"] * scale, lo=data["low_s"] * scale, hi=data["high_s"] * scale,
                        category=data["variant"])
@@ -465,21 +461,21 @@ def network_rollup(networks: pd.DataFrame, order: Sequence[str] = ()) -> Figure 
     return fig
 
 
-def first_call(frame: pd.DataFrame, order: Sequence[str] = ()) -> Figure | None:
+def first_call(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(i) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
     data = frame.dropna(subset=["first_call_s"]) if "first_call_s" in frame else frame.iloc[0:0]
     data = data[data["first_call_s"] > 0]
     if data.empty:
         return None
     data = data.assign(label=data["backend"] + "\n" + data["mode"].astype(str))
-    backends, colors = _frameworks(data["backend"], order)
+    backends, colors = _frameworks(data["backend"], palette)
     labels = [lab for b in backends for lab in sorted(data.loc[data["backend"] == b, "label"].unique())]
     fig = _figure(max(6.5, 1.1 * len(labels) + 1), 4.2)
     ax = fig.subplots()
-    palette = {lab: colors[lab.split("\n")[0]] for lab in labels}
-    sns.stripplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=palette, alpha=0.5, size=3,
+    by_label = {lab: colors[lab.split("\n")[0]] for lab in labels}
+    sns.stripplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=by_label, alpha=0.5, size=3,
                   ax=ax, legend=False, log_scale=True)
-    sns.pointplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=palette, estimator="median",
+    sns.pointplot(data, x="label", y="first_call_s", order=labels, hue="label", palette=by_label, estimator="median",
                   errorbar=None, markers="_", markersize=18, linestyle="none", ax=ax, legend=False)
     ax.set(xlabel="framework and mode", ylabel="compile + first call (s, log)")
     fig.suptitle("First call (tracing, compilation, kernel selection)\ndots: measurements; bar: median")

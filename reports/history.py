@@ -4,15 +4,15 @@ framework version, opbench commit or settings, time per case across those runs a
 A *point* of the history is one configuration of a (machine, framework): the framework's versions read back, the
 opbench commit and the recorded environment knobs and timing settings. Runs with the same configuration (shards, a
 resumed run, jax.jsonl and jax-ynn-off.jsonl of one main job) are one point. Points are ordered by when their first
-run started. Each comparison reuses ``suite.compare`` (ratio of medians with a bootstrap CI, verdict), so a history
-table and ``python -m suite compare`` give the same numbers.
+run started. Of several records of one measurement in a point, the one that supersedes the others stands (the one
+policy of ``suite.results``). Each comparison reuses ``suite.compare`` (ratio of medians with a bootstrap CI, the
+verdict of the one same-speed band ``SAME_BAND``), so a history table and ``python -m suite compare`` give the same
+numbers.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from reports.figures import color
-from reports.frame import PASS_LABELS, machine_name
-from suite.compare import DEFAULT_THRESHOLD, compare_pair, sorted_pairs, variant
-from suite.ops import PASSES
-from suite.results import Results, measurement_key
+from reports.palette import Palette
+from suite.compare import compare_pair, sorted_pairs
+from suite.ops import PASS_LABELS, PASSES, pass_label
+from suite.results import SAME_BAND, Measurement, MeasurementKey, ResultSet, RunHeader, WorkerInfo
 from suite.stats import format_seconds
 
 MAX_ALL_PAIRS = 5  # up to this many points every pair gets a table; beyond, consecutive pairs and each vs the last
@@ -34,12 +33,17 @@ MAX_ALL_PAIRS = 5  # up to this many points every pair gets a table; beyond, con
 
 @dataclass
 class Point:
-    """One configuration of a framework on a machine, and its measurements by identity (the latest of each)."""
+    """One configuration of a framework on a machine, and its measurements by identity (of several records of one
+    identity, the one that supersedes the others: ``Measurement.supersedes``, the policy of ``ResultSet.latest``)."""
 
     facts: frozenset[str]
     started: str
-    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measurements: dict[MeasurementKey, Measurement] = field(default_factory=dict)
     label: str = ""
+
+    def add(self, m: Measurement) -> None:
+        if m.key not in self.measurements or m.supersedes(self.measurements[m.key]):
+            self.measurements[m.key] = m
 
 
 @dataclass
@@ -51,41 +55,38 @@ class Track:
     points: list[Point]
 
     @property
-    def keys(self) -> list[str]:
+    def keys(self) -> list[MeasurementKey]:
         """Measurement identities held by at least two points, in first-seen order."""
-        seen: dict[str, int] = {}
+        seen: dict[MeasurementKey, int] = {}
         for point in self.points:
             for key in point.measurements:
                 seen[key] = seen.get(key, 0) + 1
         return [key for key, n in seen.items() if n > 1]
 
 
-def _facts(header: dict[str, Any], worker: dict[str, Any]) -> frozenset[str]:
-    env = header.get("environment") or {}
-    opbench = env.get("opbench") or {}
-    facts = {f"{name} {version}" for name, version in (worker.get("versions") or {}).items()}
-    facts.add(f"opbench {str(opbench.get('commit'))[:10]}{' (dirty)' if opbench.get('dirty') else ''}")
-    facts |= {f"{name}={value}" for name, value in (env.get("knobs") or {}).items()}
-    facts |= {f"timing {name}={value}" for name, value in (header.get("timing") or {}).items()}
+def _facts(header: RunHeader | None, worker: WorkerInfo | None) -> frozenset[str]:
+    env = header.environment if header else None
+    facts = {f"{name} {version}" for name, version in (worker.versions if worker else {}).items()}
+    commit = str(env.commit if env else None)[:10]
+    facts.add(f"opbench {commit}{' (dirty)' if env and env.opbench.get('dirty') else ''}")
+    facts |= {f"{name}={value}" for name, value in (env.knobs if env else {}).items()}
+    facts |= {f"timing {name}={value}" for name, value in ((header.timing if header else None) or {}).items()}
     return frozenset(facts)
 
 
-def tracks(results: Results) -> list[Track]:
+def tracks(results: ResultSet) -> list[Track]:
     """Every (machine, framework) whose runs form two or more points sharing at least one measurement."""
-    headers = {h.get("run_id"): h for h in results.headers}
-    workers = {(w.get("run_id"), w["backend"], w["device"]): w for w in results.workers}
+    headers = {h.run_id: h for h in results.headers}
+    workers = {(w.run_id, w.backend, w.device): w for w in results.workers}
     points: dict[tuple[str, str], dict[frozenset[str], Point]] = {}
     for m in results.measurements:
-        header = headers.get(m.get("run_id"), {})
-        facts = _facts(header, workers.get((m.get("run_id"), m["backend"], m["device"]), {}))
-        machine = machine_name(header.get("environment") or {})
-        point = points.setdefault((machine, m["backend"]), {}).setdefault(
-            facts, Point(facts, str(header.get("created", ""))))
-        point.started = min(point.started, str(header.get("created", "")))
-        key = measurement_key(m)
-        if key not in point.measurements or str(m.get("finished", "")) >= str(point.measurements[key].get("finished",
-                                                                                                          "")):
-            point.measurements[key] = m
+        header = headers.get(m.run_id)
+        facts = _facts(header, workers.get((m.run_id, m.key.backend, m.key.device)))
+        machine = header.environment.machine if header else "unknown machine"
+        created = header.created if header else ""
+        point = points.setdefault((machine, m.key.backend), {}).setdefault(facts, Point(facts, created))
+        point.started = min(point.started, created)
+        point.add(m)
     out = []
     for (machine, backend), by_facts in points.items():
         ordered = sorted(by_facts.values(), key=lambda p: p.started)
@@ -110,24 +111,26 @@ def pairs_to_compare(n: int) -> list[tuple[int, int]]:
     return sorted(chosen, key=lambda pair: pair != (n - 2, n - 1))
 
 
-def _describe(m: dict[str, Any]) -> tuple[str, str]:
-    return m["case"], f"{PASS_LABELS.get(m['pass'], m['pass'])} · {m['dtype']} · {m['device']} · {variant(m)}"
+def _describe(m: Measurement) -> tuple[str, str]:
+    kind = m.op.kind if m.op else ""
+    return m.case, f"{pass_label(kind, m.key.pass_)} · {m.key.dtype} · {m.key.device} · {m.key.variant}"
 
 
 def comparison_table(track: Track, base: int, new: int) -> dict[str, Any]:
-    """Every measurement of both points: times, time new/base with its 95% CI, verdict (in `compare`'s order)."""
+    """Every measurement of both points: times, time new/base with its 95% CI, verdict (``suite.compare``'s pairs,
+    in its order, with the one same-speed band ``SAME_BAND``)."""
     a, b = track.points[base], track.points[new]
-    pairs = sorted_pairs([compare_pair(a.measurements[key], b.measurements[key]) for key in a.measurements
+    pairs = sorted_pairs([compare_pair(a.measurements[key], b.measurements[key], SAME_BAND) for key in a.measurements
                           if key in b.measurements])
     rows = []
     for p in pairs:
         case, what = _describe(p.base)
-        base_s, new_s = (float((m.get("stats") or {}).get("median") or math.nan) for m in (p.base, p.new))
+        base_s, new_s = p.base.median, p.new.median
         rows.append({"case": case, "what": what, "base": format_seconds(base_s), "new": format_seconds(new_s),
-                     "base_s": base_s if math.isfinite(base_s) else "inf",  # sort keys: a failed one last
-                     "new_s": new_s if math.isfinite(new_s) else "inf",
-                     "ratio": f"{p.ratio:.3f}" if math.isfinite(p.ratio) else "",
-                     "ci": f"{p.low:.3f}–{p.high:.3f}" if math.isfinite(p.low) else "",
+                     "base_s": base_s if np.isfinite(base_s) else "inf",  # sort keys: a failed one last
+                     "new_s": new_s if np.isfinite(new_s) else "inf",
+                     "ratio": f"{p.ratio:.3f}" if np.isfinite(p.ratio) else "",
+                     "ci": f"{p.low:.3f}–{p.high:.3f}" if np.isfinite(p.low) else "",
                      "verdict": p.verdict, "reason": p.reason})
     counts = {v: sum(p.verdict == v for p in pairs) for v in ("slower", "faster", "same", "not compared")}
     return {"id": f"{base}-{new}", "base": a.label, "new": b.label, "rows": rows,
@@ -143,20 +146,20 @@ def series(track: Track) -> list[dict[str, Any]]:
         medians = []
         for point in track.points:
             m = point.measurements.get(key)
-            ok = m is not None and m["status"] == "ok" and (m.get("stats") or {}).get("median")
-            medians.append(float(m["stats"]["median"]) if ok else None)
-        out.append({"case": case, "what": what, "pass": first["pass"], "medians": medians,
+            medians.append(m.median if m is not None and m.ok and m.median > 0 else None)
+        out.append({"case": case, "what": what, "pass": key.pass_, "medians": medians,
                     "cells": [format_seconds(v) if v else "–" for v in medians]})
     return out
 
 
-def figure(track: Track, rows: list[dict[str, Any]], order: Sequence[str] = ()) -> Figure | None:
+def figure(track: Track, rows: list[dict[str, Any]], palette: Palette | None = None) -> Figure | None:
     """Time of each case relative to its first measured point, per pass (thin lines, in the framework's colour of
-    every figure: ``order`` is the report's framework order), with the geometric mean."""
+    every figure: the report's ``palette``), with the geometric mean."""
     passes = [p for p in PASSES if any(r["pass"] == p for r in rows)]
     if not passes:
         return None
     n = len(track.points)
+    colour = (palette or Palette.of([track.backend])).color(track.backend)
     fig = Figure(figsize=(min(3.6 * len(passes), 14), 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(passes), sharey=True, squeeze=False)[0]
@@ -168,7 +171,7 @@ def figure(track: Track, rows: list[dict[str, Any]], order: Sequence[str] = ()) 
             if len(finite) < 2:
                 continue
             relative.append(values / finite[0])
-            ax.plot(range(n), relative[-1], color=color(track.backend, order), alpha=0.35, linewidth=1, marker=".")
+            ax.plot(range(n), relative[-1], color=colour, alpha=0.35, linewidth=1, marker=".")
         if relative:
             logs = np.log(np.vstack(relative))
             counts = np.isfinite(logs).sum(axis=0)
@@ -177,7 +180,7 @@ def figure(track: Track, rows: list[dict[str, Any]], order: Sequence[str] = ()) 
             ax.plot(range(n), geomean, color="black", linewidth=2.2, marker="o", label="geometric mean")
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(n), [f"#{i + 1}" for i in range(n)])
-        ax.set_title(PASS_LABELS.get(pass_, pass_))
+        ax.set_title(PASS_LABELS[pass_])
         ax.set_xlabel("run (see the list above)")
     axes[0].set_yscale("log")  # shared by every panel; set once, after plotting, so no panel resets the ticks
     axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -188,12 +191,12 @@ def figure(track: Track, rows: list[dict[str, Any]], order: Sequence[str] = ()) 
     return fig
 
 
-def section(results: Results, figures_dir: Path, order: Sequence[str] = ()) -> list[dict[str, Any]]:
+def section(results: ResultSet, figures_dir: Path, palette: Palette | None = None) -> list[dict[str, Any]]:
     """The history section's content, one entry per track; empty (no section) for single-run results."""
     out = []
     for number, track in enumerate(tracks(results), start=1):
         rows = series(track)
-        fig = figure(track, rows, order)
+        fig = figure(track, rows, palette)
         src = None
         if fig is not None:
             figures_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +204,7 @@ def section(results: Results, figures_dir: Path, order: Sequence[str] = ()) -> l
             src = f"{figures_dir.name}/history-{number}.png"
         n = len(track.points)
         out.append({"id": f"history-{number}", "machine": track.machine, "backend": track.backend,
-                    "threshold": f"±{DEFAULT_THRESHOLD:.0%}",
+                    "threshold": f"1 ± {100 * SAME_BAND:g}%",
                     "points": [p.label for p in track.points], "figure": src, "series": rows,
                     "comparisons": [comparison_table(track, a, b) for a, b in pairs_to_compare(n)]})
     return out

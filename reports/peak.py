@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
+
+from suite.results import CpuInfo, Environment
 
 # Dense (no 2:4 sparsity) peak TFLOP/s and memory bandwidth in GB/s, from NVIDIA's datasheets:
 #   H100 SXM5 / PCIe: "NVIDIA H100 Tensor Core GPU" datasheet (2023): FP32 67 / 51 TFLOPS, TF32 494.7 / 378,
@@ -74,7 +75,7 @@ def gpu_peak(name: str, dtype: str, math: str = "strict") -> Peak:
     return Peak(tflops, table["gbps"], THEORETICAL_GPU, f"NVIDIA {key} datasheet, dense {column}{fallback}")
 
 
-def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
+def cpu_peak(cpu: CpuInfo, dtype: str) -> Peak:
     """cores × clock × FMA units × fp32 lanes × 2 FLOPs per FMA; bf16/fp16 doubled where the ISA has them.
 
     The clock is the maximum the machine states (cpufreq or lscpu, recorded as ``max_mhz``); where it states none,
@@ -82,18 +83,18 @@ def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
     label says the figure may understate. Cores are the usable CPUs divided by the threads per core (SMT siblings
     share FMA units); where the threads per core are unknown every usable CPU counts, and the basis says so.
     """
-    flags = set(cpu.get("vector_flags") or [])
-    usable = cpu.get("usable_cpus") or cpu.get("logical_cpus")
-    max_mhz, nominal_mhz = cpu.get("max_mhz"), cpu.get("mhz")
+    flags = set(cpu.vector_flags)
+    usable = cpu.usable_cpus or cpu.logical_cpus
+    max_mhz, nominal_mhz = cpu.max_mhz, cpu.mhz
     mhz = max_mhz or nominal_mhz
     label = THEORETICAL_CPU if max_mhz else THEORETICAL_CPU_NOMINAL
     if not usable or not mhz:
         return Peak(None, None, label, "the header has no CPU count or clock")
-    per_core = cpu.get("threads_per_core")
+    per_core = cpu.threads_per_core
     cores = max(1, usable // per_core) if per_core else usable
     counted = (f"{cores} cores ({usable} usable CPUs / {per_core} thread{'s' if per_core > 1 else ''} per core)"
                if per_core else f"{usable} usable CPUs (threads per core unknown: SMT siblings would halve it)")
-    clock = (f"{mhz / 1e3:.2f} GHz max clock ({cpu.get('max_mhz_source') or 'stated by the machine'})" if max_mhz
+    clock = (f"{mhz / 1e3:.2f} GHz max clock ({cpu.max_mhz_source or 'stated by the machine'})" if max_mhz
              else f"{mhz / 1e3:.2f} GHz nominal clock (/proc/cpuinfo; no maximum clock exposed, cores may run faster)")
     if "avx512f" in flags:
         units, lanes, isa = 2, 16, "AVX-512, 2 FMA units (assumed for server parts)"
@@ -111,14 +112,13 @@ def cpu_peak(cpu: dict[str, Any], dtype: str) -> Peak:
     return Peak(tflops, None, label, basis)
 
 
-def theoretical(environment: dict[str, Any], device: str, dtype: str, math: str = "strict") -> Peak:
+def theoretical(environment: Environment, device: str, dtype: str, math: str = "strict") -> Peak:
     """The theoretical peak of the device a measurement ran on, from a results header's environment."""
     if device == "gpu":
-        gpus = environment.get("gpus") or []
-        if not gpus:
+        if not environment.gpus:
             return Peak(None, None, THEORETICAL_GPU, "the header lists no GPU")
-        return gpu_peak(gpus[0].get("name", ""), dtype, math)
-    return cpu_peak(environment.get("cpu") or {}, dtype)
+        return gpu_peak(str(environment.gpus[0].get("name", "")), dtype, math)
+    return cpu_peak(environment.cpu, dtype)
 
 
 @dataclass(frozen=True)
@@ -130,29 +130,30 @@ class Bandwidth:
     basis: str
 
 
-def bandwidth(environments: Iterable[dict[str, Any]], device: str) -> Bandwidth:
+def bandwidth(environments: Iterable[Environment], device: str) -> Bandwidth:
     """The roofline's memory roof for one machine, from its results headers' environments: the GPU datasheet figure,
     or on CPUs the fastest large copy any header recorded (a run with ``--bandwidth``, or ``python -m suite peak``)."""
     environments = list(environments)
     if device == "gpu":
-        gpus = next((e.get("gpus") for e in environments if e.get("gpus")), None)
+        gpus = next((e.gpus for e in environments if e.gpus), None)
         if not gpus:
             return Bandwidth(None, THEORETICAL_GPU, "the header lists no GPU")
-        name = gpus[0].get("name", "")
+        name = str(gpus[0].get("name", ""))
         key = gpu_key(name)
         if key is None:
             return Bandwidth(None, THEORETICAL_GPU, f"{name!r} is not in opbench's datasheet table (reports/peak.py)")
         return Bandwidth(GPU_PEAKS[key]["gbps"], THEORETICAL_GPU, f"NVIDIA {key} datasheet memory bandwidth")
-    copies = [e["memory_bandwidth"] for e in environments if (e.get("memory_bandwidth") or {}).get("gbps")]
+    # the copy's record (suite.environment.memory_bandwidth) is kept as written: gbps, buffer_bytes, threads, ...
+    copies = [e.memory_bandwidth for e in environments if e.memory_bandwidth and e.memory_bandwidth["gbps"]]
     if not copies:
         return Bandwidth(None, MEASURED_BANDWIDTH, "no run on this machine measured it (run with --bandwidth, or "
                                                    "python -m suite peak)")
     best = max(copies, key=lambda c: c["gbps"])
-    llc = best.get("llc_bytes")
+    llc = best["llc_bytes"]
     cache = f"; last-level cache {llc / 2**20:,.0f} MiB" if llc else ""
     return Bandwidth(best["gbps"], MEASURED_BANDWIDTH,
-                     f"fastest of {best.get('repeats', '?')} copies of a {best['buffer_bytes'] / 2**20:,.0f} MiB "
-                     f"buffer on {best.get('threads', '?')} threads (read + write bytes){cache}")
+                     f"fastest of {best['repeats']} copies of a {best['buffer_bytes'] / 2**20:,.0f} MiB "
+                     f"buffer on {best['threads']} threads (read + write bytes){cache}")
 
 
 def measured(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from reports import analysis, figures, history, summary
 from reports.analysis import CONFIG, Analysis
-from reports.frame import PASS_LABELS, export, machine_name
+from reports.frame import export
 from suite.catalog import Case
-from suite.ops import op_from_dict
-from suite.results import Results, read_many
+from suite.ops import PASS_LABELS, PASSES
+from suite.results import SAME_BAND, Environment, ResultSet, RunHeader, WorkerInfo, read_many
 
 HERE = Path(__file__).parent
 
@@ -40,53 +40,54 @@ class FigureSpec:
 FIGURES = [
     FigureSpec("speedup", "Speedup over the baseline",
                "time(baseline) / time(framework) per case and pass, each framework's fastest variant; 95% bootstrap CI "
-               "of the ratio of medians. A trailing ≈ marks a CI that does not exclude 1 ± 3%. The colour range "
-               "covers 90% of the cells; the rest take the end colour.",
-               lambda a: figures.speedup_heatmap(a.pooled, a.baseline, a.order),
+               f"of the ratio of medians. A trailing ≈ marks a CI that does not exclude 1 ± {100 * SAME_BAND:g}% (the "
+               "same-speed band). The colour range covers 90% of the cells; the rest take the end colour.",
+               lambda a: figures.speedup_heatmap(a.pooled, a.baseline, a.palette),
                "fewer than two frameworks have successful measurements of the same cases"),
     FigureSpec("training_shares", "Forward or backward: a training step",
                "Per complete network and framework (its fastest complete variant): the share of the training step's "
                "measured time (GEMM, conv, attention layers) in forward, dX and dW. The first layer's dX is not "
                "counted; normalization, activations and the optimizer are not measured.",
-               lambda a: figures.training_shares(a.networks, a.order),
+               lambda a: figures.training_shares(a.networks, a.palette),
                "no network with every layer measured in forward, dX and dW"),
     FigureSpec("conv_vs_gemm", "Conv vs dense layer",
                "Why is a conv slower than a dense layer of the same input size? Left: FLOPs per input value. "
                "Middle: forward time of the seed cases. Right: FLOP/s against FLOPs for every forward GEMM and conv.",
-               lambda a: figures.conv_vs_gemm(a.pooled, a.order), "no seed cases and not both GEMM and conv forwards"),
+               lambda a: figures.conv_vs_gemm(a.pooled, a.palette),
+               "no seed cases and not both GEMM and conv forwards"),
     FigureSpec("scaling", "Scaling with size",
                "Time per call against the swept size (log-log), inference (forward) and training (forward + backward) "
                "side by side; the legend gives each framework's slope over the filled (compute-bound) points, dashed "
-               "the FLOP growth.", lambda a: figures.scaling(a.scaling_points, a.scaling, a.order),
+               "the FLOP growth.", lambda a: figures.scaling(a.scaling_points, a.scaling, a.palette),
                "no sweep cases (tags sweep-gemm, sweep-conv-spatial, sweep-conv-channels)"),
     FigureSpec("networks", "Complete networks",
                "Σ over every layer of a network of median time × count, per framework variant; only networks with "
                "every layer measured; the interval sums per-layer CI bounds.",
-               lambda a: figures.network_rollup(a.networks, a.order), "no network with every layer measured"),
+               lambda a: figures.network_rollup(a.networks, a.palette), "no network with every layer measured"),
     FigureSpec("throughput", "Throughput per case",
                "Achieved FLOP/s (useful FLOPs of the direct algorithm / median time per call) of each framework's "
                "fastest variant, with the 95% CI of the median time turned into FLOP/s.",
-               lambda a: figures.throughput(a.pooled, a.order), "no successful measurement"),
+               lambda a: figures.throughput(a.pooled, a.palette), "no successful measurement"),
     FigureSpec("roofline", "Roofline",
                "Achieved FLOP/s against arithmetic intensity (FLOPs / minimum bytes). Dashed: theoretical roof; "
                "dotted: measured peak (best GEMM in these results).",
-               lambda a: figures.roofline(a.pooled, a.order), "no successful measurement"),
+               lambda a: figures.roofline(a.pooled, a.palette), "no successful measurement"),
     FigureSpec("backward", "Backward vs forward, per op",
                "Time of each backward pass over the forward time of the same case and framework variant; dashed: the "
                "FLOP ratio (what equal FLOP/s would give).",
-               lambda a: figures.pass_ratio(a.ratios, a.order), "no case has both forward and backward measurements"),
+               lambda a: figures.pass_ratio(a.ratios, a.palette), "no case has both forward and backward measurements"),
     FigureSpec("first_call", "Compile and first call",
                "Time of the first call, which includes tracing, compilation and kernel selection (not in the timed "
-               "medians).", lambda a: figures.first_call(a.measurements, a.order), "no first-call times recorded"),
+               "medians).", lambda a: figures.first_call(a.measurements, a.palette), "no first-call times recorded"),
 ]
 
 
 def kind_figures(a: Analysis) -> list[FigureSpec]:
     """One throughput figure per op kind beyond GEMM and conv in the results (its section's figure)."""
-    return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Throughput: {summary.KIND_LABELS.get(kind, kind)}",
+    return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Throughput: {summary.kind_label(kind)}",
                        "Achieved FLOP/s per case of each framework's fastest variant, per pass, with the 95% CI of the "
                        "median time turned into FLOP/s; passes the op does not have are not drawn.",
-                       lambda a, kind=kind: figures.throughput(a.pooled[a.pooled["op"].eq(kind)], a.order),
+                       lambda a, kind=kind: figures.throughput(a.pooled[a.pooled["op"].eq(kind)], a.palette),
                        f"no successful {kind} measurement") for kind in a.kinds]
 
 
@@ -124,7 +125,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
         best = pooled[pooled["best"] & (pooled[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)] \
             if not pooled.empty else pooled
         backends = summary.ordered(a, group["backend"])
-        passes = [p for p in PASS_LABELS if p in set(group["pass"])]
+        passes = [p for p in PASSES if p in set(group["pass"])]
         times = best.set_index(["case", "backend", "pass"]) if not best.empty else best
         columns = []
         for b in backends:
@@ -135,7 +136,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
         rows = []
         for case, cg in group.sort_values(["kind", "flops"]).groupby("case", sort=False):
             first = cg.iloc[0]
-            op = op_from_dict(first["dims"]) if first["dims"] else None
+            op = first["spec"]
             fastest = {p: best.loc[best["case"].eq(case) & best["pass"].eq(p), "median_s"].min()
                        for p in passes} if not best.empty else {}
             cells = []
@@ -152,7 +153,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
                                            + (f"; flags: {' '.join(r['flags'])}" if r["flags"] else "")})
                 elif op is not None and col["pass"] not in op.passes:  # attention's dX: not a gap
                     cells.append({"text": "n/a", "sort": "inf", "cls": "na",
-                                  "title": getattr(op, "no_pass_reason", f"{op.kind} has no such pass")})
+                                  "title": op.no_pass_reason or f"{op.kind} has no such pass"})
                 else:
                     miss = failed[failed["case"].eq(case) & failed["backend"].eq(col["backend"])
                                   & failed["pass"].eq(col["pass"]) & (failed[CONFIG] == pd.Series(key, index=CONFIG))
@@ -171,7 +172,7 @@ def case_tables(a: Analysis) -> list[dict[str, Any]]:
 
 def forward_flops(row: pd.Series) -> float:
     """FLOPs of the forward pass of a case (rows of other passes carry their own pass's FLOPs)."""
-    return float(op_from_dict(row["dims"]).flops("forward")) if row["dims"] else math.nan
+    return float(row["spec"].flops("forward")) if row["spec"] is not None else math.nan
 
 
 def warning_rows(report: Analysis) -> list[dict[str, str]]:
@@ -193,11 +194,12 @@ def warning_rows(report: Analysis) -> list[dict[str, str]]:
     return rows
 
 
-def _gpu_facts(env: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, str]:
+def _gpu_facts(env: Environment, workers: list[WorkerInfo]) -> dict[str, str]:
     """For a GPU machine: each GPU as NVML describes it (name, memory, clocks locked or not, power limit), the driver
-    and CUDA driver version, and the CUDA and cuDNN each framework was built with; {} without a GPU."""
-    nvml = env.get("nvml") or {}
-    if not (env.get("gpus") or nvml.get("gpus")):
+    and CUDA driver version, and the CUDA and cuDNN each framework was built with; {} without a GPU. NVML's and
+    nvidia-smi's GPU facts are kept as they were recorded (mappings)."""
+    nvml = env.nvml or {}
+    if not (env.gpus or nvml.get("gpus")):
         return {}
     locked = {True: "clocks locked (applications clocks set)", False: "clocks not locked", None: "clock lock unknown"}
     gpus = [f"{g.get('name')} ({(g.get('memory_bytes') or 0) / 2**30:.1f} GiB, max SM clock "
@@ -205,61 +207,57 @@ def _gpu_facts(env: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, 
             f"{g.get('power_limit_w')} W)"
             for g in nvml.get("gpus") or []] or [
         f"{g.get('name')} ({g.get('memory', '')}, driver {g.get('driver', '')}; NVML: {nvml.get('nvml', 'not read')})"
-        for g in env.get("gpus") or []]
-    builds = [f"{w.get('backend')}: " + ", ".join(f"{name} {w['versions'][key]}" for key, name in
-                                                   (("cuda", "CUDA"), ("cudnn", "cuDNN")) if key in w["versions"])
-              for w in workers if {"cuda", "cudnn"} & set(w.get("versions") or {})]
+        for g in env.gpus]
+    builds = [f"{w.backend}: " + ", ".join(f"{name} {w.versions[key]}" for key, name in
+                                           (("cuda", "CUDA"), ("cudnn", "cuDNN")) if key in w.versions)
+              for w in workers if {"cuda", "cudnn"} & set(w.versions)]
     return {"GPUs": "; ".join(gpus),
-            "GPU driver": f"{nvml.get('driver') or (env.get('gpus') or [{}])[0].get('driver')}, CUDA driver API "
+            "GPU driver": f"{nvml.get('driver') or (env.gpus or [{}])[0].get('driver')}, CUDA driver API "
                           f"{nvml.get('cuda_driver') or 'unknown'}",
             "CUDA / cuDNN (frameworks)": "; ".join(dict.fromkeys(builds)) or "not recorded"}
 
 
-def _env_facts(h: dict[str, Any], workers: list[dict[str, Any]]) -> dict[str, str]:
-    env = h.get("environment") or {}
-    cpu = env.get("cpu") or {}
+def _env_facts(h: RunHeader, workers: list[WorkerInfo]) -> dict[str, str]:
+    env, cpu = h.environment, h.environment.cpu
     return {
-        "CPU": f"{cpu.get('model')} ({cpu.get('architecture')}), {cpu.get('usable_cpus')} usable of "
-               f"{cpu.get('logical_cpus')} logical CPUs, {cpu.get('mhz')} MHz, "
-               f"{' '.join(cpu.get('vector_flags') or [])}",
+        "CPU": f"{cpu.model} ({cpu.architecture}), {cpu.usable_cpus} usable of {cpu.logical_cpus} logical CPUs, "
+               f"{cpu.mhz} MHz, {' '.join(cpu.vector_flags)}",
         "GPUs": "none",
         **_gpu_facts(env, workers),
-        "memory": f"{(env.get('memory_bytes') or 0) / 2**30:.1f} GiB",
-        "OS / Python": f"{env.get('platform')} / Python {env.get('python')}",
-        "packages": ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items()),
-        "opbench commit": f"{(env.get('opbench') or {}).get('commit')}"
-                          + (" (uncommitted changes)" if (env.get("opbench") or {}).get("dirty") else ""),
-        "knobs (environment)": ", ".join(f"{k}={v}" for k, v in (env.get("knobs") or {}).items()) or "none",
-        "timing": ", ".join(f"{k}={v}" for k, v in (h.get("timing") or {}).items()),
-        "numerical check": str(h.get("check")), "seed": str(h.get("seed")),
+        "memory": f"{(env.memory_bytes or 0) / 2**30:.1f} GiB",
+        "OS / Python": f"{env.platform} / Python {env.python}",
+        "packages": ", ".join(f"{k} {v}" for k, v in env.packages.items()),
+        "opbench commit": f"{env.commit}" + (" (uncommitted changes)" if env.opbench.get("dirty") else ""),
+        "knobs (environment)": ", ".join(f"{k}={v}" for k, v in env.knobs.items()) or "none",
+        "timing": ", ".join(f"{k}={v}" for k, v in (h.timing or {}).items()),
+        "numerical check": str(h.check), "seed": str(h.seed),
     }
 
 
 def environments(report: Analysis) -> list[dict[str, Any]]:
     """One block per machine: the facts all its runs share, then one table row per run (and framework worker) with
     its id, start time, load average and whatever else differs between the runs."""
-    workers = report.results.workers
-    by_machine: dict[str, list[dict[str, Any]]] = {}
-    for h in report.results.headers:
-        by_machine.setdefault(machine_name(h.get("environment") or {}), []).append(h)
+    results = report.results
+    by_machine: dict[str, list[RunHeader]] = {}
+    for h in results.headers:
+        by_machine.setdefault(h.environment.machine, []).append(h)
     out = []
     for machine, headers in by_machine.items():
-        facts = [_env_facts(h, [w for w in workers if w.get("run_id") == h.get("run_id")]) for h in headers]
+        facts = [_env_facts(h, results.workers_of(h.run_id)) for h in headers]
         keys = list(dict.fromkeys(k for f in facts for k in f))
         shared = {k: facts[0][k] for k in keys if all(f.get(k) == facts[0].get(k) for f in facts)}
         varying = [k for k in keys if k not in shared]
         runs = []
         for h, f in zip(headers, facts, strict=True):
-            load = ", ".join(f"{v:.2f}" for v in (h.get("environment") or {}).get("load_average") or [])
-            ws = [w for w in workers if w.get("run_id") == h.get("run_id")] or [{}]
-            for i, w in enumerate(ws):  # the run's own facts once, on its first worker's row
-                runs.append({"run_id": h.get("run_id"), "created": h.get("created", "") if not i else "",
+            load = ", ".join(f"{v:.2f}" for v in h.environment.load_average)
+            workers: list[WorkerInfo | None] = [*results.workers_of(h.run_id)] or [None]
+            for i, w in enumerate(workers):  # the run's own facts once, on its first worker's row
+                runs.append({"run_id": h.run_id, "created": h.created if not i else "",
                              "load": load if not i else "",
                              "varying": [f.get(k, "") if not i else "" for k in varying],
-                             "backend": w.get("backend", ""),
-                             "device": w.get("device", ""),
-                             "versions": ", ".join(f"{k} {v}" for k, v in (w.get("versions") or {}).items()),
-                             "flags": ", ".join(f"{k}={v}" for k, v in (w.get("flags") or {}).items())})
+                             "backend": w.backend if w else "", "device": w.device if w else "",
+                             "versions": ", ".join(f"{k} {v}" for k, v in w.versions.items()) if w else "",
+                             "flags": ", ".join(f"{k}={v}" for k, v in w.flags.items()) if w else ""})
         out.append({"machine": machine, "facts": shared, "varying": varying, "runs": runs,
                     "count": len(headers)})
     return out
@@ -283,14 +281,15 @@ def write_data(a: Analysis, folder: Path) -> list[str]:
     return names
 
 
-def build_site(results: Results | Iterable[str | Path], out_dir: str | Path, baseline: str = "torch",
-               cases: Iterable[Case] | None = None, order: Iterable[str] = ()) -> Path:
+def build_site(results: ResultSet | Iterable[str | Path], out_dir: str | Path, baseline: str = "torch",
+               order: Iterable[str] = (), cases: Iterable[Case] | None = None) -> Path:
     """Write the report for ``results`` (read already, or files and folders to read) into ``out_dir``; returns the
-    index.html path. ``cases``: the catalog that networks are judged complete against (default: the bundled one);
-    ``order``: the frameworks' order in tables and legends (the backend registry's, which the CLI passes)."""
+    index.html path. ``order``: the frameworks' order in tables and legends (the backend registry's, which the CLI
+    passes); ``cases``: the catalog that networks of runs which did not record theirs (results schema 1) are judged
+    against (default: the bundled one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    a = analysis.analyze(results if isinstance(results, Results) else read_many(results), baseline, cases, order)
+    a = analysis.analyze(results if isinstance(results, ResultSet) else read_many(results), baseline, order, cases)
     frame = a.measurements
     shutil.copy(HERE / "static" / "style.css", out / "style.css")
     figs = render_figures(a, out / "figures")
@@ -299,15 +298,16 @@ def build_site(results: Results | Iterable[str | Path], out_dir: str | Path, bas
     data_files = write_data(a, out / "data")
     status = frame["status"].where(frame["applies"], "not applicable").value_counts().to_dict() \
         if not frame.empty else {}
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
     html = env.get_template("index.html.j2").render(
         baseline=baseline, n=len(frame), status=status,
         machines=sorted(frame["machine"].unique()) if not frame.empty else [],
-        backends=list(a.order), l2=summary.cache_state(a),
+        backends=list(a.palette.order), l2=summary.cache_state(a),
         cases=frame["case"].nunique() if not frame.empty else 0,
         summary=questions, figure_by_key=figs, figures=[f for k, f in figs.items() if k not in inline],
         environments=environments(a), tables=case_tables(a), warnings=warning_rows(a), data_files=data_files,
-        history=history.section(a.results, out / "figures", a.order),  # reports/history.py; empty for one run
+        history=history.section(a.results, out / "figures", a.palette),  # reports/history.py; empty for one run
     )
     index = out / "index.html"
     index.write_text(html, encoding="utf-8")

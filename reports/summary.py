@@ -1,5 +1,6 @@
 """Ready numbers (``reports.analysis``) → the report's answers: at most two short headline sentences per question,
-compact tables and notes. Nothing is computed here beyond choosing words and formats.
+compact tables and notes. Nothing is computed here beyond choosing words and formats; the words for op kinds,
+varieties and passes come from ``suite.ops`` (``varieties()``, ``pass_label``), so a new kind needs none here.
 
 A block is ``{"where", "headline", "tables", "notes", "missing"}``; a table is ``{"columns", "rows", "caption",
 "link", "cls"}``; a cell is ``{"text", "ci", "cls", "bold"}``.
@@ -13,15 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.analysis import CONFIG, OVERHEAD_FACTOR, PHASES, SAME_BAND, Analysis
-from reports.frame import PASS_LABELS, backend_order, pass_label
+from reports.analysis import CONFIG, OVERHEAD_FACTOR, Analysis
+from reports.frame import main_kinds
+from suite.catalog import PHASES
+from suite.ops import PASS_LABELS, PASSES, pass_label, varieties
+from suite.results import SAME_BAND
 from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
-KIND_LABELS = {"gemm": "GEMMs", "conv2d": "convs", "depthwise": "depthwise convs", "bgemm": "batched GEMMs",
-               "attention": "attention", "rnn": "recurrent layers"}
 KIND_FIGURE = "kind-{}"  # the figure key of an op kind's section
-# In an op kind's own section "backward" is all its gradients (attention's dQ, dK and dV), not always dX+dW.
-KIND_PASS_LABELS = {**PASS_LABELS, "backward": "backward"}
 WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
                  "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
@@ -107,7 +107,18 @@ def block(headline: str, tables: list[dict[str, Any]] | None = None, notes: list
 
 def ordered(a: Analysis, names: Iterable[str]) -> list[str]:
     """The frameworks among ``names`` in the report's order (the backend registry's)."""
-    return backend_order(names, a.order)
+    return a.palette.ordered(names)
+
+
+def kind_label(kind: str) -> str:
+    """An op kind's or variety's plural noun for sentences ('GEMMs', 'depthwise convs'), from ``suite.ops``."""
+    return varieties().get(kind, (kind, ""))[0]
+
+
+def kind_place(kind: str) -> int:
+    """An op kind's or variety's place in the report: the op registry's order (unknown ones last)."""
+    names = list(varieties())
+    return names.index(kind) if kind in names else len(names)
 
 
 def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iterable[tuple[tuple, str, pd.DataFrame]]:
@@ -128,12 +139,12 @@ def config_title(key: tuple) -> str:
 def kinds_text(kinds: Iterable[str]) -> str:
     """'GEMMs, attention' from the networks' comma-joined op kinds."""
     names = sorted({k for joined in kinds for k in str(joined).split(", ") if k})
-    return ", ".join(KIND_LABELS.get(k, k) for k in names)
+    return ", ".join(kind_label(k) for k in names)
 
 
 def kind_title(kind: str) -> str:
     """'Batched GEMMs', 'Attention': an op kind's label as a title."""
-    label = KIND_LABELS.get(kind, kind)
+    label = kind_label(kind)
     return label[:1].upper() + label[1:]
 
 
@@ -160,19 +171,18 @@ def speed(a: Analysis) -> list[dict[str, Any]]:
         order = sorted(backends, key=lambda b: -wins.get(b, 0))
         head = (f"{on(key[1])}, {order[0]} is fastest in {wins.get(order[0], 0)} of {compared} case×pass "
                 "comparisons (" + ", ".join(f"{b} {wins.get(b, 0)}" for b in order[1:]) + ").")
-        fwd = group[group["pass"].eq("forward") & group["backend"].ne(base) & group["kind"].isin(["gemm", "conv2d"])]
-        parts = [f"{b} " + " and ".join(f"{speedup_text(r.geomean)} on {KIND_LABELS[r.kind]}"
+        fwd = group[group["pass"].eq("forward") & group["backend"].ne(base) & group["kind"].isin(main_kinds())]
+        parts = [f"{b} " + " and ".join(f"{speedup_text(r.geomean)} on {kind_label(r.kind)}"
                                          for r in fwd[fwd["backend"].eq(b)].sort_values("kind", key=lambda k: k.map(
-                                             {"gemm": 0, "conv2d": 1})).itertuples())
+                                             kind_place)).itertuples())
                  for b in ordered(a, fwd["backend"])]
         if parts:
             head += f" Forward pass against {base} (geomeans): " + "; ".join(parts) + "."
         keyed = []  # (kind's place, pass's place), row
         for (kind, pass_), kg in group.groupby(["kind", "pass"], sort=False):
-            row = [cell(KIND_LABELS.get(kind, kind), num=False), cell(pass_label(kind, pass_), num=False),
+            row = [cell(kind_label(kind), num=False), cell(pass_label(kind, pass_), num=False),
                    cell(int(kg["cases"].max()))]
-            keyed.append(((list(KIND_LABELS).index(kind) if kind in KIND_LABELS else 9,
-                           list(PASS_LABELS).index(pass_)), row))
+            keyed.append(((kind_place(kind), PASSES.index(pass_)), row))
             by_backend = kg.set_index("backend")
             most = kg["wins"].max()
             for b in backends:
@@ -203,14 +213,14 @@ def variant_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
     rows = [[cell(r.backend, num=False), cell(r.variant, num=False),
              cell({True: "yes", False: "no"}.get(r.default, "not recorded"), num=False), cell(r.tried),
              cell(r.won, bold=r.won > 0)] for r in v.sort_values(["backend", "variant"], key=lambda c: c.map(
-                 {b: i for i, b in enumerate(a.order)}) if c.name == "backend" else c).itertuples()]
+                 {b: i for i, b in enumerate(a.palette.order)}) if c.name == "backend" else c).itertuples()]
     out = [table(["framework", "variant (mode · layout · options)", "default", "case×pass measured", "fastest in"],
                  rows, caption="Fair comparison: each framework enters every comparison with its fastest variant "
                                "among those measured here; repeated runs of one variant are pooled, not picked.")]
     effects = a.variant_effects
     e = effects[(effects[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)] if len(effects) else effects
     if not e.empty:
-        passes = [p for p in PASS_LABELS if p in set(e["pass"])]
+        passes = [p for p in PASSES if p in set(e["pass"])]
         rows = []
         for (backend, variant), g in e.groupby(["backend", "variant"], sort=False):
             by_pass = g.set_index("pass")
@@ -272,7 +282,7 @@ def ratio_tables(a: Analysis, key: tuple) -> list[dict[str, Any]]:
     group = s[(s[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)] if len(s) else s
     if group.empty:
         return []
-    whiches = [w for w in PASS_LABELS if w in set(group["which"])]
+    whiches = [w for w in PASSES if w in set(group["which"])]
     cells = {(r.backend, r.which): r for r in group.itertuples()}
     rows = []
     for b in ordered(a, group["backend"]):
@@ -498,8 +508,7 @@ def reliability(a: Analysis) -> list[dict[str, Any]]:
     notes = []
     loaded = []
     for h in a.results.headers:
-        env = h.get("environment") or {}
-        load, cpus = env.get("load_average") or [], (env.get("cpu") or {}).get("usable_cpus")
+        load, cpus = h.environment.load_average, h.environment.cpu.usable_cpus
         if load and cpus and load[0] > 0.5 * cpus:
             loaded.append(load[0])
     if loaded:
@@ -516,29 +525,29 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
     """An op kind beyond GEMM and conv: achieved FLOP/s per framework and pass (each framework's fastest variant,
     geomean over cases), backward/forward time, the kernel each backend recorded; passes the op does not have are
     not applicable, and a framework's own layout for the op is named, not compared."""
-    label = KIND_LABELS.get(kind, kind)
+    label = kind_label(kind)
     t = a.kind_throughput[a.kind_throughput["op"].eq(kind)] if len(a.kind_throughput) else a.kind_throughput
     frame = a.measurements
     refused = frame[frame["op"].eq(kind) & ~frame["applies"]]
     notes = []
     if len(refused):
-        passes = [KIND_PASS_LABELS[p] for p in KIND_PASS_LABELS if p in set(refused["pass"])]
+        passes = [pass_label(kind, p) for p in PASSES if p in set(refused["pass"])]
         notes.append(f"Not applicable, not gaps: the {len(refused)} records of {' and '.join(passes)} of {label} are "
                      f"refusals by design ({refused['reason'].dropna().iloc[0]}).")
     if t.empty:
         return [block(f"No successful measurement of {label} in these results.", notes=notes, missing=True)]
     blocks = []
     for key, where, group in groups(t, CONFIG, a.pooled):
-        backends, passes = ordered(a, group["backend"]), [p for p in KIND_PASS_LABELS if p in set(group["pass"])]
+        backends, passes = ordered(a, group["backend"]), [p for p in PASSES if p in set(group["pass"])]
         by = group.set_index(["backend", "pass"])
         lead = "forward" if "forward" in passes else passes[0]
         first = group[group["pass"].eq(lead)].sort_values("tflops", ascending=False)
         cases = int(first["cases"].max())
-        head = (f"{on(key[1])}, {label} {KIND_PASS_LABELS[lead]} ({cases} case{'s' if cases != 1 else ''}, geomean): "
+        head = (f"{on(key[1])}, {label} {pass_label(kind, lead)} ({cases} case{'s' if cases != 1 else ''}, geomean): "
                 + ", ".join(f"{r.backend} {flops_text(r.tflops)}" for r in first.itertuples()) + ".")
         r = a.kind_ratios
         ratios = r[(r[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1) & r["kind"].eq(kind)] if len(r) else r
-        whiches = [w for w in KIND_PASS_LABELS if w in set(ratios["which"])]
+        whiches = [w for w in PASSES if w in set(ratios["which"])]
         if "backward" in whiches:
             full = ratios[ratios["which"].eq("backward")]
             head += (f" Backward takes {span(full['geomean'])} the forward time across frameworks, against a FLOP "
@@ -562,8 +571,8 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
                     if (b, w) in cells.index else cell("–") for w in whiches]
             rows.append(row)
         flop = ratios.groupby("which")["flop_ratio"].median()
-        columns = ["framework", "layout", "kernel recorded"] + [f"{KIND_PASS_LABELS[p]} FLOP/s" for p in passes] + [
-            f"{KIND_PASS_LABELS[w]} / forward time (FLOPs {flop[w]:.2g}×)" for w in whiches]
+        columns = ["framework", "layout", "kernel recorded"] + [f"{pass_label(kind, p)} FLOP/s" for p in passes] + [
+            f"{pass_label(kind, w)} / forward time (FLOPs {flop[w]:.2g}×)" for w in whiches]
         own = {b: set(group.loc[group["backend"].eq(b), "layouts"].sum()) for b in backends}
         layout_notes = []
         if all(len(v) == 1 for v in own.values()) and len({min(v) for v in own.values()}) > 1:

@@ -472,6 +472,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Build the static HTML report (figures, tables, normalized data) from results files or folders."""
     from suite.compare import choose_baseline
 
+    try:  # first: without the report's packages there is nothing to read the results for (one message, no warnings)
+        from reports.site import build_site
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] in ("suite", "reports", "backends"):
+            raise
+        raise UsageError(f"the report needs {exc.name}, which is not installed in this environment: install the "
+                         "report extra (pip install 'opbench[report]') or run it through tox (tox -e report)") from None
     results = read_measurements(args.results)
     baseline = choose_baseline(backends.ALIASES.get(args.baseline, args.baseline) if args.baseline else None,
                                list(dict.fromkeys(m.backend for m in results.measurements)), list(backends.REGISTRY))
@@ -480,16 +487,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: cannot write the report here: {exc.strerror or exc} (-o takes a folder)") from None
-    try:
-        from reports.site import build_site
-
-        with err_console.status(f"building the report from {len(results.measurements)} measurements"):
-            index = build_site(results, out, baseline=baseline, order=backends.REGISTRY)  # read once, above
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] in ("suite", "reports", "backends"):
-            raise
-        raise UsageError(f"the report needs {exc.name}, which is not installed in this environment: install the "
-                         "report extra (pip install 'opbench[report]') or run it through tox (tox -e report)") from None
+    with err_console.status(f"building the report from {len(results.measurements)} measurements"):
+        index = build_site(results, out, baseline=baseline, order=backends.REGISTRY)  # read once, above
     console.print(f"report written: {index} (open it in a browser, or publish the folder {index.parent})")
     return 0
 

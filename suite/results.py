@@ -65,7 +65,7 @@ def percent_of(tflops: float, peak_tflops: float | None) -> float:
     """Achieved TFLOP/s as % of a peak (NaN without one). The peak GEMM itself is exactly 100."""
     if peak_tflops is None or not math.isfinite(peak_tflops) or peak_tflops <= 0 or not math.isfinite(tflops):
         return math.nan
-    return 100.0 * tflops / peak_tflops
+    return 100.0 * (tflops / peak_tflops)  # the ratio first: (100 · x) / x is not always exactly 100
 
 
 def _float(value: Any) -> float:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from reports.analysis import CONFIG, layer_sets, network_rollup
-from reports.frame import FIRST_LAYER_TAG
-from suite.catalog import Case, Provenance
+from reports.analysis import CONFIG, network_rollup
+from suite.catalog import FIRST_LAYER_TAG, Case, Provenance, network_sets
 from suite.ops import Gemm
 
 SAME = {name: "same" for name in CONFIG}  # one machine, device, dtype, ...: what a total never crosses
 # A training set of two layers (a is the network's first layer, so one of its 3 uses computes no dX) and an inference
 # set of one layer used 4 times. Times are powers of ten per layer and pass, so every weight shows in the total.
-SETS = layer_sets([Case("a", Gemm(8, 8, 8), Provenance("net", "a", "s"), 3, ("modern", "train", FIRST_LAYER_TAG)),
+SETS = network_sets([Case("a", Gemm(8, 8, 8), Provenance("net", "a", "s"), 3, ("modern", "train", FIRST_LAYER_TAG)),
                    Case("b", Gemm(8, 8, 16), Provenance("net", "b", "s"), 2, ("modern", "train")),
                    Case("c", Gemm(8, 8, 24), Provenance("net", "c", "s"), 4, ("modern", "inference"))])
 TIMES = {("a", "forward"): 1.0, ("a", "backward_data"): 10.0, ("a", "backward_weight"): 100.0,

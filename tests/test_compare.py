@@ -575,15 +575,3 @@ def test_pairs_are_listed_slower_first_then_faster_then_not_compared_then_same(t
     assert [(p["case"], p["verdict"]) for p in pairs] == [("d", "slower"), ("b", "slower"), ("c", "faster"),
                                                           ("e", "not compared"), ("a", "same")]
 
-
-def test_a_plugin_keeps_its_report_colour_in_the_history_figure():
-    from matplotlib.colors import to_hex
-
-    from reports.figures import palette
-    from reports.history import Track, figure
-
-    order = ("torch", "numpy", "numpy2")  # two plugins: the second takes the second spare colour in every figure
-    track = Track("machine", "numpy2", [None, None])  # the figure reads only how many points there are
-    fig = figure(track, [{"pass": "forward", "medians": [1e-3, 2e-3]}], order)
-    line = fig.axes[0].lines[0]
-    assert to_hex(line.get_color()) == palette(order)["numpy2"].lower() != palette(["numpy2"])["numpy2"].lower()

@@ -10,6 +10,7 @@ import pytest
 
 from reports import peak
 from suite import environment
+from suite.results import CpuInfo, Environment
 
 LSCPU_WITH_MAX = """Architecture:                x86_64
 Model name:                  Intel(R) Xeon(R) Platinum 8480+
@@ -48,7 +49,7 @@ def test_cpu_info_records_the_clocks_and_topology():
 def test_cpu_peak_uses_the_max_clock_where_the_machine_states_it():
     cpu = {"usable_cpus": 4, "mhz": 2000.0, "max_mhz": 3800.0, "max_mhz_source": "lscpu CPU max MHz",
            "threads_per_core": 1, "vector_flags": AVX512}
-    got = peak.cpu_peak(cpu, "fp32")
+    got = peak.cpu_peak(CpuInfo.from_record(cpu), "fp32")
     assert got.tflops == pytest.approx(4 * 3.8e9 * 2 * 16 * 2 / 1e12)
     assert got.label == peak.THEORETICAL_CPU
     assert "3.80 GHz max clock (lscpu CPU max MHz)" in got.basis
@@ -56,7 +57,7 @@ def test_cpu_peak_uses_the_max_clock_where_the_machine_states_it():
 
 def test_cpu_peak_with_only_the_nominal_clock_says_it_may_understate():
     cpu = {"usable_cpus": 2, "mhz": 2600.0, "max_mhz": None, "threads_per_core": 1, "vector_flags": AVX512}
-    got = peak.cpu_peak(cpu, "fp32")
+    got = peak.cpu_peak(CpuInfo.from_record(cpu), "fp32")
     assert got.tflops == pytest.approx(2 * 2.6e9 * 2 * 16 * 2 / 1e12)
     assert got.label == peak.THEORETICAL_CPU_NOMINAL == "theoretical (nominal clock, may understate)"
     assert "nominal clock" in got.basis
@@ -64,18 +65,20 @@ def test_cpu_peak_with_only_the_nominal_clock_says_it_may_understate():
 
 def test_cpu_peak_counts_cores_not_smt_threads():
     cpu = {"usable_cpus": 8, "mhz": 2000.0, "threads_per_core": 2, "vector_flags": ["avx2", "fma"]}
-    assert peak.cpu_peak(cpu, "fp32").tflops == pytest.approx(4 * 2.0e9 * 2 * 8 * 2 / 1e12)
-    assert "4 cores (8 usable CPUs / 2 threads per core)" in peak.cpu_peak(cpu, "fp32").basis
-    unknown = peak.cpu_peak({**cpu, "threads_per_core": None}, "fp32")
+    assert peak.cpu_peak(CpuInfo.from_record(cpu), "fp32").tflops == pytest.approx(4 * 2.0e9 * 2 * 8 * 2 / 1e12)
+    assert "4 cores (8 usable CPUs / 2 threads per core)" in peak.cpu_peak(CpuInfo.from_record(cpu), "fp32").basis
+    unknown = peak.cpu_peak(CpuInfo.from_record({**cpu, "threads_per_core": None}), "fp32")
     assert unknown.tflops == pytest.approx(8 * 2.0e9 * 2 * 8 * 2 / 1e12) and "SMT siblings" in unknown.basis
 
 
 def test_cpu_peak_dtype_factors_and_missing_facts():
     cpu = {"usable_cpus": 2, "mhz": 2600.0, "threads_per_core": 1, "vector_flags": [*AVX512, "amx_bf16"]}
-    assert peak.cpu_peak(cpu, "bf16").tflops == pytest.approx(2 * peak.cpu_peak(cpu, "fp32").tflops)
-    assert peak.cpu_peak(cpu, "fp16").tflops == pytest.approx(peak.cpu_peak(cpu, "fp32").tflops)  # no AVX512_FP16
-    assert peak.cpu_peak({"usable_cpus": 2}, "fp32").tflops is None
-    assert peak.theoretical({"cpu": cpu}, "cpu", "fp32") == peak.cpu_peak(cpu, "fp32")
+    fp32 = peak.cpu_peak(CpuInfo.from_record(cpu), "fp32").tflops
+    assert peak.cpu_peak(CpuInfo.from_record(cpu), "bf16").tflops == pytest.approx(2 * fp32)
+    assert peak.cpu_peak(CpuInfo.from_record(cpu), "fp16").tflops == pytest.approx(fp32)  # no AVX512_FP16
+    assert peak.cpu_peak(CpuInfo.from_record({"usable_cpus": 2}), "fp32").tflops is None
+    assert peak.theoretical(Environment.from_record({"cpu": cpu}), "cpu", "fp32") == peak.cpu_peak(
+        CpuInfo.from_record(cpu), "fp32")
 
 
 # ------------------------------------------------------------------------------------------- the bandwidth roof
@@ -86,20 +89,23 @@ def _copy(gbps: float, buffer_mib: int = 1024) -> dict:
 
 def test_cpu_bandwidth_is_the_fastest_measured_copy_of_the_machine():
     envs = [{"memory_bandwidth": None}, {"memory_bandwidth": _copy(18.5)}, {"memory_bandwidth": _copy(21.0)}, {}]
-    roof = peak.bandwidth(envs, "cpu")
+    roof = peak.bandwidth(map(Environment.from_record, envs), "cpu")
     assert roof.gbps == 21.0 and roof.label == peak.MEASURED_BANDWIDTH
     assert "1,024 MiB buffer" in roof.basis and "480 MiB" in roof.basis
 
 
 def test_cpu_bandwidth_missing_says_how_to_measure_it():
-    roof = peak.bandwidth([{"memory_bandwidth": None}, {}], "cpu")
+    roof = peak.bandwidth([Environment.from_record({"memory_bandwidth": None}), Environment()], "cpu")
     assert roof.gbps is None and "--bandwidth" in roof.basis
 
 
 def test_gpu_bandwidth_is_the_datasheet():
-    assert peak.bandwidth([{"gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}], "gpu").gbps == 3350.0
-    assert peak.bandwidth([{"gpus": [{"name": "Mystery GPU"}]}], "gpu").gbps is None
-    assert peak.bandwidth([{}], "gpu").gbps is None
+    def gpu(name: str) -> list[Environment]:
+        return [Environment.from_record({"gpus": [{"name": name}]})]
+
+    assert peak.bandwidth(gpu("NVIDIA H100 80GB HBM3"), "gpu").gbps == 3350.0
+    assert peak.bandwidth(gpu("Mystery GPU"), "gpu").gbps is None
+    assert peak.bandwidth([Environment()], "gpu").gbps is None
 
 
 def test_bandwidth_buffer_is_far_larger_than_the_cache_within_limits():

@@ -13,6 +13,7 @@ import pytest
 
 from reports.site import build_site
 from suite.stats import format_seconds as fmt_time
+from tests.golden_report import as_run
 
 pytestmark = pytest.mark.browser
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -50,8 +51,8 @@ VIEWPORT = 1400
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    files = [*sorted(GOLDEN.glob("*_3fw.jsonl")), GOLDEN / "handmade_failures.jsonl"]
-    return build_site(files, tmp_path_factory.mktemp("report") / "site", cases=())  # networks as run (net: tags)
+    files = as_run(tmp_path_factory.mktemp("results"))  # the golden files, recording the catalog their runs used
+    return build_site(files, tmp_path_factory.mktemp("report") / "site")
 
 
 def test_page_loads_images_links_numbers(site: Path, tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """Report tests: the analysis layer on hand-made records with hand-computed values (network rollup, pooling,
-overhead-floor exclusion, peaks), the sentences, and the static site on the golden results (tests/data/golden)."""
+overhead-floor exclusion, peaks), the sentences, and the static site on the golden results (tests/data/golden).
+
+Hand-made records are typed as the reader types them (``Measurement.from_record``) and their run's header records the
+network sets its catalog held, as a run does; the golden files record theirs as tests/golden_report.py writes them."""
 
 from __future__ import annotations
 
@@ -11,21 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.colors import to_rgb
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from reports import analysis, figures, peak, site, summary
+from reports.palette import COLORS, SPARE_COLORS, Palette
 from reports.site import FIGURES, build_site
 from suite import ops
-from suite.catalog import Case, Provenance
+from suite.catalog import Case, Provenance, network_sets
 from suite.cli import main
-from suite.measurement import Measurement
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, op_to_dict
-from suite.results import Results
+from suite.results import Measurement, ResultSet, RunHeader, WorkerInfo
 from suite.stats import format_seconds
+from tests.golden_report import FILES, GOLDEN, as_run
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
-FILES = [*sorted(GOLDEN.glob("*_3fw.jsonl")), GOLDEN / "handmade_failures.jsonl"]
 OLD = GOLDEN / "smoke_torch_tf.jsonl"  # written before measurements recorded default_variant
 SMALL = Gemm(64, 64, 64)
 HEADER = {"record": "header", "run_id": "r1", "environment": {
@@ -53,9 +55,15 @@ def case(case_id: str, count: int, tags: tuple[str, ...], op: Gemm | Conv2d = SM
     return Case(case_id, op, Provenance("Net", case_id, "test"), count, ("modern", *tags))
 
 
-def results(*records: dict) -> Results:
+def results(*records: dict, cases: tuple[Case, ...] = (), workers: tuple[dict, ...] = (),
+            header: dict = HEADER) -> ResultSet:
+    """The records as read: typed, under one header per run that records the network sets of ``cases``."""
+    sets = [s.to_record() for s in network_sets(cases)]
     runs = sorted({r["run_id"] for r in records})
-    return Results(headers=[{**HEADER, "run_id": run} for run in runs], measurements=list(records))
+    return ResultSet(headers=[RunHeader.from_record({**header, "run_id": run, "catalog": {"networks": sets}})
+                              for run in runs],
+                     workers=[WorkerInfo.from_record(w) for w in workers],
+                     measurements=[Measurement.from_record(r) for r in records])
 
 
 # A two-layer network: L1 (the first layer, count 1), L2 (count 3); times per pass in seconds.
@@ -70,7 +78,7 @@ def network_records(backend: str = "torch", scale: float = 1.0, **kwargs) -> lis
 
 
 def test_training_step_excludes_the_first_layers_dx() -> None:
-    a = analysis.analyze(results(*network_records()), cases=NET)
+    a = analysis.analyze(results(*network_records(), cases=NET))
     row = a.networks.iloc[0]
     # forward 1 + 3·3 = 10; dX: L1 excluded, 3·4 = 12; dW 2 + 3·6 = 20
     assert (row["forward_s"], row["dx_s"], row["dw_s"], row["time_s"]) == pytest.approx((10, 12, 20, 42))
@@ -83,13 +91,13 @@ def test_first_layer_with_count_above_one_drops_one_dx() -> None:
     net = (case("L1", 2, ("train", "net:toy", "first-layer")), NET[1])
     records = [r for r in network_records() if r["case"] != "L1"] + [
         record("L1", "torch", p, t, count=2, tags=net[0].tags) for p, t in TIMES["L1"].items()]
-    row = analysis.analyze(results(*records), cases=net).networks.iloc[0]
+    row = analysis.analyze(results(*records, cases=net)).networks.iloc[0]
     assert row["dx_s"] == pytest.approx(1 * 5 + 3 * 4) and row["forward_s"] == pytest.approx(2 * 1 + 3 * 3)
 
 
 def test_first_layer_dx_need_not_be_measured() -> None:
     records = [r for r in network_records() if not (r["case"] == "L1" and r["pass"] == "backward_data")]
-    a = analysis.analyze(results(*records), cases=NET)
+    a = analysis.analyze(results(*records, cases=NET))
     assert len(a.networks) == 1 and a.networks.iloc[0]["time_s"] == pytest.approx(42)
 
 
@@ -98,20 +106,20 @@ def test_attention_backward_counts_as_dx_without_dw() -> None:
     net = (*NET, Case("A", attention, Provenance("Net", "A", "test"), 2, ("modern", "train", "net:toy")))
     records = network_records() + [record("A", "torch", p, t, attention, count=2, tags=net[2].tags)
                                    for p, t in (("forward", 0.5), ("backward", 1.5))]
-    row = analysis.analyze(results(*records), cases=net).networks.iloc[0]
+    row = analysis.analyze(results(*records, cases=net)).networks.iloc[0]
     assert (row["forward_s"], row["dx_s"], row["dw_s"]) == pytest.approx((10 + 2 * 0.5, 12 + 2 * 1.5, 20))
     assert row["kinds"] == "attention, gemm"
 
 
 def test_grouping_by_math_never_adds_two_configurations() -> None:
     records = network_records() + network_records(scale=0.5, math="tf32")
-    n = analysis.analyze(results(*records), cases=NET).networks.set_index("math")
+    n = analysis.analyze(results(*records, cases=NET)).networks.set_index("math")
     assert n.loc["strict", "time_s"] == pytest.approx(42) and n.loc["tf32", "time_s"] == pytest.approx(21)
 
 
 def test_partial_network_gets_no_total() -> None:
     records = [r for r in network_records() if r["case"] == "L1"]
-    a = analysis.analyze(results(*records), cases=NET)
+    a = analysis.analyze(results(*records, cases=NET))
     assert a.networks.empty
     row = a.partial_networks.iloc[0]
     assert (row["measured"], row["layers"], row["missing"]) == (1, 2, ["L2"])
@@ -126,7 +134,7 @@ def test_layouts_are_never_added_and_gemms_join_every_layout() -> None:
     records = [record("C", "torch", "forward", 2.0, conv, layout="NCHW", tags=net[0].tags),
                record("C", "torch", "forward", 1.0, conv, layout="channels_last", tags=net[0].tags, default=False),
                record("D", "torch", "forward", 0.5, dense, tags=net[1].tags)]
-    n = analysis.analyze(results(*records), cases=net).networks.set_index("variant")["time_s"]
+    n = analysis.analyze(results(*records, cases=net)).networks.set_index("variant")["time_s"]
     assert n.to_dict() == pytest.approx({"eager · NCHW": 2.5, "eager · channels_last": 1.5})
 
 
@@ -138,7 +146,7 @@ def test_a_conv_only_option_variant_takes_the_gemms_of_its_mode() -> None:
     records = [record("C", "jax", "forward", 2.0, conv, mode="jit", layout="NCHW", tags=net[0].tags),
                {**off, "options": {"ynn_conv": "off"}}, record("D", "jax", "forward", 0.5, dense, mode="jit",
                                                                  tags=net[1].tags)]
-    a = analysis.analyze(results(*records), cases=net)
+    a = analysis.analyze(results(*records, cases=net))
     assert a.partial_networks.empty
     assert a.networks.set_index("variant")["time_s"].to_dict() == pytest.approx(
         {"jit · NCHW": 2.5, "jit · NCHW · ynn_conv=off": 1.5})
@@ -149,14 +157,14 @@ def test_prefill_and_decode_are_apart() -> None:
            case("D", 1, ("inference", "decode", "net:lm-decode")))
     records = [record("P", "torch", "forward", 1.0, tags=net[0].tags), record("D", "torch", "forward", 0.01,
                                                                               tags=net[1].tags)]
-    n = analysis.analyze(results(*records), cases=net).networks.set_index("phase")["time_s"]
+    n = analysis.analyze(results(*records, cases=net)).networks.set_index("phase")["time_s"]
     assert n.to_dict() == pytest.approx({"prefill": 1.0, "decode": 0.01})
 
 
 def test_repeated_runs_are_pooled_not_picked() -> None:
     fast = record("G", "torch", "forward", 1.0, run_id="r1")
     slow = record("G", "torch", "forward", 2.0, run_id="r2")
-    pooled = analysis.analyze(results(fast, slow), cases=()).pooled
+    pooled = analysis.analyze(results(fast, slow)).pooled
     assert len(pooled) == 1 and pooled.iloc[0]["runs"] == 2
     both = np.concatenate([fast["block_times"], slow["block_times"]])
     assert pooled.iloc[0]["median_s"] == pytest.approx(np.median(both))  # 1.51, not the faster run's 1.0
@@ -165,29 +173,30 @@ def test_repeated_runs_are_pooled_not_picked() -> None:
 def test_two_framework_versions_are_two_variants_never_pooled() -> None:
     old = {**record("G", "torch", "forward", 1.0, run_id="r1"), "versions": {"torch": "2.13.0"}}
     new = {**record("G", "torch", "forward", 2.0, run_id="r2"), "versions": {"torch": "2.14.0"}}
-    pooled = analysis.analyze(results(old, new), cases=()).pooled.set_index("variant")
+    pooled = analysis.analyze(results(old, new)).pooled.set_index("variant")
     assert pooled["runs"].tolist() == [1, 1]
     assert pooled["median_s"].to_dict() == pytest.approx({"eager · row-major · 2.13.0": 1.0,
                                                           "eager · row-major · 2.14.0": 2.0})
 
 
-def test_measurement_from_an_old_record_gets_defaults() -> None:
+def test_a_record_without_the_newer_fields_is_a_row_with_their_defaults() -> None:
     old = {k: v for k, v in record("G", "torch", "forward", 2.0).items() if k not in ("default_variant", "l2")}
-    m = Measurement.from_record({**old, "stats": {**old["stats"], "ci_low": None}})
-    assert m.default_variant is None and m.l2 == "warm" and np.isnan(m.ci_low) and m.median == 2.0
-    assert m.per_call == tuple(old["block_times"]) and m.op == SMALL and m.pass_ == "forward"
+    row = analysis.analyze(results({**old, "stats": {**old["stats"], "ci_low": None}})).measurements.iloc[0]
+    assert row["default_variant"] is None and row["l2"] == "warm" and np.isnan(row["ci_low_s"])
+    assert row["median_s"] == 2.0 and np.isnan(row["tflops_high"]) and row["spec"] == SMALL
+    assert tuple(row["samples"]) == tuple(old["block_times"]) and row["pass"] == "forward"
 
 
 def test_warm_and_cold_l2_are_never_pooled() -> None:
     records = [record("G", "torch", "forward", 1.0), {**record("G", "torch", "forward", 3.0), "l2": "cold"}]
-    pooled = analysis.analyze(results(*records), cases=()).pooled.set_index("l2")["median_s"]
+    pooled = analysis.analyze(results(*records)).pooled.set_index("l2")["median_s"]
     assert pooled.to_dict() == pytest.approx({"warm": 1.0, "cold": 3.0})
 
 
 def test_speedup_best_variant_and_variant_table() -> None:
     records = [record("G", "torch", "forward", 1.0), record("G", "tensorflow", "forward", 4.0, mode="function"),
                record("G", "tensorflow", "forward", 2.0, mode="eager", default=False)]
-    a = analysis.analyze(results(*records), cases=())
+    a = analysis.analyze(results(*records))
     tf = a.pooled[a.pooled["backend"].eq("tensorflow") & a.pooled["best"]].iloc[0]
     assert tf["mode"] == "eager" and tf["speedup"] == pytest.approx(0.5)
     v = a.variants.set_index(["backend", "variant"])
@@ -207,7 +216,7 @@ def test_speedup_best_variant_and_variant_table() -> None:
 
 def test_pass_ratios_use_the_ops_flop_ratio() -> None:
     records = [record("G", "torch", "forward", 1.0), record("G", "torch", "backward", 3.0)]
-    r = analysis.analyze(results(*records), cases=()).ratios.iloc[0]
+    r = analysis.analyze(results(*records)).ratios.iloc[0]
     assert r["ratio"] == pytest.approx(3.0) and r["flop_ratio"] == 2.0
 
 
@@ -216,7 +225,7 @@ def test_overhead_floor_excludes_small_sizes_from_the_fit() -> None:
     time = {s: 20e-6 + 1e-10 * s ** 3 for s in sizes}  # 20 µs overhead + a cubic kernel
     records = [record(f"sweep-gemm-{s}", "torch", p, time[s] * f, Gemm(s, s, s), tags=("sweep-gemm",))
                for s in sizes for p, f in (("forward", 1), ("backward", 2))]
-    a = analysis.analyze(results(*records), cases=())
+    a = analysis.analyze(results(*records))
     points = a.scaling_points[a.scaling_points["phase"] == "inference"].set_index("size")
     floor = min(time.values())  # the 64³ point: every size under 10× its time is overhead-bound
     assert points["fitted"].to_dict() == {float(s): time[s] >= 10 * floor for s in sizes}
@@ -231,7 +240,7 @@ def test_overhead_floor_excludes_small_sizes_from_the_fit() -> None:
 def test_peak_labelling_and_percentages_above_100() -> None:
     records = [record("peak-gemm", "torch", "forward", 2e-3, Gemm(512, 512, 512), tags=("peak",)),
                record("W", "torch", "forward", 1.5e-3, Conv2d(1, 64, 64, 64, 64, 3, 3))]
-    a = analysis.analyze(results(*records), cases=())
+    a = analysis.analyze(results(*records))
     p = a.peaks.iloc[0]
     theo = 2 * 2.0e9 * 2 * 16 * 2 / 1e12  # 2 CPUs × 2 GHz × 2 FMA × 16 lanes × 2
     assert p["theoretical_tflops"] == pytest.approx(theo) and p["nominal_clock"]
@@ -250,21 +259,23 @@ def test_conv_vs_dense_both_framings() -> None:
     records = [record("conv", "torch", "forward", 2.0, conv, tags=("seed",)),
                record("dense-values", "torch", "forward", 1.0, same_values, tags=("seed",)),
                record("dense-pixels", "torch", "forward", 4.0, same_pixels, tags=("seed",))]
-    c = analysis.analyze(results(*records), cases=()).conv_dense.set_index("framing")
+    c = analysis.analyze(results(*records)).conv_dense.set_index("framing")
     assert c.loc["same input values", "dense"] == "dense-values" and c.loc["same input values", "ratio"] == 2.0
     assert c.loc["features = pixels", "dense"] == "dense-pixels" and c.loc["features = pixels", "ratio"] == 0.5
     assert summary.time_ratio_text([2.0]) == "is 2.0× slower" and summary.time_ratio_text([0.5]) == "is 2.0× faster"
 
 
 # ------------------------------------------------------------------------------------------------ golden results
-# The golden results are judged against the layer sets they were measured with (their net: tags), not against
-# the catalog of the day, which grows; judging against the catalog is tested above with hand-made catalogs.
-AS_RUN: tuple[Case, ...] = ()
+# The golden results are judged against the layer sets their runs used (recorded as a run records them: as_run), not
+# against the catalog of the day, which grows; judging against a catalog is tested above with hand-made catalogs.
+@pytest.fixture(scope="module")
+def golden_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return as_run(tmp_path_factory.mktemp("golden"))
 
 
 @pytest.fixture(scope="module")
-def golden() -> analysis.Analysis:
-    return analysis.build(FILES, baseline="torch", cases=AS_RUN)
+def golden(golden_files: list[Path]) -> analysis.Analysis:
+    return analysis.build(golden_files, baseline="torch")
 
 
 def _records(paths: list[Path]) -> list[dict]:
@@ -310,8 +321,8 @@ def test_scaling_axes_carry_several_labelled_ticks(golden: analysis.Analysis) ->
         assert len(labels) >= 3, labels
 
 
-def test_site(golden: analysis.Analysis, tmp_path: Path) -> None:
-    index = build_site(FILES, tmp_path / "site", cases=AS_RUN)
+def test_site(golden: analysis.Analysis, golden_files: list[Path], tmp_path: Path) -> None:
+    index = build_site(golden_files, tmp_path / "site")
     html = index.read_text()
     for ref in re.findall(r'(?:href|src)="([^"#][^"]*)"', html):
         assert (index.parent / ref).is_file(), ref
@@ -362,7 +373,7 @@ def kind_records() -> list[dict]:
 
 
 def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
-    a = analysis.analyze(results(*kind_records()), cases=(), order=REGISTRY_ORDER)
+    a = analysis.analyze(results(*kind_records()), order=REGISTRY_ORDER)
     assert a.kinds == ["bgemm", "attention"]
     t = a.kind_throughput.set_index(["op", "backend", "pass"])
     assert t.loc[("attention", "torch", "forward"), "tflops"] == pytest.approx(ATTENTION.flops() / 1e-3 / 1e12)
@@ -397,7 +408,7 @@ def test_each_other_op_kind_gets_throughput_ratio_and_kernel() -> None:
 
 
 def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> None:
-    a = analysis.analyze(results(*kind_records()), cases=())
+    a = analysis.analyze(results(*kind_records()))
     assert a.quality["not_run"] == {} and a.quality["not_applicable"] == 4
     assert not [w for w in site.warning_rows(a) if w["what"] == "unsupported"]
     cells = {(c["backend"], c["pass"]): cell for t in site.case_tables(a) for r in t["rows"] if r["case"] == "A"
@@ -407,10 +418,10 @@ def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> Non
     assert cells[("torch", "forward")]["sort"] == pytest.approx(1e-3)
     broken = {**refused("A", "torch", "backward"), "reason": "RuntimeError: boom"}  # a pass it has: a real gap
     kept = [r for r in kind_records() if (r["backend"], r["pass"]) != ("torch", "backward")]
-    b = analysis.analyze(results(*kept, {**broken, "status": "error"}), cases=())
+    b = analysis.analyze(results(*kept, {**broken, "status": "error"}))
     assert b.quality["not_run"] == {"error": 1}
     assert any(w["reason"] == "RuntimeError: boom" for w in site.warning_rows(b))
-    html = build_site(results(*kind_records()), tmp_path / "site", cases=()).read_text()
+    html = build_site(results(*kind_records()), tmp_path / "site").read_text()
     assert "4 not applicable" in html and 'src="figures/kind-attention.png"' in html
     assert 'id="q-kind-attention"' in html and 'id="q-kind-bgemm"' in html
     data = pd.read_csv(tmp_path / "site" / "data" / "kind_throughput.csv").set_index(["op", "backend", "pass"])
@@ -418,12 +429,15 @@ def test_passes_an_op_lacks_are_not_applicable_never_gaps(tmp_path: Path) -> Non
 
 
 @dataclasses.dataclass(frozen=True)
-class Toy:
-    """A made-up op kind with forward and backward only: the report must give it a section with no code of its own."""
+class Toy(ops.OpKind):
+    """A made-up op kind with forward and backward only, declaring its words and marker as every kind does: the
+    report must give it a section with no code of its own."""
 
     size: int
     kind = "toy"
     passes = ("forward", "backward")
+    varieties = {"toy": ("toy layers", "X")}
+    pass_labels = {"forward": "forward", "backward": "dT"}
     no_pass_reason = "toy has one backward"
 
     @property
@@ -440,22 +454,35 @@ class Toy:
         return f"toy {self.size}"
 
 
-def test_a_new_op_kind_gets_its_section_without_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(ops.OP_KINDS, "toy", Toy)
+@pytest.fixture
+def toy() -> type[Toy]:
+    """Toy registered as a plugin or a new module would register it (``register_op``), for one test."""
+    ops.register_op(Toy)
+    yield Toy
+    del ops.OP_KINDS[Toy.kind]
+
+
+def test_a_new_op_kind_gets_its_section_without_code(toy: type[Toy], tmp_path: Path) -> None:
     records = [record(f"T{n}", b, p, t * n * f, Toy(1000 * n), layout="seq")
                for n in (1, 2, 3) for b, f in (("torch", 1), ("tensorflow", 2)) for p, t in (("forward", 1e-6),
                                                                                              ("backward", 2e-6))]
-    a = analysis.analyze(results(*records), cases=(), order=REGISTRY_ORDER)
-    assert a.kinds == ["toy"]
-    t = a.kind_throughput.set_index(["backend", "pass"])
-    assert t.loc[("torch", "forward"), "tflops"] == pytest.approx(1e9 / 1e12)
-    assert t.loc[("torch", "forward"), "cases"] == 3
-    assert t.loc[("tensorflow", "forward"), "low"] == pytest.approx(0.5e9 / 1e12)  # equal values: a point CI
-    [block] = summary.kind_section(a, "toy")
-    assert block["headline"].startswith("On this CPU, toy forward (3 cases, geomean): torch 1 GFLOP/s, tensorflow")
+    records += [record("A", "torch", "forward", 1e-3, ATTENTION), record("B", "torch", "forward", 2e-3, BGEMM)]
+    a = analysis.analyze(results(*records), order=REGISTRY_ORDER)
+    assert a.kinds == ["bgemm", "attention", "toy"]  # the registry's order: a new kind after the bundled ones
+    t = a.kind_throughput.set_index(["op", "backend", "pass"])
+    assert t.loc[("toy", "torch", "forward"), "tflops"] == pytest.approx(1e9 / 1e12)
+    assert t.loc[("toy", "torch", "forward"), "cases"] == 3
+    assert t.loc[("toy", "tensorflow", "forward"), "low"] == pytest.approx(0.5e9 / 1e12)  # equal values: a point CI
+    [block] = summary.kind_section(a, "toy")  # the kind's own words: its plural noun and its pass labels
+    assert block["headline"].startswith("On this CPU, toy layers forward (3 cases, geomean): torch 1 GFLOP/s, "
+                                        "tensorflow")
     assert "Backward takes 2.00× the forward time" in block["headline"] and not block["notes"]
-    html = build_site(results(*records), tmp_path / "site", cases=()).read_text()
+    assert [c for c in block["tables"][0]["columns"] if "FLOP/s" in c] == ["forward FLOP/s", "dT FLOP/s"]
+    html = build_site(results(*records), tmp_path / "site").read_text()
     assert 'id="q-kind-toy"' in html and (tmp_path / "site" / "figures" / "kind-toy.png").is_file()
+    assert html.index('id="q-kind-attention"') < html.index('id="q-kind-toy"') < html.index('id="q-peak"')
+    assert "Toy layers: how fast, forward and backward?" in html
+    assert figures.markers()["toy"] == "X"
 
 
 # ------------------------------------------------------------------------------------------------ GPU state
@@ -467,7 +494,7 @@ def gpu(rec: dict, l2: str = "warm", throttled: tuple[str, ...] = ()) -> dict:
 
 def test_throttled_measurements_are_warnings_with_the_reasons() -> None:
     a = analysis.analyze(results(gpu(record("G", "torch", "forward", 1e-3), throttled=("sw_power_cap",)),
-                                 gpu(record("H", "torch", "forward", 1e-3))), cases=())
+                                 gpu(record("H", "torch", "forward", 1e-3))))
     [warning] = [w for w in site.warning_rows(a) if w["what"] == "throttled"]
     assert warning["measurement"].startswith("G ·") and "power cap" in warning["reason"]
     assert warning["reason"].endswith("(NVML: sw_power_cap)")
@@ -480,7 +507,7 @@ def test_throttled_measurements_are_warnings_with_the_reasons() -> None:
 def test_the_report_says_which_l2_state_gpu_numbers_are_in(states: tuple[str, ...], words: str) -> None:
     records = [record("C", "torch", "forward", 1e-3)] + [gpu(record("G", "torch", "forward", 1e-3), l2=s)
                                                           for s in states]
-    text = summary.cache_state(analysis.analyze(results(*records), cases=()))
+    text = summary.cache_state(analysis.analyze(results(*records)))
     assert text.startswith(words) if words else text == ""
     if len(states) == 2:
         assert "1 measurements with a cold L2 cache (cleared before every call" in text
@@ -495,38 +522,40 @@ NVML = {"driver": "550.54.15", "cuda_driver": "12.4", "gpus": [
 def test_environment_shows_the_gpu_driver_cuda_cudnn_and_clock_lock() -> None:
     env = {**HEADER["environment"], "gpus": [{"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15"}],
            "nvml": NVML}
-    res = Results(headers=[{**HEADER, "environment": env}],
-                  workers=[{"record": "worker", "run_id": "r1", "backend": "torch", "device": "gpu",
+    res = results(gpu(record("G", "torch", "forward", 1e-3)), header={**HEADER, "environment": env},
+                  workers=({"record": "worker", "run_id": "r1", "backend": "torch", "device": "gpu",
                             "versions": {"torch": "2.13.0", "cuda": "12.4", "cudnn": "90100"}},
                            {"record": "worker", "run_id": "r1", "backend": "jax", "device": "gpu",
-                            "versions": {"jax": "0.10.2"}}],
-                  measurements=[gpu(record("G", "torch", "forward", 1e-3))])
-    [machine] = site.environments(analysis.analyze(res, cases=()))
+                            "versions": {"jax": "0.10.2"}}))
+    [machine] = site.environments(analysis.analyze(res))
     facts = machine["facts"]
     assert facts["GPUs"] == ("NVIDIA H100 80GB HBM3 (80.0 GiB, max SM clock 1980 MHz, clocks locked (applications "
                              "clocks set), power limit 700.0 W)")
     assert facts["GPU driver"] == "550.54.15, CUDA driver API 12.4"
     assert facts["CUDA / cuDNN (frameworks)"] == "torch: CUDA 12.4, cuDNN 90100"
-    cpu_only = site.environments(analysis.analyze(results(record("G", "torch", "forward", 1e-3)), cases=()))
+    cpu_only = site.environments(analysis.analyze(results(record("G", "torch", "forward", 1e-3))))
     assert cpu_only[0]["facts"]["GPUs"] == "none" and "GPU driver" not in cpu_only[0]["facts"]
 
 
 # ------------------------------------------------------------------------------------------------ backend order
 def test_backend_order_comes_from_the_caller_and_plugins_get_their_own_colour() -> None:
     records = [record("G", b, "forward", t) for b, t in (("numpy", 4.0), ("jax", 1.0), ("torch", 2.0))]
-    a = analysis.analyze(results(*records), cases=(), order=("torch", "tensorflow", "jax", "numpy"))
-    assert a.order == ("torch", "jax", "numpy")
-    assert analysis.analyze(results(*records), cases=()).order == ("jax", "numpy", "torch")  # none given: by name
+    a = analysis.analyze(results(*records), order=("torch", "tensorflow", "jax", "numpy"))
+    assert a.palette.order == ("torch", "jax", "numpy")
+    assert analysis.analyze(results(*records)).palette.order == ("jax", "numpy", "torch")  # none given: by name
     [block] = summary.speed(a)
     assert [c for c in block["tables"][0]["columns"] if c.endswith("wins")] == ["torch wins", "jax wins", "numpy wins"]
-    fig = figures.throughput(a.pooled, a.order)
+    fig = figures.throughput(a.pooled, a.palette)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["torch", "jax", "numpy"]
-    colors = figures.palette(("torch", "tensorflow", "jax", "numpy", "mine"))
+    assert [to_hex(p.get_markerfacecolor()) for p in fig.legends[0].legend_handles] == [
+        a.palette.color(b).lower() for b in ("torch", "jax", "numpy")]
+    colors = Palette.of(("torch", "tensorflow", "jax", "numpy", "mine"), ("torch", "tensorflow", "jax")).colors
     rgb = {b: np.array(to_rgb(c)) for b, c in colors.items()}
     for plugin in ("numpy", "mine"):
-        assert colors[plugin] not in figures.COLORS.values()
+        assert colors[plugin] not in COLORS.values()
         assert np.linalg.norm(rgb[plugin] - rgb["torch"]) > 0.4  # not a shade of torch's vermillion
-    assert colors["numpy"] != colors["mine"] and figures.color("numpy", a.order) == colors["numpy"]
+    assert colors["numpy"] != colors["mine"]  # two plugins: the spare colours in turn (mine, numpy: by name)
+    assert a.palette.color("numpy") == colors["mine"] == SPARE_COLORS[0]  # the report's only plugin: the first
 
 
 def test_report_command_reads_the_results_once_in_registry_order(monkeypatch: pytest.MonkeyPatch,
