@@ -45,8 +45,8 @@ def test_shards_deal_cases_round_robin_in_catalog_order():
 def test_default_picks_the_first_offered_mode_and_layout_and_all_picks_every_one():
     conv = Case("conv", Conv2d(n=1, c=4, h=8, w=8, k=4, r=3, s=3), Provenance("n", "l", "s"))
     default = plan([conv], ["torch", "jax"], ["cpu"], ["fp32"], ["forward"])
-    assert [(t.backend, t.identity()["mode"], t.identity()["layout"]) for t in default] == [
+    assert [(t.backend, t.key.mode, t.key.layout) for t in default] == [
         ("torch", "eager", "NCHW"), ("jax", "jit", "NCHW")]
     every = plan([conv], ["torch"], ["cpu"], ["fp32"], ["forward"], modes=["all", "eager"], layouts=["all"])
-    assert [(t.identity()["mode"], t.identity()["layout"]) for t in every] == [
+    assert [(t.key.mode, t.key.layout) for t in every] == [
         ("eager", "NCHW"), ("eager", "channels_last"), ("compile", "NCHW"), ("compile", "channels_last")]
