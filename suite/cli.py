@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import backends
-from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
+from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
 from suite.results import Results, ResultsError, read_many
@@ -28,6 +28,9 @@ from suite.timing import TimingConfig
 # Tables stay readable in logs and pipes, where rich would otherwise wrap at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+DEFAULT_SUBSET = "quick"  # what a bare `run` measures: the CPU main job's cases
 
 
 class UsageError(ValueError):
@@ -59,7 +62,10 @@ def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, .
 # ---------------------------------------------------------------------------------------------- selection
 def add_selection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("which cases")
-    group.add_argument("--catalog", default=None, help="named subset of the catalog (see `list --subsets`)")
+    group.add_argument("--catalog", default=None,
+                       help=f"named subset of the catalog (see `list --subsets`). Default: {DEFAULT_SUBSET!r} for "
+                            f"the bundled catalog with no other selection; {WHOLE_CATALOG!r} (every case) when --id, "
+                            "--tag, --op, --source or --shapes of your own choose the cases")
     group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
     group.add_argument("--op", choices=tuple(OP_KINDS), help="keep one op kind")
@@ -75,9 +81,20 @@ def shape_folders(values: str | list[str] | None) -> list[Path]:
     return [SHAPES_DIR if part == "bundled" else Path(part).expanduser() for item in items for part in _csv(item)]
 
 
-def select(args: argparse.Namespace, default_subset: str = "all") -> list[Case]:
+def subset_name(args: argparse.Namespace) -> str:
+    """The subset ``list``, ``run`` and ``check`` select from: --catalog, else ``DEFAULT_SUBSET`` when nothing but the
+    bundled catalog is named, else the whole catalog (an --id, --tag, --op or --source, or a folder of one's own,
+    choose from every case), so ``list`` shows what ``run`` with the same flags measures."""
+    if args.catalog:
+        return args.catalog
+    chosen = args.id or args.tag or args.op or args.source
+    own = {folder.resolve() for folder in shape_folders(args.shapes)} != {SHAPES_DIR}
+    return WHOLE_CATALOG if chosen or own else DEFAULT_SUBSET
+
+
+def select(args: argparse.Namespace) -> list[Case]:
     catalog = load_catalog(shape_folders(args.shapes))
-    cases = catalog.subset(args.catalog or default_subset)
+    cases = catalog.subset(subset_name(args))
     if args.id:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in args.id)]
     if args.tag:
@@ -130,7 +147,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                            "flops_forward": c.op.flops(), "count": c.count, "tags": list(c.tags),
                            "provenance": asdict(c.provenance)} for c in cases], indent=1))
         return 0
-    table = Table(title=f"{len(cases)} cases ({args.catalog or 'all'}); total forward "
+    subset = subset_name(args)
+    default = not args.catalog and subset == DEFAULT_SUBSET
+    hint = f", the default; --catalog {WHOLE_CATALOG} lists every case" if default else ""
+    table = Table(title=f"{len(cases)} cases ({subset}{hint}); total forward "
                         f"{_gflop(sum(c.op.flops() for c in cases))} GFLOP")
     for col in ("id", "op", "shape", "GFLOP fwd", "count", "network", "layer"):
         table.add_column(col, justify="right" if col in ("GFLOP fwd", "count") else "left")
@@ -279,7 +299,7 @@ def _backend_names(text: str) -> list[str]:
 def build_plan(args: argparse.Namespace):
     from suite.runner import plan, shard
 
-    cases = select(args, default_subset="quick")
+    cases = select(args)
     if not cases:
         raise UsageError("no case matches the selection; see `python -m suite list`")
     devices = _choices(args.device, ("cpu", "gpu"), "device")

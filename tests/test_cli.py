@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import suite.runner
-from suite.cli import COMMANDS, build_plan, main, parser
+from suite.catalog import SHAPES_DIR, load_catalog
+from suite.cli import COMMANDS, build_plan, main, parser, select
 from suite.results import failed, read_results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,3 +188,60 @@ def test_a_file_the_system_refuses_is_one_error_line(monkeypatch, capsys):
     monkeypatch.setattr(suite.cli, "load_catalog", refused)  # e.g. a folder another user owns
     assert main(["list"]) == 2
     assert capsys.readouterr().err == "error: shapes/locked.yaml: Permission denied\n"
+
+
+# ---------------------------------------------------------------------------------------------- which cases
+TEAM_CASES = """\
+cases:
+  - id: team-gemm
+    op: gemm
+    dims: {m: 16, n: 8, k: 4}
+    provenance: {network: ours, layer: fc, source: our config}
+"""
+
+
+def selected(command: str, *argv: str) -> list[str]:
+    """The case ids a command would take: `list` lists them, `run` and `check` plan them (every pass, one dtype)."""
+    args = parser().parse_args([command, *argv])
+    if command == "list":
+        return [case.id for case in select(args)]
+    return list(dict.fromkeys(task.case.id for task in build_plan(args)))
+
+
+@pytest.mark.parametrize("argv", [[], ["--id", "smoke-conv-strided"], ["--tag", "seed"], ["--catalog", "smoke"],
+                                  ["--op", "rnn", "--source", "DeepBench"]])
+def test_list_run_and_check_select_the_same_cases(argv):
+    """An --id, --tag, --op or --source selects from the whole catalog; with none, all three take `quick`."""
+    listed = selected("list", *argv)
+    assert listed and listed == selected("run", "--backend", "torch", *argv) == selected("check", "--backend",
+                                                                                          "torch", *argv)
+    if not argv:
+        assert listed == [case.id for case in load_catalog().subset("quick")]
+    assert selected("run", "--backend", "torch", "--id", "smoke-conv-strided") == ["smoke-conv-strided"]
+
+
+def test_a_shapes_folder_of_ones_own_is_selected_whole(tmp_path):
+    """No 'quick' in the folder's subsets: the folder's cases, not "unknown subset 'quick'"."""
+    (tmp_path / "team.yaml").write_text(TEAM_CASES)
+    assert selected("run", "--backend", "torch", "--shapes", str(tmp_path)) == ["team-gemm"]
+    assert selected("check", "--backend", "torch", "--shapes", str(tmp_path)) == ["team-gemm"]
+    assert "team-gemm" in selected("run", "--backend", "torch", "--shapes", f"bundled,{tmp_path}")
+    assert selected("list", "--shapes", str(SHAPES_DIR)) == selected("list")  # the bundled folder named: `quick`
+
+
+def test_help_states_which_cases_a_command_takes_without_catalog(capsys):
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: 'quick' for the bundled catalog with no other selection; 'all' (every case) when --id" in text
+
+
+@pytest.mark.slow
+def test_run_measures_a_shapes_folder_given_alone(tmp_path):
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "team.yaml").write_text(TEAM_CASES)
+    out = tmp_path / "r.jsonl"
+    done = suite_cli("run", "--shapes", str(tmp_path / "team"), "--backend", "torch", "--time-cap", "0.2",
+                     "--block-time", "0.01", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert {(m["case"], m["pass"], m["status"]) for m in read_results(out).measurements} == {
+        ("team-gemm", p, "ok") for p in ("forward", "backward_data", "backward_weight", "backward")}
