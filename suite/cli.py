@@ -33,6 +33,12 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 DEFAULT_SUBSET = "quick"  # what a bare `run` measures: the CPU main job's cases
 
 
+def print_table(table: Table) -> None:
+    """A table of data on stdout: its cells are text, never rich markup (which would eat "[jax]" in
+    "pip install 'opbench[jax]'")."""
+    console.print(table, markup=False)
+
+
 class UsageError(ValueError):
     """A mistake in the command line; printed without a traceback."""
 
@@ -135,7 +141,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.format == "json":
             print(json.dumps(subsets, indent=1))
         else:
-            console.print(table)
+            print_table(table)
         return 0
     cases = select(args)
     if args.format == "json":
@@ -157,7 +163,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for case in cases:
         table.add_row(case.id, case.op.kind, case.op.describe(), _gflop(case.op.flops()), str(case.count),
                       case.provenance.network, case.provenance.layer)
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -185,7 +191,7 @@ def list_backends(form: str) -> int:
     for row in rows:
         table.add_row(row["backend"], row["package"], row["status"], row["framework"] or "", ", ".join(row["modes"]),
                       "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["layouts"].items()))
-    console.print(table)
+    print_table(table)
     for problem in problems:
         err_console.print(f"warning: {problem}", highlight=False, markup=False, soft_wrap=True)
     return 0
@@ -482,7 +488,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                       format_seconds(r["median_s"]) if r["median_s"] else "",
                       f"{format_seconds(low)} – {format_seconds(high)}" if low is not None and high is not None
                       else "", f"{r['gflops']:,.1f}" if r["gflops"] else "", r["check"], r["reason"] or r["flags"])
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -647,7 +653,7 @@ def _print_comparison(result) -> None:
             table.add_column(col, overflow="fold")
         for row in result.environment:
             table.add_row(*row)
-        console.print(table)
+        print_table(table)
     else:
         console.print("The recorded environments do not differ.")
     table = Table(title=f"time new/base per measurement: slower or faster when the 95% CI lies beyond "
@@ -657,13 +663,13 @@ def _print_comparison(result) -> None:
     colors = {"slower": "red", "faster": "green", "not compared": "yellow"}
     for pair in compare.sorted_pairs(result.pairs):
         table.add_row(*compare.pair_cells(pair), style=colors.get(pair.verdict))
-    console.print(table)
+    print_table(table)
     table = Table(title="geometric mean of new/base per backend, op and pass")
     for col in ("backend", "device", "dtype", "op", "pass", "pairs", "geomean", "slower", "faster"):
         table.add_column(col)
     for g in result.geomeans():
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in g.values()))
-    console.print(table)
+    print_table(table)
     for side, records in (("base", result.only_base), ("new", result.only_new)):
         if records:
             console.print(f"only in {side} ({len(records)}): " + ", ".join(sorted(

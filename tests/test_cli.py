@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import suite.runner
 from suite.catalog import SHAPES_DIR, load_catalog
@@ -245,3 +246,16 @@ def test_run_measures_a_shapes_folder_given_alone(tmp_path):
     assert done.returncode == 0, done.stderr
     assert {(m["case"], m["pass"], m["status"]) for m in read_results(out).measurements} == {
         ("team-gemm", p, "ok") for p in ("forward", "backward_data", "backward_weight", "backward")}
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def test_list_backends_prints_the_install_hint_as_written(monkeypatch, capsys):
+    """Table cells are text: rich markup would print "pip install 'opbench'" for "pip install 'opbench[jax]'"."""
+    import backends
+    import suite.cli
+
+    monkeypatch.setattr(suite.cli, "console", Console(width=1000))  # one line per row
+    monkeypatch.setattr(backends, "is_available", lambda name: name != "jax")
+    assert main(["list", "--backends"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ jax "))
+    assert "not installed" in row and "pip install 'opbench[jax]', or run it through its tox env" in row
