@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
+import os
 import re
 import signal
 import sys
@@ -25,9 +27,18 @@ from suite.results import Results, ResultsError, read_many
 from suite.stats import format_seconds
 from suite.timing import TimingConfig
 
+
+class _Console(Console):
+    """rich's console, leaving a closed pipe to ``main`` (rich would exit 1, which here means a failed measurement)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 # Tables stay readable in logs and pipes, where rich would otherwise wrap at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+console = _Console(width=None if sys.stdout.isatty() else 200)
+err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 DEFAULT_SUBSET = "quick"  # what a bare `run` measures: the CPU main job's cases
@@ -749,7 +760,8 @@ EXIT_STATUS = """exit status:
   1    a measurement errored, crashed, timed out, ran out of memory or failed the numerical check
        (the run still finishes and keeps every record; --retry-failed measures them again)
   2    usage error or bad input; nothing was run
-  130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run"""
+  130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run
+  141  the reader of the output went away (e.g. `show --format csv | head -2`), as for any program stopped by SIGPIPE"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -799,6 +811,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+BROKEN_PIPE = 128 + signal.SIGPIPE  # the status a shell gives a program stopped by SIGPIPE (`yes | head`)
+
+
+def _stop_writing() -> None:
+    """Point stdout and stderr at /dev/null, so that Python's flush at exit meets no closed pipe (Python's recipe:
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # a stream without a descriptor (tests)
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (kill, a Slurm job cancelled or past its time) stops a run as Ctrl-C does: workers killed, every
     finished measurement kept."""
@@ -821,7 +846,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not when Python flushes at exit
+        return code
+    except BrokenPipeError:  # `show --format csv | head -2`: the reader has what it wanted; stop quietly
+        _stop_writing()
+        return BROKEN_PIPE
     except (UsageError, CatalogError, ResultsError, backends.BackendUnavailable, FileExistsError) as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2

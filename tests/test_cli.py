@@ -259,3 +259,18 @@ def test_list_backends_prints_the_install_hint_as_written(monkeypatch, capsys):
     assert main(["list", "--backends"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("│ jax "))
     assert "not installed" in row and "pip install 'opbench[jax]', or run it through its tox env" in row
+
+
+# ---------------------------------------------------------------------------------------------- broken pipe
+@pytest.mark.parametrize("argv", [["show", str(GOLDEN), "--format", "csv"], ["list", "--format", "json"],
+                                  ["list", "--catalog", "all"]])
+def test_a_reader_that_went_away_stops_the_output_quietly(argv):
+    """`show --format csv | head -2`: no "error: Broken pipe", no traceback; 141, as a shell gives `yes | head`."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write meets a closed pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "suite", *argv], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
