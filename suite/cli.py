@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import backends
+from suite import missing_module, setup_advice
 from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
@@ -306,6 +307,10 @@ def _backend_names(text: str) -> list[str]:
             raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
         return names
     named = ",".join(backends.ALIASES.get(name, name) for name in _csv(text))
+    for name in _csv(named):
+        if name in backends.TOX_ENV and name not in backends.REGISTRY:  # opbench's own: its metadata is missing
+            raise UsageError(f"backend {name!r} is not registered: opbench is not installed in this Python "
+                             f"({sys.executable}): {setup_advice()}")
     names = _choices(named, backends.REGISTRY, "backend", ("available",))
     for name in names:
         if not backends.is_available(name):
@@ -858,6 +863,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     except OSError as exc:  # a file or folder the system refused (permissions, a full disk, a name too long)
         where = f"{exc.filename}: " if exc.filename else ""
         err_console.print(f"error: {where}{exc.strerror or exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except ModuleNotFoundError as exc:  # a command's own import: selfcheck's torch, say
+        message = missing_module(exc)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # before or after a run (cmd_run handles one in progress): nothing to lose
         err_console.print("interrupted")

@@ -274,3 +274,32 @@ def test_a_reader_that_went_away_stops_the_output_quietly(argv):
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+# ---------------------------------------------------------------------------------------------- which Python
+@pytest.mark.parametrize("module, argv", [("rich", ["list"]), ("yaml", ["list"]), ("numpy", ["show", "r.jsonl"]),
+                                          ("scipy", ["--help"]), ("torch", ["selfcheck"])])
+def test_a_python_without_a_dependency_gets_one_line_naming_it_and_the_fix(tmp_path, module, argv):
+    """`python3 -m suite` outside the tox envs: a module that fails to import is named, with the fix; no traceback."""
+    shadow = tmp_path / "shadow" / module  # found first on the path; importing it fails as a missing module does
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ModuleNotFoundError('No module named {module}', name={module!r})\n")
+    path = os.pathsep.join([str(shadow.parent), str(REPO)])
+    done = subprocess.run([sys.executable, "-m", "suite", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error: this Python ({sys.executable}) has no module '{module}', which opbench "
+                                  "needs: pip install -e '.[torch]' in the opbench folder"), done.stderr
+    assert ".tox/torch-cpu/bin/python -m suite" in done.stderr
+
+
+def test_a_backend_of_opbench_not_installed_here_says_how_to_install_it(monkeypatch, capsys):
+    """From a checkout whose opbench is not installed, no entry point registers torch: say so, not 'unknown'."""
+    import backends
+
+    monkeypatch.setattr(backends, "REGISTRY", {})
+    assert main(["run", "--backend", "torch", "--catalog", "smoke"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: backend 'torch' is not registered: opbench is not installed in this Python")
+    assert "pip install -e '.[torch]'" in err
