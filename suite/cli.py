@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
 from suite.results import Results, ResultsError, read_many
-from suite.stats import format_seconds
+from suite.stats import CONTENDED_SHARE, format_seconds
 from suite.timing import TimingConfig
 
 
@@ -361,13 +362,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
                          retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth)
     try:
-        counts = _run_with_progress(tasks, out, options, "measuring", each=True)
+        counts, flagged = _run_with_progress(tasks, out, options, "measuring", each=True)
     except KeyboardInterrupt:
         err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
                           "--resume to continue", highlight=False, markup=False, soft_wrap=True)
         return 130
-    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n and status != "failed")
+    summary = ", ".join(f"{n} {COUNT_WORDS.get(status, status)}" for status, n in counts.items()
+                        if n and status != "failed")
     console.print(f"{out}: {summary}", highlight=False, markup=False)
+    for flag, when in SLOWED_BY.items():
+        if flagged[flag]:
+            n = flagged[flag]
+            err_console.print(f"{n} measurement{'s were' if n > 1 else ' was'} timed while {when} (flag {flag}): "
+                              f"the time may be too slow; python -m suite show {out} and the report mark "
+                              f"{'them' if n > 1 else 'it'}",
+                              highlight=False, markup=False, soft_wrap=True)
     if counts.get("not_started"):
         err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "
                           f"measurements not started; run the same command with --resume to continue",
@@ -382,8 +391,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) -> dict[str, int]:
-    """``runner.run`` behind a progress bar on stderr; with ``each``, one line per finished measurement."""
+# The summary's words for the counts that are not statuses (the statuses are what `show --status` takes).
+COUNT_WORDS = {"skipped_done": "already in the file", "not_started": "not started"}
+# Flags that say a time may be too slow because of the machine, not the framework: the summary counts them.
+SLOWED_BY = {"contended": f"other processes took at least {CONTENDED_SHARE:.0%} of the usable CPUs' time",
+             "throttled": "the GPU ran below the clocks it was asked for (an NVML throttle reason)"}
+
+
+def _run_with_progress(tasks: list, out: Path, options, label: str,
+                       each: bool) -> tuple[dict[str, int], Counter[str]]:
+    """``runner.run`` behind a progress bar on stderr; with ``each``, one line per finished measurement with its
+    flags. Returns the counts by status and how many measurements of this run carry each flag."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -397,24 +415,28 @@ def _run_with_progress(tasks: list, out: Path, options, label: str, each: bool) 
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
+    flagged: Counter[str] = Counter()
     with Progress(*columns, console=err_console, transient=not each) as progress:
         bar = progress.add_task(label, total=len(tasks))
 
         def report(task, record) -> None:
+            stats = record.get("stats")
+            flags = (stats or {}).get("flags") or []
+            flagged.update(flags)
             if each:
-                stats = record.get("stats")
                 time_text = (f"{format_seconds(stats['median'])}  {record['tflops'] * 1e3:8.1f} GFLOP/s"
                              if stats else "")
-                check = record.get("check", {}).get("status", "")
+                check = (record.get("check") or {}).get("status", "")
                 variant = task.variant
                 progress.console.print(f"{record['status']:<11} {task.backend:<10} {variant.pass_:<15} "
                                        f"{variant.dtype} {variant.mode:<8} {task.case.id:<40} {time_text} {check} "
-                                       f"{record.get('reason') or ''}"[:240], highlight=False)
+                                       f"{' '.join(flags)} {record.get('reason') or ''}"[:240],
+                                       highlight=False, markup=False)
             progress.advance(bar)
 
         counts = run(tasks, out, options, report, argv=sys.argv)
         progress.update(bar, completed=len(tasks))
-    return counts
+    return counts, flagged
 
 
 def _parse_limits(args: argparse.Namespace) -> None:

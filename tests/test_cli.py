@@ -303,3 +303,38 @@ def test_a_backend_of_opbench_not_installed_here_says_how_to_install_it(monkeypa
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: backend 'torch' is not registered: opbench is not installed in this Python")
     assert "pip install -e '.[torch]'" in err
+
+
+# ---------------------------------------------------------------------------------------------- progress, summary
+def fake_run(records: list[dict], counts: dict[str, int]):
+    """``runner.run`` reporting ``records`` for the first tasks, as a real run would, and returning ``counts``."""
+    def run(tasks, out, options, report, argv=None):
+        for task, record in zip(tasks, records, strict=False):
+            report(task, record)
+        return counts
+    return run
+
+
+def test_a_contended_measurement_is_said_live_and_in_the_summary(tmp_path, monkeypatch, capsys):
+    """A batch-1 dense layer timed at 15.8 ms instead of 32 µs while the machine was busy: the line and the summary
+    say `contended`, not only `show` and the report."""
+    busy = {"status": "ok", "stats": {"median": 15.8e-3, "flags": ["noisy", "contended"]}, "tflops": 6.6e-5,
+            "check": {"status": "pass"}}
+    quiet = {**busy, "stats": {"median": 32e-6, "flags": []}, "tflops": 3.3e-2}
+    monkeypatch.setattr(suite.runner, "run", fake_run([busy, quiet], {"skipped_done": 0, "failed": 0, "ok": 2}))
+    assert main(["run", *TINY, "--pass", "forward,backward", "-o", str(tmp_path / "r.jsonl")]) == 0
+    err = capsys.readouterr().err
+    lines = [" ".join(line.split()) for line in err.splitlines() if line.startswith("ok ")]
+    assert lines[0].startswith("ok torch forward fp32 eager smoke-gemm-64 15.8 ms")
+    assert lines[0].endswith("pass noisy contended") and "contended" not in lines[1]
+    assert "1 measurement was timed while other processes took at least 25% of the usable CPUs' time (flag " \
+           "contended): the time may be too slow" in " ".join(err.split())
+    assert "throttled" not in err
+
+
+def test_the_summary_words_what_is_not_a_status(tmp_path, monkeypatch, capsys):
+    counts = {"skipped_done": 3, "failed": 0, "ok": 1, "not_started": 2}
+    monkeypatch.setattr(suite.runner, "run", fake_run([], counts))
+    out = tmp_path / "r.jsonl"
+    assert main(["run", *TINY, "-o", str(out), "--max-run-time", "60"]) == 0
+    assert " ".join(capsys.readouterr().out.split()) == f"{out}: 3 already in the file, 1 ok, 2 not started"
