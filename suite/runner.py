@@ -30,6 +30,7 @@ from suite import environment, results
 from suite.catalog import Case
 from suite.ops import DTYPE_BYTES, op_to_dict
 from suite.results import ResultsError, ResultsWriter, measurement_key, read_results
+from suite.stats import format_seconds
 from suite.timing import TimingConfig
 from suite.variant import Settings, Variant
 
@@ -157,7 +158,7 @@ class WorkerProcess:
         if message is not None:
             return message
         if time.monotonic() - began >= timeout:
-            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s; the worker was killed"}
+            return {"status": "timeout", "reason": f"no result within {format_seconds(timeout)}; the worker was killed"}
         return self.death_result()
 
     def death_result(self) -> dict[str, Any]:

@@ -338,3 +338,13 @@ def test_the_summary_words_what_is_not_a_status(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.jsonl"
     assert main(["run", *TINY, "-o", str(out), "--max-run-time", "60"]) == 0
     assert " ".join(capsys.readouterr().out.split()) == f"{out}: 3 already in the file, 1 ok, 2 not started"
+
+
+def test_a_case_timeout_under_a_second_is_stated_in_its_unit(monkeypatch):
+    """--case-timeout 0.3 was reported as "no result within 0 s"."""
+    import time
+
+    worker = suite.runner.WorkerProcess.__new__(suite.runner.WorkerProcess)  # no process: the parts run() uses
+    monkeypatch.setattr(worker, "_send", lambda message: None, raising=False)
+    monkeypatch.setattr(worker, "receive", lambda timeout: time.sleep(timeout), raising=False)  # silent to the end
+    assert worker.run({}, 0.3) == {"status": "timeout", "reason": "no result within 300 ms; the worker was killed"}
