@@ -741,7 +741,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
                                                                       help="list subsets with totals"),
                                   p.add_argument("--backends", action="store_true",
                                                  help="list the backends: package, installed, modes, layouts"),
-                                  p.add_argument("--format", choices=("table", "json"), default="table"))),
+                                  p.add_argument("--format", choices=("table", "json"), default="table",
+                                                 help="a table (default) or JSON, for scripts"))),
     "run": (cmd_run, add_run_options),
     "show": (cmd_show, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders"),
@@ -750,7 +751,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("--status", help="keep these statuses (comma list, e.g. error,timeout)"),
         p.add_argument("--sort", choices=tuple(SHOW_SORTS), default="file",
                        help="row order (median: slowest first; gflops: fastest first; default: as in the files)"),
-        p.add_argument("--format", choices=("table", "csv", "json"), default="table"))),
+        p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                       help="a table (default), or CSV or JSON rows for scripts and spreadsheets"))),
     "check": (cmd_check, lambda p: add_run_options(p, "check")),
     "report": (cmd_report, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders (searched for *.jsonl)"),
@@ -771,9 +773,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
                        help="exit 1 when a measurement is significantly slower by more than PCT%% (its whole CI "
                             "above 1 + PCT%%) or was fine in base and fails in new"),
-        p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table"))),
+        p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
+                       help="tables (default), Markdown for a PR comment, CSV (the pairs) or JSON (everything)"))),
     "selfcheck": (cmd_selfcheck, lambda p: (
-        p.add_argument("--threads", type=int, default=usable_cpus()),
+        p.add_argument("--threads", type=int, default=usable_cpus(),
+                       help="CPU threads for torch (default: all usable CPUs, %(default)s here; --clock cpu takes 1)"),
         p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                        help="gpu: also time opbench's blocks with CUDA events (default %(default)s)"),
         p.add_argument("--clock", choices=("wall", "cpu"), default="wall",

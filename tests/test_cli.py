@@ -49,6 +49,13 @@ def test_every_subcommand_help_exits_0_and_states_the_exit_codes(command, capsys
     assert "failed the numerical check" in out and "usage error or bad input" in out
 
 
+def test_every_flag_of_every_subcommand_says_what_it_does():
+    """`selfcheck --threads` and the --format flags had no help text."""
+    silent = [f"{name} {action.option_strings[0]}" for name, command in parser().commands.items()
+              for action in command._actions if action.option_strings and not action.help]
+    assert silent == []
+
+
 def test_each_subcommand_takes_only_the_flags_it_honours(capsys):
     flags = {name: {flag for action in command._actions for flag in action.option_strings}
              for name, command in parser().commands.items()}
