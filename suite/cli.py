@@ -682,6 +682,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+ONLY_SHOWN = 20  # measurements of one side listed in the terminal, one a line; JSON has them all
+
+
 def _print_comparison(result) -> None:
     from suite import compare
 
@@ -709,10 +712,12 @@ def _print_comparison(result) -> None:
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in g.values()))
     print_table(table)
     for side, records in (("base", result.only_base), ("new", result.only_new)):
-        if records:
-            console.print(f"only in {side} ({len(records)}): " + ", ".join(sorted(
-                {f"{m['case']} ({m['backend']} {m['pass']} {compare.variant(m)})" for m in records})),
-                highlight=False, markup=False, soft_wrap=True)
+        labels = sorted({f"{m['case']} ({m['backend']} {m['pass']} {compare.variant(m)})" for m in records})
+        if labels:
+            more = len(labels) - ONLY_SHOWN
+            console.print("\n  ".join([f"only in {side} ({len(records)}):", *labels[:ONLY_SHOWN]])
+                          + (f"\n  … and {more} more (--format json lists every one, under only_{side})"
+                             if more > 0 else ""), highlight=False, markup=False, soft_wrap=True)
     counts = ", ".join(f"{n} {v}" for v, n in result.counts().items())
     console.print(f"{len(result.pairs)} measurements in both: {counts}", highlight=False)
 
