@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,66 @@ def test_a_case_timeout_under_a_second_is_stated_in_its_unit(monkeypatch):
     monkeypatch.setattr(worker, "_send", lambda message: None, raising=False)
     monkeypatch.setattr(worker, "receive", lambda timeout: time.sleep(timeout), raising=False)  # silent to the end
     assert worker.run({}, 0.3) == {"status": "timeout", "reason": "no result within 300 ms; the worker was killed"}
+
+
+# ---------------------------------------------------------------------------------------------- the README's catalog
+def readme_catalog(folder: Path) -> Path:
+    """The README's "Your own catalog" example as a folder: its catalog file and its subsets.yaml."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Your own catalog\n"):text.index("\n## ", text.index("## Your own catalog\n") + 1)]
+    cases, subsets = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    folder.mkdir()
+    (folder / "speech.yaml").write_text(cases)
+    (folder / "subsets.yaml").write_text(subsets)
+    return folder
+
+
+def test_the_readme_catalog_example_is_one_network_with_a_subset(tmp_path):
+    """Its counts weight a network total only with a net: tag and a phase tag, which the example had not."""
+    from reports.analysis import PHASES, layer_sets
+
+    folder = readme_catalog(tmp_path / "speech")
+    sets = layer_sets(load_catalog([folder]).cases)
+    assert list(zip(sets["set"], sets["phase"], sets["case"], sets["count"], sets["first_layer"], strict=True)) == [
+        ("speech-train-b32", PHASES["train"], "speech-enc-proj", 12, False),
+        ("speech-train-b32", PHASES["train"], "speech-conv-front", 1, True)]
+    assert selected("list", "--shapes", str(folder), "--catalog", "team") == ["speech-enc-proj"]
+
+
+@pytest.mark.slow
+def test_the_readme_catalog_example_runs_in_torch(tmp_path):
+    """Its conv had an asymmetric padding, which torch records as unsupported (and `check` counts as agreeing)."""
+    folder = readme_catalog(tmp_path / "speech")
+    out = tmp_path / "check.jsonl"
+    done = suite_cli("check", "--shapes", str(folder), "--backend", "torch", "--pass", "forward", "-o", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(m["case"], m["status"], (m.get("check") or {}).get("status")) for m in read_results(out).measurements] == [
+        ("speech-enc-proj", "ok", "pass"), ("speech-conv-front", "ok", "pass")]
+
+
+def readme_section(title: str) -> str:
+    text = " ".join((REPO / "README.md").read_text().split("\n"))
+    start = text.index(f"## {title} ")
+    return text[start:text.index(" ## ", start + 1)]
+
+
+def test_the_readme_says_which_dtype_peak_measures():
+    default = parser().parse_args(["peak"]).dtype
+    lines = (REPO / "README.md").read_text().splitlines()
+    line = next(line for line in lines if line.startswith("python -m suite peak"))
+    assert default == "fp32" and f"in {default} (--dtype" in line, line  # was "per dtype"
+
+
+def test_the_readme_names_every_subset_of_the_bundled_catalog():
+    text = readme_section("The catalog")
+    assert [name for name in load_catalog().subsets if f"`{name}`" not in text] == []  # `all` was missing
+
+
+def test_the_readme_layouts_of_a_backend_cover_every_op_kind():
+    from suite.ops import OP_KINDS
+
+    text = readme_section("Writing a backend")
+    sentence = text[text.index("and `layouts` ("):text.index("Then seven methods")]
+    assert [kind for kind in OP_KINDS if f"`{kind}`" not in sentence] == []  # named only gemm and conv2d
+    register = text[text.index("**Register it**"):text.index("```toml")]
+    assert "install it from its checkout first (`pip install -e /path/to/opbench`)" in register  # not on PyPI
