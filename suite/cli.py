@@ -373,9 +373,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag, when in SLOWED_BY.items():
         if flagged[flag]:
             n = flagged[flag]
-            err_console.print(f"{n} measurement{'s were' if n > 1 else ' was'} timed while {when} (flag {flag}): "
-                              f"the time may be too slow; python -m suite show {out} and the report mark "
-                              f"{'them' if n > 1 else 'it'}",
+            many = n > 1
+            err_console.print(f"{n} measurement{'s were' if many else ' was'} timed while {when} (flag {flag}): "
+                              f"{'their times' if many else 'its time'} may be too slow; python -m suite show {out} "
+                              f"and the report mark {'them' if many else 'it'}",
                               highlight=False, markup=False, soft_wrap=True)
     if counts.get("not_started"):
         err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "

@@ -336,7 +336,7 @@ def test_a_contended_measurement_is_said_live_and_in_the_summary(tmp_path, monke
     assert lines[0].startswith("ok torch forward fp32 eager smoke-gemm-64 15.8 ms")
     assert lines[0].endswith("pass noisy contended") and "contended" not in lines[1]
     assert "1 measurement was timed while other processes took at least 25% of the usable CPUs' time (flag " \
-           "contended): the time may be too slow" in " ".join(err.split())
+           "contended): its time may be too slow" in " ".join(err.split())
     assert "throttled" not in err
 
 
