@@ -84,7 +84,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--catalog", default=None,
                        help=f"named subset of the catalog (see `list --subsets`). Default: {DEFAULT_SUBSET!r} for "
                             f"the bundled catalog with no other selection; {WHOLE_CATALOG!r} (every case) when --id, "
-                            "--tag, --op, --source or --shapes of your own choose the cases")
+                            "--tag or --shapes of your own name the cases (--op and --source only narrow)")
     group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
     group.add_argument("--op", choices=tuple(OP_KINDS), help="keep one op kind")
@@ -102,11 +102,11 @@ def shape_folders(values: str | list[str] | None) -> list[Path]:
 
 def subset_name(args: argparse.Namespace) -> str:
     """The subset ``list``, ``run`` and ``check`` select from: --catalog, else ``DEFAULT_SUBSET`` when nothing but the
-    bundled catalog is named, else the whole catalog (an --id, --tag, --op or --source, or a folder of one's own,
-    choose from every case), so ``list`` shows what ``run`` with the same flags measures."""
+    bundled catalog is named, else the whole catalog (an --id or --tag, or a folder of one's own, name cases from
+    every case; --op and --source only narrow), so ``list`` shows what ``run`` with the same flags measures."""
     if args.catalog:
         return args.catalog
-    chosen = args.id or args.tag or args.op or args.source
+    chosen = args.id or args.tag
     own = {folder.resolve() for folder in shape_folders(args.shapes)} != {SHAPES_DIR}
     return WHOLE_CATALOG if chosen or own else DEFAULT_SUBSET
 

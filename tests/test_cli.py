@@ -220,13 +220,15 @@ def selected(command: str, *argv: str) -> list[str]:
 @pytest.mark.parametrize("argv", [[], ["--id", "smoke-conv-strided"], ["--tag", "seed"], ["--catalog", "smoke"],
                                   ["--op", "rnn", "--source", "DeepBench"]])
 def test_list_run_and_check_select_the_same_cases(argv):
-    """An --id, --tag, --op or --source selects from the whole catalog; with none, all three take `quick`."""
+    """An --id or --tag selects from the whole catalog; --op and --source narrow; with none, all three take `quick`."""
     listed = selected("list", *argv)
     assert listed and listed == selected("run", "--backend", "torch", *argv) == selected("check", "--backend",
                                                                                           "torch", *argv)
     if not argv:
         assert listed == [case.id for case in load_catalog().subset("quick")]
     assert selected("run", "--backend", "torch", "--id", "smoke-conv-strided") == ["smoke-conv-strided"]
+    quick_convs = [case.id for case in load_catalog().subset("quick") if case.op.kind == "conv2d"]
+    assert selected("run", "--backend", "torch", "--op", "conv2d") == quick_convs  # narrowed, not every conv
 
 
 def test_a_shapes_folder_of_ones_own_is_selected_whole(tmp_path):
@@ -242,6 +244,7 @@ def test_help_states_which_cases_a_command_takes_without_catalog(capsys):
     assert main(["run", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "Default: 'quick' for the bundled catalog with no other selection; 'all' (every case) when --id" in text
+    assert "(--op and --source only narrow)" in text
 
 
 @pytest.mark.slow
