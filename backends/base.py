@@ -87,7 +87,8 @@ class Backend(ABC):
 
     # --- GPU hooks (cold cache, NVML); the defaults fit a framework that cannot tell -------------
     def gpu_id(self) -> str | None:
-        """The GPU's "GPU-<uuid>" or PCI bus id, so NVML samples the device the framework uses."""
+        """The GPU's "GPU-<uuid>" or PCI bus id, or ``suite.gpu_state.visible_gpu_id(<its CUDA ordinal>)`` where the
+        framework tells neither, so NVML samples the device the framework uses."""
         return None
 
     def cache_bytes(self) -> int | None:

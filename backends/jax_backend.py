@@ -41,6 +41,22 @@ _TO_NHWC = {"x": (0, 2, 3, 1), "w": (2, 3, 1, 0), "dy": (0, 2, 3, 1)}  # from lo
 _ROLE = {"dx": "x", "dw": "w", "y": "dy"}
 
 
+def jax_cuda_install(version: str, driver_cuda: tuple[int, int] | None) -> str:
+    """How to install the CUDA build of jax ``version`` that fits the driver: the extra of the newest CUDA it runs
+    (jax[cuda13] needs a CUDA 13 driver, jax[cuda12] a CUDA 12 one, which CUDA 13 drivers also run)."""
+    extras = {13: "cuda13", 12: "cuda12"}
+    if driver_cuda is None:
+        return (f"no NVIDIA driver found to fit a CUDA build to: with a CUDA 12 driver pip install "
+                f"'jax[cuda12]=={version}', with a CUDA 13 one 'jax[cuda13]=={version}', or run tox -e jax-gpu")
+    major, minor = driver_cuda
+    fits = [extra for cuda, extra in sorted(extras.items(), reverse=True) if cuda <= major]
+    if not fits:
+        return (f"the NVIDIA driver supports CUDA {major}.{minor}, older than any CUDA build of jax {version} (12 or "
+                "13): upgrade the driver, then pip install 'jax[cuda12]'")
+    return (f"the driver supports CUDA {major}.{minor}; install the CUDA build that fits it: pip install "
+            f"'jax[{fits[0]}]=={version}', or run tox -e jax-gpu (jax[cuda12], which CUDA 12 and 13 drivers run)")
+
+
 class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
@@ -113,15 +129,16 @@ class JaxBackend(Backend):
 
         import jaxlib
 
+        from suite.gpu_state import driver_cuda_version
+
         plugins = []
         for dist in ("jax-cuda12-plugin", "jax-cuda13-plugin"):
             with contextlib.suppress(metadata.PackageNotFoundError):
                 plugins.append(f"{dist} {metadata.version(dist)}")
-        build = (f"jax {self.jax.__version__} with {', '.join(plugins)} sees no GPU (no NVIDIA driver, or "
-                 "CUDA_VISIBLE_DEVICES hides every GPU)" if plugins else
-                 f"jaxlib {jaxlib.__version__} is CPU-only (no jax-cuda12-plugin installed)")
-        return (f"{build}; install the CUDA build: pip install 'jax[cuda12]=={self.jax.__version__}', "
-                "or run tox -e jax-gpu")
+        build = (f"jax {self.jax.__version__} with {', '.join(plugins)} sees no GPU (no NVIDIA driver, a driver "
+                 "older than the plugin's CUDA, or CUDA_VISIBLE_DEVICES hides every GPU)" if plugins else
+                 f"jaxlib {jaxlib.__version__} is CPU-only (no jax-cuda12-plugin or jax-cuda13-plugin installed)")
+        return f"{build}; {jax_cuda_install(self.jax.__version__, driver_cuda_version())}"
 
     def free_memory_bytes(self) -> int | None:
         """The GPU allocator's limit less what is in use (device.memory_stats(); None on CPU)."""
@@ -131,6 +148,15 @@ class JaxBackend(Backend):
         if "bytes_limit" not in stats:
             return None
         return max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0)
+
+    def gpu_id(self) -> str | None:
+        """The device's CUDA ordinal (``local_hardware_id``; jax_cuda_visible_devices keeps the ordinals it selects)
+        in the visible device list: JAX tells neither UUID nor PCI bus id."""
+        if self.settings.device != "gpu":
+            return None
+        from suite.gpu_state import visible_gpu_id
+
+        return visible_gpu_id(self.device.local_hardware_id)
 
     def cache_clearer(self, nbytes: int):
         if self.settings.device != "gpu":

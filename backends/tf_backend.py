@@ -139,11 +139,21 @@ class TensorFlowBackend(Backend):
         if not hasattr(self, "_gpu_total"):
             from suite.gpu_state import open_monitor
 
-            monitor, _ = open_monitor()
+            monitor, _ = open_monitor(self.gpu_id())
             self._gpu_total = monitor.memory_total_bytes() if monitor else None
         if self._gpu_total is None:
             return None
         return max(self._gpu_total - self.tf.config.experimental.get_memory_info("GPU:0")["current"], 0)
+
+    def gpu_id(self) -> str | None:
+        """GPU:0's CUDA ordinal (its physical device's number) in the visible device list: TensorFlow tells neither
+        UUID nor PCI bus id without creating every GPU's device (device_lib)."""
+        if self.settings.device != "gpu":
+            return None
+        from suite.gpu_state import visible_gpu_id
+
+        first = self.tf.config.list_physical_devices("GPU")[0]  # "/physical_device:GPU:<CUDA ordinal>"
+        return visible_gpu_id(int(first.name.rsplit(":", 1)[1]))
 
     def cache_clearer(self, nbytes: int):
         if self.settings.device != "gpu":

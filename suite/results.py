@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.environment import knobs
 from suite.ops import op_from_dict
 from suite.stats import median_per_call
 
@@ -236,6 +237,8 @@ def read_results(path: str | Path) -> Results:
                                "opbench results file (a run writes its header first)")
         record = migrate(record, where)
         validate(record, where)
+        if record["record"] == "header":
+            _recorded_knobs_only(record)
         if "migrated_from" in record:
             migrated[record["migrated_from"]] = migrated.get(record["migrated_from"], 0) + 1
         getattr(results, record["record"] + "s").append(record)
@@ -246,6 +249,14 @@ def read_results(path: str | Path) -> Results:
     if len(last) < len(results.measurements):
         results.measurements = [m for i, m in enumerate(results.measurements) if last[measurement_key(m)] == i]
     return results
+
+
+def _recorded_knobs_only(header: dict[str, Any]) -> None:
+    """Drop from a header's environment knobs every variable not in ``environment.KNOBS``: a file written before the
+    list (which kept every TF_* variable, Terraform's tokens among them) is never shown by a reader."""
+    env = header.get("environment")
+    if isinstance(env, dict) and isinstance(env.get("knobs"), dict):
+        env["knobs"] = knobs(env["knobs"])
 
 
 def _parse_line(raw: bytes) -> tuple[Any, str | None]:

@@ -128,7 +128,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
         if cold.get("timer") == "cuda events":  # one call on the GPU's clock: no host timer or sync in its time
             result["stats"]["flags"] = [flag for flag in result["stats"]["flags"] if flag != "short_blocks"]
         if monitor is not None:
-            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by)
+            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by, monitor.device)
             if result["gpu_state"]["throttled"]:  # the report's warnings list shows the stats flags
                 result["stats"]["flags"].append("throttled")
         elif gpu is not None:
