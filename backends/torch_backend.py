@@ -70,16 +70,20 @@ class TorchBackend(Backend):
         precision = "tf32" if settings.math == "tf32" else "ieee"
         torch.backends.cuda.matmul.fp32_precision = precision
         torch.backends.cudnn.conv.fp32_precision = precision
-        torch.backends.mkldnn.matmul.fp32_precision = "ieee" if precision == "ieee" else "tf32"
-        torch.backends.mkldnn.conv.fp32_precision = "ieee" if precision == "ieee" else "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = precision  # cuDNN's RNN math mode; torch's default is tf32
+        torch.backends.mkldnn.matmul.fp32_precision = precision
+        torch.backends.mkldnn.conv.fp32_precision = precision
+        torch.backends.mkldnn.rnn.fp32_precision = precision
         torch.backends.cudnn.benchmark = True  # autotune once per shape; the warm-up absorbs it
         flags = {
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
             "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision,
             "cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+            "cudnn.rnn.fp32_precision": torch.backends.cudnn.rnn.fp32_precision,
             "mkldnn.matmul.fp32_precision": torch.backends.mkldnn.matmul.fp32_precision,
             "mkldnn.conv.fp32_precision": torch.backends.mkldnn.conv.fp32_precision,
+            "mkldnn.rnn.fp32_precision": torch.backends.mkldnn.rnn.fp32_precision,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
         }
         if settings.device == "gpu":  # cuBLAS may reduce fp16/bf16 GEMM partial sums in that precision (default on)

@@ -28,7 +28,8 @@ ASYMMETRIC = Conv2d(n=2, c=4, h=9, w=11, k=6, r=3, s=3, stride=(2, 1), padding=(
 ASYMMETRIC_GAPS = {"torch"}  # backends without asymmetric conv padding
 # Flags that configure(SETTINGS) must read back, per backend.
 EXPECTED_FLAGS: dict[str, dict[str, Any]] = {
-    "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee"},
+    "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee",
+              "cudnn.rnn.fp32_precision": "ieee"},
     "tensorflow": {"intra_op_threads": 1, "inter_op_threads": 1, "tensor_float_32_execution": False},
     "jax": {"threads": 1, "jax_default_matmul_precision": "float32"},
     "numpy": {"threads": 1, "fp32_math": "ieee"},  # the example plugin (tests/plugins/opbench-numpy)
