@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
@@ -139,8 +139,10 @@ class JaxBackend(Backend):
         bump = jax.jit(lambda buffer: buffer + 1, donate_argnums=0)  # reads and writes the buffer in place
         state = [jax.device_put(np.zeros(nbytes // 4, np.int32), self.device)]
 
-        def clear() -> None:
+        def clear() -> Placement:
             state[0] = jax.block_until_ready(bump(state[0]))
+            (device,) = state[0].devices()
+            return Placement(str(device), device.platform == "gpu")
 
         return clear
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, Conv2d, Op, Rnn
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
@@ -150,9 +150,12 @@ class TensorFlowBackend(Backend):
             return super().cache_clearer(nbytes)
         tf = self.tf
 
-        def clear() -> None:  # a fresh zero fill of nbytes on the GPU, finished before the timed call
-            with tf.device("/GPU:0"):
-                self.sync(tf.zeros([nbytes // 4], tf.int32))
+        def clear() -> Placement:  # a fresh zero fill of nbytes on the GPU, finished before the timed call
+            with tf.device("/GPU:0"):  # float32: TF's GPU Fill kernel for int32 writes its output to host memory
+                buffer = tf.zeros([nbytes // 4], tf.float32)
+            self.sync(buffer)
+            where = buffer.backing_device  # where the memory is (.device names where the op ran)
+            return Placement(where, tf.DeviceSpec.from_string(where).device_type == "GPU")
 
         return clear
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn
 
 
@@ -200,7 +200,12 @@ class TorchBackend(Backend):
         if self.settings.device != "gpu":
             return super().cache_clearer(nbytes)
         buffer = self.torch.empty(nbytes // 4, dtype=self.torch.int32, device="cuda")
-        return buffer.zero_  # queued before the next call's start event, as triton's do_bench does
+
+        def clear() -> Placement:
+            buffer.zero_()  # queued before the next call's start event, as triton's do_bench does
+            return Placement(str(buffer.device), buffer.is_cuda)
+
+        return clear
 
     def single_call_timer(self, step):
         """On the GPU, CUDA events around the call: the clearing write before it stays outside the timed region."""
