@@ -144,6 +144,22 @@ def test_bf16_recurrent_layers_within_tolerance_or_unsupported(configured):
             assert str(reason) and backend.name not in ("torch", "tensorflow", "jax"), (backend.name, op, reason)
 
 
+# The kernel each backend records for a recurrent layer on this CPU: torch's oneDNN has an LSTM only; Keras' cuDNN
+# path needs a GPU; JAX runs lax.scan everywhere.
+RNN_ON_CPU = {"torch": {"lstm": "onednn"}, "tensorflow": {}, "jax": {}}
+RNN_ON_CPU_OTHERWISE = {"torch": "generic loop", "tensorflow": "generic loop", "jax": "lax.scan"}
+
+
+def test_recurrent_layers_record_the_implementation_that_ran(configured):
+    backend, _ = configured
+    if backend.name not in RNN_ON_CPU:
+        pytest.skip(f"{backend.name} has no recurrent layers")
+    for op in (case.op for case in SMOKE if case.op.kind == "rnn"):
+        expected = RNN_ON_CPU[backend.name].get(op.cell, RNN_ON_CPU_OTHERWISE[backend.name])
+        for pass_ in ("forward", "backward"):
+            assert check(backend, op, Variant(pass_))["implementation"] == expected, (backend.name, op.cell, pass_)
+
+
 @pytest.mark.parametrize(("op", "form"), [
     (Conv2d(1, 1, 8, 8, 1, 3, 3, padding=(1, 1, 1, 1)), "SAME"),  # stride 1, pad (R-1)/2
     (Conv2d(1, 1, 8, 8, 1, 3, 3), "VALID"),

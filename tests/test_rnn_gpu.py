@@ -5,13 +5,16 @@ places tensors as TF's GPU kernel registrations do, and the implementation each 
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from backends.base import Placement, Settings
+from backends.base import Placement, Settings, Variant
+from suite.ops import Rnn
+from suite.reference import compare, make_inputs, reference
 
 
 # ---------------------------------------------------------------------------------------------- torch: math mode
@@ -31,6 +34,63 @@ def test_torch_sets_and_reads_back_the_recurrent_layers_precision(math, precisio
     assert torch.backends.cudnn.rnn.fp32_precision == "ieee"  # restored, as strict sets it
     assert flags["cudnn.conv.fp32_precision"] == flags["cuda.matmul.fp32_precision"] == precision
 
+
+
+# ---------------------------------------------------------------------------------------------- torch: flat weights
+def _placed(backend, op, pass_: str):
+    variant = backend.resolve(op, Variant(pass_))
+    inputs = make_inputs(op)
+    args = {role: backend.tensor(array, role, op, variant) for role, array in inputs.items()}
+    step, details = backend.step(op, variant, args)
+    outputs = step()
+    names = op.outputs(variant.pass_)
+    parts = outputs if len(names) > 1 else (outputs,)
+    got = {name: backend.to_numpy(part, name, op, variant) for name, part in zip(names, parts, strict=True)}
+    check = compare(got, reference(op, inputs, pass_), "fp32", "strict")
+    assert check["status"] == "pass", check
+    return [args[name] for name in ("w_ih", "w_hh", "b_ih", "b_hh")], details
+
+
+def test_torch_flattens_the_weights_of_a_cudnn_layer_into_one_buffer_before_timing(monkeypatch):
+    """cuDNN finds the weights in one buffer only if they are views of it (aten's try_get_weight_buf); otherwise every
+    call copies them into a fresh one ("weights are not part of single contiguous chunk"). Driven with torch's flatten
+    faked as aten does it (one buffer, each weight set_ to a view) and the kernel choice faked as cuDNN."""
+    torch = pytest.importorskip("torch")
+    from backends.torch_backend import TorchBackend
+
+    calls = []
+
+    def flatten(weights, per_layer, input_size, mode, hidden, proj_size, layers, batch_first, bidirectional):
+        calls.append((per_layer, input_size, mode, hidden, proj_size, layers, batch_first, bidirectional))
+        buffer = torch.zeros(sum(w.numel() for w in weights), dtype=weights[0].dtype)
+        offset = 0
+        for weight in weights:
+            view = buffer[offset:offset + weight.numel()].view_as(weight)
+            view.copy_(weight)
+            weight.set_(view)  # in place, as aten's copy_weights_to_flat_buf_views (raises outside no_grad)
+            offset += weight.numel()
+        return buffer
+
+    monkeypatch.setattr(torch, "_use_cudnn_rnn_flatten_weight", lambda: True)
+    monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", flatten)
+    monkeypatch.setattr(torch.backends.cudnn.rnn, "get_cudnn_mode", {"LSTM": 2, "GRU": 3}.get)
+    backend = TorchBackend(Settings())
+    op = Rnn("lstm", hidden=8, batch=2, timesteps=3, input_size=5)
+
+    weights, details = _placed(backend, op, "backward")  # here: oneDNN, which reads the weights where they are
+    assert details == {"implementation": "onednn"} and not calls
+    assert len({w.untyped_storage().data_ptr() for w in weights}) == 4
+
+    monkeypatch.setattr(TorchBackend, "_rnn_implementation", lambda *args: "cudnn")  # as on a GPU
+    for cell, mode in (("lstm", 2), ("gru", 3)):
+        op = Rnn(cell, hidden=8, batch=2, timesteps=3, input_size=5)
+        for pass_ in ("forward", "backward"):
+            calls.clear()
+            weights, details = _placed(backend, op, pass_)  # the layer still agrees with float64 on the views
+            assert details == {"implementation": "cudnn"}
+            assert calls == [(4, 5, mode, 8, 0, 1, True, False)]  # w_ih, w_hh, b_ih, b_hh per layer; one layer
+            assert len({w.untyped_storage().data_ptr() for w in weights}) == 1, (cell, pass_)
+            assert weights[1].requires_grad == (pass_ == "backward")  # still the leaves autograd differentiates
 
 # ---------------------------------------------------------------------------------------------- TF: cold-L2 flush
 class FakeGpuTensorFlow:
@@ -86,3 +146,28 @@ def test_a_clearer_reports_where_its_framework_really_put_the_buffer(framework, 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == f"Placement(device='{device}', on_gpu=False)", proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- TF: cuDNN layers
+@pytest.mark.slow
+def test_keras_takes_its_cudnn_path_for_lstm_and_gru_where_it_sees_a_gpu():
+    """Keras runs LSTM and GRU on cuDNN only with a bias and outside XLA (its cudnn_ok and use_cudnn); SimpleRNN has
+    no cuDNN path. Keras' GPU query faked as on a GPU; the layers are built, not run. In a fresh process (Keras'
+    variables start TensorFlow's runtime)."""
+    pytest.importorskip("tensorflow")
+    code = """if True:
+        import importlib, json
+        rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")  # the module (the package exports a function)
+        from backends.tf_backend import TensorFlowBackend
+        from suite.ops import Rnn
+        from suite.variant import Settings, Variant
+        rnn._is_gpu_available = lambda: True  # as tf.config.list_logical_devices('GPU') answers on a GPU
+        backend = TensorFlowBackend(Settings())
+        print(json.dumps({f"{cell} {mode}": backend._rnn(Rnn(cell, 8, 2, 3), Variant("backward", mode=mode))[1]
+                          for cell in ("rnn_relu", "rnn_tanh", "lstm", "gru") for mode in backend.modes}))
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chosen = json.loads(proc.stdout.splitlines()[-1])
+    assert chosen == {f"{cell} {mode}": "cudnn" if cell in ("lstm", "gru") and mode != "xla" else "generic loop"
+                      for cell in ("rnn_relu", "rnn_tanh", "lstm", "gru") for mode in ("function", "eager", "xla")}
