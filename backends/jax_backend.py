@@ -3,9 +3,11 @@
 (Batched) GEMM is ``lax.dot_general``; attention is ``jax.nn.dot_product_attention`` on its native
 batch×length×heads×head_dim layout ("BLHD"; KV heads fewer than query heads are grouped by JAX itself), with JAX's
 own choice of implementation, recorded as ``implementation`` ("cudnn" when the compiled program calls cuDNN's
-fused attention, else "xla"). A recurrent layer is the input projection of every step as one GEMM, then
-``lax.scan`` over the recurrent step (h·W_hhᵀ and the cell's gate maths, torch's gate order and equations, no bias):
-the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also hoist the projection.
+fused attention, else "xla"). A recurrent layer is the input projection of every step as one GEMM (plus b_ih), then
+``lax.scan`` over the recurrent step (h·W_hhᵀ + b_hh and the cell's gate maths, torch's gate order and equations):
+the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also hoist the projection; recorded as
+``implementation`` "lax.scan". JAX's only cuDNN layer, ``jax.experimental.rnn.lstm``, is experimental, LSTM- and
+float32-only, and its backward computes dx and dW together (no dx alone): not used, so JAX runs lax.scan everywhere.
 
 Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both (attention: q, k, v), so the forward's
 output is dead code that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
@@ -165,8 +167,10 @@ class JaxBackend(Backend):
         bump = jax.jit(lambda buffer: buffer + 1, donate_argnums=0)  # reads and writes the buffer in place
         state = [jax.device_put(np.zeros(nbytes // 4, np.int32), self.device)]
 
-        def clear() -> None:
+        def clear() -> Placement:
             state[0] = jax.block_until_ready(bump(state[0]))
+            (device,) = state[0].devices()
+            return Placement(str(device), device.platform == "gpu")
 
         return clear
 
@@ -218,7 +222,7 @@ class JaxBackend(Backend):
         return gemm
 
     def _rnn(self, op: Rnn, precision: Any) -> Callable[..., Any]:
-        """(x, w_ih, w_hh) -> every step's hidden state, B×T×H."""
+        """(x, w_ih, w_hh, b_ih, b_hh) -> every step's hidden state, B×T×H."""
         jax, jnp, lax = self.jax, self.jax.numpy, self.jax.lax
         hid = op.hidden
         by_rows = (((1,), (1,)), ((), ()))  # h @ W_hhᵀ for the G·H × H weight, as torch stores it
@@ -226,10 +230,10 @@ class JaxBackend(Backend):
         def gates(a, hh, k):  # gate k's slice of the input and the recurrent projections
             return a[:, k * hid:(k + 1) * hid], hh[:, k * hid:(k + 1) * hid]
 
-        def rnn(x, w_ih, w_hh):
-            def cell(carry, a):  # one step: the state (h, c) and x_t·W_ihᵀ -> the new state, and h
+        def rnn(x, w_ih, w_hh, b_ih, b_hh):
+            def cell(carry, a):  # one step: the state (h, c) and x_t·W_ihᵀ + b_ih -> the new state, and h
                 h, c = carry
-                hh = lax.dot_general(h, w_hh, by_rows, precision=precision)
+                hh = lax.dot_general(h, w_hh, by_rows, precision=precision) + b_hh
                 if op.cell == "lstm":
                     i, f, g, o = (sum(gates(a, hh, k)) for k in range(4))
                     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
@@ -242,7 +246,7 @@ class JaxBackend(Backend):
                     h = jax.nn.relu(a + hh) if op.cell == "rnn_relu" else jnp.tanh(a + hh)
                 return (h, c), h
 
-            projected = lax.dot_general(x, w_ih, (((2,), (1,)), ((), ())), precision=precision)  # B, T, G·H
+            projected = lax.dot_general(x, w_ih, (((2,), (1,)), ((), ())), precision=precision) + b_ih  # B, T, G·H
             zeros = jnp.zeros((op.batch, hid), x.dtype)
             _, ys = lax.scan(cell, (zeros, zeros), jnp.swapaxes(projected, 0, 1))  # over time: T, B, H
             return jnp.swapaxes(ys, 0, 1)
@@ -279,6 +283,8 @@ class JaxBackend(Backend):
         details: dict[str, Any] = {"compile_s": compile_s}
         if isinstance(op, Attention):  # cuDNN's fused attention shows as a custom call in the compiled program
             details["implementation"] = "cudnn" if "cudnn$fmha" in compiled.as_text() else "xla"
+        if isinstance(op, Rnn):
+            details["implementation"] = "lax.scan"
         return (lambda: compiled(*operands)), details
 
     def sync(self, out: Any) -> None:

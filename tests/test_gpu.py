@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backends.base import Backend, Settings, Unsupported, Variant
+from backends.base import Backend, Placement, Settings, Unsupported, Variant
 from suite import gpu_state
 from suite.catalog import load_catalog
 from suite.cli import main
@@ -277,6 +277,9 @@ def test_the_clearing_buffer_is_twice_the_cache_and_never_less_than_tritons(cach
 
 
 # ---------------------------------------------------------------------------------------------- worker, fake GPU
+ON_GPU = Placement("fakegpu:0", on_gpu=True)  # where the fake's clearing buffer is
+
+
 class NumpyGpu(Backend):
     """NumPy standing in for a GPU framework: every hook the worker calls, no framework."""
 
@@ -284,9 +287,10 @@ class NumpyGpu(Backend):
     modes = ("default",)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",)}
 
-    def __init__(self, free: int | None = 2**40, cache: int | None = 50 * MiB, clears: bool = True):
+    def __init__(self, free: int | None = 2**40, cache: int | None = 50 * MiB, clears: bool = True,
+                 placement: Placement = ON_GPU):
         super().__init__(Settings(device="gpu"))
-        self.free, self.cache, self.clears = free, cache, clears
+        self.free, self.cache, self.clears, self.placement = free, cache, clears, placement
         self.cleared_bytes: list[int] = []
 
     def versions(self) -> dict[str, str]:
@@ -316,11 +320,11 @@ class NumpyGpu(Backend):
     def cache_bytes(self) -> int | None:
         return self.cache
 
-    def cache_clearer(self, nbytes: int) -> Callable[[], None]:
+    def cache_clearer(self, nbytes: int) -> Callable[[], Placement]:
         if not self.clears:
             return super().cache_clearer(nbytes)
         self.cleared_bytes.append(nbytes)
-        return lambda: None
+        return lambda: self.placement
 
 
 FAST = TimingConfig(warmup_s=0.0, target_block_s=1e-4, min_blocks=3, max_blocks=5, max_time_s=0.05,
@@ -373,7 +377,16 @@ def test_cold_cache_writes_a_buffer_sized_from_the_l2_and_records_the_timer():
     result = run_task(backend, {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
     assert result["status"] == "ok" and result["calls_per_block"] == 1
     assert backend.cleared_bytes == [600 * MiB]
-    assert result["cold_cache"] == {"cache_bytes": 300 * MiB, "clear_bytes": 600 * MiB, "timer": "host clock"}
+    assert result["cold_cache"] == {"cache_bytes": 300 * MiB, "clear_bytes": 600 * MiB, "buffer_device": "fakegpu:0",
+                                    "timer": "host clock"}
+
+
+def test_cold_cache_refuses_a_clearing_buffer_outside_gpu_memory():
+    """A buffer the framework put in host memory clears no L2: the measurement fails, naming where it went."""
+    host = Placement("/job:localhost/replica:0/task:0/device:CPU:0", on_gpu=False)
+    result = run_task(NumpyGpu(placement=host), {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
+    assert result["status"] == "error" and "block_times" not in result
+    assert "clearing buffer in /job:localhost/replica:0/task:0/device:CPU:0, not in GPU memory" in result["reason"]
 
 
 def test_cold_calls_timed_by_cuda_events_are_not_flagged_as_short_blocks():
