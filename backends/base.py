@@ -21,7 +21,8 @@ from suite.ops import OUTPUTS, WRT, Op
 from suite.timing import host_timed
 from suite.variant import Settings, Variant
 
-__all__ = ["OUTPUTS", "WRT", "Backend", "DeviceMissing", "Prepared", "Settings", "Unsupported", "Variant"]
+__all__ = ["OUTPUTS", "WRT", "Backend", "DeviceMissing", "Placement", "Prepared", "Settings", "Unsupported",
+           "Variant"]
 
 
 class Unsupported(Exception):
@@ -30,6 +31,14 @@ class Unsupported(Exception):
 
 class DeviceMissing(Unsupported):
     """The framework sees no such device; the message names the installed build and the install line that has it."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a framework says a buffer's memory is: its own name for the device, and whether that is GPU memory."""
+
+    device: str  # e.g. "cuda:0", TensorFlow's "/job:localhost/replica:0/task:0/device:GPU:0"
+    on_gpu: bool  # by the framework's own device type, not by the device that was asked for
 
 
 @dataclass
@@ -87,15 +96,17 @@ class Backend(ABC):
 
     # --- GPU hooks (cold cache, NVML); the defaults fit a framework that cannot tell -------------
     def gpu_id(self) -> str | None:
-        """The GPU's "GPU-<uuid>" or PCI bus id, so NVML samples the device the framework uses."""
+        """The GPU's "GPU-<uuid>" or PCI bus id, or ``suite.gpu_state.visible_gpu_id(<its CUDA ordinal>)`` where the
+        framework tells neither, so NVML samples the device the framework uses."""
         return None
 
     def cache_bytes(self) -> int | None:
         """Size of the device cache that cold-cache timing clears (the GPU's L2), where the framework tells."""
         return None
 
-    def cache_clearer(self, nbytes: int) -> Callable[[], None]:
-        """A function that writes ``nbytes`` on the device and leaves the write ordered before the next call."""
+    def cache_clearer(self, nbytes: int) -> Callable[[], Placement]:
+        """A function that writes ``nbytes`` on the device, leaves the write ordered before the next call and returns
+        where the framework put the buffer (the worker refuses a buffer outside GPU memory: it would clear no L2)."""
         raise Unsupported(f"{self.name} has no cache clearing on {self.settings.device}")
 
     def single_call_timer(self, step: Callable[[], Any]) -> tuple[Callable[[], float], str]:

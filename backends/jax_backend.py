@@ -3,9 +3,11 @@
 (Batched) GEMM is ``lax.dot_general``; attention is ``jax.nn.dot_product_attention`` on its native
 batch×length×heads×head_dim layout ("BLHD"; KV heads fewer than query heads are grouped by JAX itself), with JAX's
 own choice of implementation, recorded as ``implementation`` ("cudnn" when the compiled program calls cuDNN's
-fused attention, else "xla"). A recurrent layer is the input projection of every step as one GEMM, then
-``lax.scan`` over the recurrent step (h·W_hhᵀ and the cell's gate maths, torch's gate order and equations, no bias):
-the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also hoist the projection.
+fused attention, else "xla"). A recurrent layer is the input projection of every step as one GEMM (plus b_ih), then
+``lax.scan`` over the recurrent step (h·W_hhᵀ + b_hh and the cell's gate maths, torch's gate order and equations):
+the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also hoist the projection; recorded as
+``implementation`` "lax.scan". JAX's only cuDNN layer, ``jax.experimental.rnn.lstm``, is experimental, LSTM- and
+float32-only, and its backward computes dx and dW together (no dx alone): not used, so JAX runs lax.scan everywhere.
 
 Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both (attention: q, k, v), so the forward's
 output is dead code that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
@@ -39,6 +41,22 @@ YNN_OFF_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 _DIMENSIONS = {"NCHW": ("NCHW", "OIHW", "NCHW"), "NHWC": ("NHWC", "HWIO", "NHWC")}
 _TO_NHWC = {"x": (0, 2, 3, 1), "w": (2, 3, 1, 0), "dy": (0, 2, 3, 1)}  # from logical NCHW / KCRS / NKPQ
 _ROLE = {"dx": "x", "dw": "w", "y": "dy"}
+
+
+def jax_cuda_install(version: str, driver_cuda: tuple[int, int] | None) -> str:
+    """How to install the CUDA build of jax ``version`` that fits the driver: the extra of the newest CUDA it runs
+    (jax[cuda13] needs a CUDA 13 driver, jax[cuda12] a CUDA 12 one, which CUDA 13 drivers also run)."""
+    extras = {13: "cuda13", 12: "cuda12"}
+    if driver_cuda is None:
+        return (f"no NVIDIA driver found to fit a CUDA build to: with a CUDA 12 driver pip install "
+                f"'jax[cuda12]=={version}', with a CUDA 13 one 'jax[cuda13]=={version}', or run tox -e jax-gpu")
+    major, minor = driver_cuda
+    fits = [extra for cuda, extra in sorted(extras.items(), reverse=True) if cuda <= major]
+    if not fits:
+        return (f"the NVIDIA driver supports CUDA {major}.{minor}, older than any CUDA build of jax {version} (12 or "
+                "13): upgrade the driver, then pip install 'jax[cuda12]'")
+    return (f"the driver supports CUDA {major}.{minor}; install the CUDA build that fits it: pip install "
+            f"'jax[{fits[0]}]=={version}', or run tox -e jax-gpu (jax[cuda12], which CUDA 12 and 13 drivers run)")
 
 
 class JaxBackend(Backend):
@@ -113,15 +131,16 @@ class JaxBackend(Backend):
 
         import jaxlib
 
+        from suite.gpu_state import driver_cuda_version
+
         plugins = []
         for dist in ("jax-cuda12-plugin", "jax-cuda13-plugin"):
             with contextlib.suppress(metadata.PackageNotFoundError):
                 plugins.append(f"{dist} {metadata.version(dist)}")
-        build = (f"jax {self.jax.__version__} with {', '.join(plugins)} sees no GPU (no NVIDIA driver, or "
-                 "CUDA_VISIBLE_DEVICES hides every GPU)" if plugins else
-                 f"jaxlib {jaxlib.__version__} is CPU-only (no jax-cuda12-plugin installed)")
-        return (f"{build}; install the CUDA build: pip install 'jax[cuda12]=={self.jax.__version__}', "
-                "or run tox -e jax-gpu")
+        build = (f"jax {self.jax.__version__} with {', '.join(plugins)} sees no GPU (no NVIDIA driver, a driver "
+                 "older than the plugin's CUDA, or CUDA_VISIBLE_DEVICES hides every GPU)" if plugins else
+                 f"jaxlib {jaxlib.__version__} is CPU-only (no jax-cuda12-plugin or jax-cuda13-plugin installed)")
+        return f"{build}; {jax_cuda_install(self.jax.__version__, driver_cuda_version())}"
 
     def free_memory_bytes(self) -> int | None:
         """The GPU allocator's limit less what is in use (device.memory_stats(); None on CPU)."""
@@ -132,6 +151,15 @@ class JaxBackend(Backend):
             return None
         return max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0)
 
+    def gpu_id(self) -> str | None:
+        """The device's CUDA ordinal (``local_hardware_id``; jax_cuda_visible_devices keeps the ordinals it selects)
+        in the visible device list: JAX tells neither UUID nor PCI bus id."""
+        if self.settings.device != "gpu":
+            return None
+        from suite.gpu_state import visible_gpu_id
+
+        return visible_gpu_id(self.device.local_hardware_id)
+
     def cache_clearer(self, nbytes: int):
         if self.settings.device != "gpu":
             return super().cache_clearer(nbytes)
@@ -139,8 +167,10 @@ class JaxBackend(Backend):
         bump = jax.jit(lambda buffer: buffer + 1, donate_argnums=0)  # reads and writes the buffer in place
         state = [jax.device_put(np.zeros(nbytes // 4, np.int32), self.device)]
 
-        def clear() -> None:
+        def clear() -> Placement:
             state[0] = jax.block_until_ready(bump(state[0]))
+            (device,) = state[0].devices()
+            return Placement(str(device), device.platform == "gpu")
 
         return clear
 
@@ -192,7 +222,7 @@ class JaxBackend(Backend):
         return gemm
 
     def _rnn(self, op: Rnn, precision: Any) -> Callable[..., Any]:
-        """(x, w_ih, w_hh) -> every step's hidden state, B×T×H."""
+        """(x, w_ih, w_hh, b_ih, b_hh) -> every step's hidden state, B×T×H."""
         jax, jnp, lax = self.jax, self.jax.numpy, self.jax.lax
         hid = op.hidden
         by_rows = (((1,), (1,)), ((), ()))  # h @ W_hhᵀ for the G·H × H weight, as torch stores it
@@ -200,10 +230,10 @@ class JaxBackend(Backend):
         def gates(a, hh, k):  # gate k's slice of the input and the recurrent projections
             return a[:, k * hid:(k + 1) * hid], hh[:, k * hid:(k + 1) * hid]
 
-        def rnn(x, w_ih, w_hh):
-            def cell(carry, a):  # one step: the state (h, c) and x_t·W_ihᵀ -> the new state, and h
+        def rnn(x, w_ih, w_hh, b_ih, b_hh):
+            def cell(carry, a):  # one step: the state (h, c) and x_t·W_ihᵀ + b_ih -> the new state, and h
                 h, c = carry
-                hh = lax.dot_general(h, w_hh, by_rows, precision=precision)
+                hh = lax.dot_general(h, w_hh, by_rows, precision=precision) + b_hh
                 if op.cell == "lstm":
                     i, f, g, o = (sum(gates(a, hh, k)) for k in range(4))
                     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
@@ -216,7 +246,7 @@ class JaxBackend(Backend):
                     h = jax.nn.relu(a + hh) if op.cell == "rnn_relu" else jnp.tanh(a + hh)
                 return (h, c), h
 
-            projected = lax.dot_general(x, w_ih, (((2,), (1,)), ((), ())), precision=precision)  # B, T, G·H
+            projected = lax.dot_general(x, w_ih, (((2,), (1,)), ((), ())), precision=precision) + b_ih  # B, T, G·H
             zeros = jnp.zeros((op.batch, hid), x.dtype)
             _, ys = lax.scan(cell, (zeros, zeros), jnp.swapaxes(projected, 0, 1))  # over time: T, B, H
             return jnp.swapaxes(ys, 0, 1)
@@ -253,6 +283,8 @@ class JaxBackend(Backend):
         details: dict[str, Any] = {"compile_s": compile_s}
         if isinstance(op, Attention):  # cuDNN's fused attention shows as a custom call in the compiled program
             details["implementation"] = "cudnn" if "cudnn$fmha" in compiled.as_text() else "xla"
+        if isinstance(op, Rnn):
+            details["implementation"] = "lax.scan"
         return (lambda: compiled(*operands)), details
 
     def sync(self, out: Any) -> None:

@@ -13,10 +13,14 @@ batch×length×heads×head_dim layout ("BLHD"): the query scaled by 1/√D, ``ei
 (masked above the diagonal when causal), ``einsum("acbe,aecd->abcd", p, v)``; with fewer KV heads, K and V are
 repeated over each head group first, as Keras' GroupedQueryAttention does. TensorFlow has no fused attention op.
 Batched GEMM is ``tf.linalg.matmul`` on 3-D operands with the transpose flags.
-A recurrent layer is Keras' own layer (``keras.layers.SimpleRNN``/``LSTM``/``GRU(reset_after=True)``, no bias,
+A recurrent layer is Keras' own layer (``keras.layers.SimpleRNN``/``LSTM``/``GRU(reset_after=True)``, with bias,
 return_sequences) called through ``Layer.stateless_call`` with the case's weights as tensors, so the tape
 differentiates them like any operand. Keras stores ``kernel`` as input×G·hidden (torch's W_ihᵀ) and orders GRU gates
-z, r, h where torch has r, z, n: the weights enter in Keras' layout and their gradients are turned back.
+z, r, h where torch has r, z, n: the weights enter in Keras' layout and their gradients are turned back. Its bias is
+one vector for LSTM and SimpleRNN (given b_ih + b_hh, summed once outside the timed region) and the two rows
+(input, recurrent) for GRU. Keras runs LSTM and GRU on cuDNN where its own predicate ``cudnn_ok`` allows (a GPU,
+bias, the default activations); ``implementation`` records that or its generic loop. XLA cannot compile the cuDNN
+op, so mode "xla" asks for the loop (``use_cudnn=False``).
 
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, Conv2d, Op, Rnn
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
@@ -139,20 +143,33 @@ class TensorFlowBackend(Backend):
         if not hasattr(self, "_gpu_total"):
             from suite.gpu_state import open_monitor
 
-            monitor, _ = open_monitor()
+            monitor, _ = open_monitor(self.gpu_id())
             self._gpu_total = monitor.memory_total_bytes() if monitor else None
         if self._gpu_total is None:
             return None
         return max(self._gpu_total - self.tf.config.experimental.get_memory_info("GPU:0")["current"], 0)
+
+    def gpu_id(self) -> str | None:
+        """GPU:0's CUDA ordinal (its physical device's number) in the visible device list: TensorFlow tells neither
+        UUID nor PCI bus id without creating every GPU's device (device_lib)."""
+        if self.settings.device != "gpu":
+            return None
+        from suite.gpu_state import visible_gpu_id
+
+        first = self.tf.config.list_physical_devices("GPU")[0]  # "/physical_device:GPU:<CUDA ordinal>"
+        return visible_gpu_id(int(first.name.rsplit(":", 1)[1]))
 
     def cache_clearer(self, nbytes: int):
         if self.settings.device != "gpu":
             return super().cache_clearer(nbytes)
         tf = self.tf
 
-        def clear() -> None:  # a fresh zero fill of nbytes on the GPU, finished before the timed call
-            with tf.device("/GPU:0"):
-                self.sync(tf.zeros([nbytes // 4], tf.int32))
+        def clear() -> Placement:  # a fresh zero fill of nbytes on the GPU, finished before the timed call
+            with tf.device("/GPU:0"):  # float32: TF's GPU Fill kernel for int32 writes its output to host memory
+                buffer = tf.zeros([nbytes // 4], tf.float32)
+            self.sync(buffer)
+            where = buffer.backing_device  # where the memory is (.device names where the op ran)
+            return Placement(where, tf.DeviceSpec.from_string(where).device_type == "GPU")
 
         return clear
 
@@ -172,7 +189,7 @@ class TensorFlowBackend(Backend):
 
     @staticmethod
     def _keras_weight(array: np.ndarray, op: Rnn) -> np.ndarray:
-        """torch's G·H × in weight -> Keras' in × G·H kernel (GRU gates r, z, n -> z, r, h)."""
+        """torch's G·H × in weight -> Keras' in × G·H kernel, or a G·H bias (GRU gates r, z, n -> z, r, h)."""
         if op.cell == "gru":
             r, z, n = np.split(array, 3)
             array = np.concatenate([z, r, n])
@@ -189,7 +206,7 @@ class TensorFlowBackend(Backend):
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
         tf = self.tf
-        if isinstance(op, Rnn) and role.startswith("w_"):
+        if isinstance(op, Rnn) and role.startswith(("w_", "b_")):
             array = self._keras_weight(array, op)
         perm = self._perm(role, op, variant)
         if perm is not None and role == "w" and op.depthwise:  # K = C*m filters, k = c*m + j: (C, m, R, S)
@@ -238,28 +255,41 @@ class TensorFlowBackend(Backend):
                            f"{variant.layout} in mode {variant.mode!r} on {self.settings.device}: "
                            f"{type(error).__name__}: {message}")
 
-    def _rnn(self, op: Rnn, variant: Variant):
-        """Keras' layer as a function of (x, kernel, recurrent_kernel): every step's hidden state."""
+    def _rnn(self, op: Rnn, variant: Variant) -> tuple[Any, str]:
+        """Keras' layer as a function of (x, kernel, recurrent_kernel, bias): every step's hidden state; and the
+        implementation Keras runs it with, by its own predicate (``cudnn_ok``, as LSTM and GRU decide it)."""
         import keras
+        from keras.src import backend as keras_backend
 
         dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[variant.dtype]
         # The layer's own weights are never used (stateless_call takes the case's): zeros skip the orthogonal
         # initializer's QR, which is slow at DeepBench's sizes and has no bfloat16 kernel.
-        common = {"use_bias": False, "return_sequences": True, "dtype": dtype, "kernel_initializer": "zeros",
+        common = {"use_bias": True, "return_sequences": True, "dtype": dtype, "kernel_initializer": "zeros",
                   "recurrent_initializer": "zeros"}
+        cudnn = {"use_cudnn": "auto" if variant.mode != "xla" else False}  # XLA cannot compile the cuDNN op
         layer = {"rnn_relu": lambda: keras.layers.SimpleRNN(op.hidden, activation="relu", **common),
                  "rnn_tanh": lambda: keras.layers.SimpleRNN(op.hidden, activation="tanh", **common),
-                 "lstm": lambda: keras.layers.LSTM(op.hidden, **common),
-                 "gru": lambda: keras.layers.GRU(op.hidden, reset_after=True, **common)}[op.cell]()
+                 "lstm": lambda: keras.layers.LSTM(op.hidden, **common, **cudnn),
+                 "gru": lambda: keras.layers.GRU(op.hidden, reset_after=True, **common, **cudnn)}[op.cell]()
         layer.build((op.batch, op.timesteps, op.input_size))
         names = [variable.path.rsplit("/", 1)[-1] for variable in layer.trainable_variables]
-        assert names == ["kernel", "recurrent_kernel"], names  # the order stateless_call takes them in
+        assert names == ["kernel", "recurrent_kernel", "bias"], names  # the order stateless_call takes them in
         fixed = [variable.value for variable in layer.non_trainable_variables]  # an unused dropout seed
+        cell = layer.cell
+        on_cudnn = getattr(layer, "use_cudnn", False) in ("auto", True) and keras_backend.cudnn_ok(  # SimpleRNN: none
+            cell.activation, cell.recurrent_activation, layer.unroll, cell.use_bias,
+            **({"reset_after": cell.reset_after} if op.cell == "gru" else {}))
 
-        def rnn(x, kernel, recurrent_kernel):
-            return layer.stateless_call([kernel, recurrent_kernel], fixed, x)[0]
+        def rnn(x, kernel, recurrent_kernel, bias):
+            return layer.stateless_call([kernel, recurrent_kernel, bias], fixed, x)[0]
 
-        return rnn
+        return rnn, "cudnn" if on_cudnn else "generic loop"
+
+    def _keras_bias(self, op: Rnn, b_ih: Any, b_hh: Any) -> Any:
+        """torch's two biases as the Keras layer's: the GRU's input and recurrent rows, else one vector, their sum."""
+        tf = self.tf
+        with tf.device("/GPU:0" if self.settings.device == "gpu" else "/CPU:0"):  # beside the operands: no copy
+            return tf.stack([b_ih, b_hh]) if op.cell == "gru" else b_ih + b_hh
 
     def _attention(self, op: Attention, variant: Variant):
         """Keras MultiHeadAttention's core on B, L, H, D tensors: (q, k, v) -> output."""
@@ -280,6 +310,9 @@ class TensorFlowBackend(Backend):
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         tf = self.tf
         names, wrt_names = op.inputs, op.wrt(variant.pass_)
+        if isinstance(op, Rnn):  # the layer's operands: x and its three variables (not differentiated: the bias)
+            names, args = ("x", "w_ih", "w_hh", "bias"), {**args, "bias": self._keras_bias(op, args["b_ih"],
+                                                                                          args["b_hh"])}
         operands = (*(args[name] for name in names), args["dy"])
         errors = self.kernel_errors
         details: dict[str, Any] = {}
@@ -291,7 +324,8 @@ class TensorFlowBackend(Backend):
                 forward = self._attention(op, variant)
                 details = {"implementation": "einsum + softmax (Keras MultiHeadAttention core)"}
             elif isinstance(op, Rnn):
-                forward = self._rnn(op, variant)
+                forward, implementation = self._rnn(op, variant)
+                details = {"implementation": implementation}
             else:
                 def forward(x, w):
                     return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)

@@ -5,7 +5,9 @@ batch×heads×length×head_dim tensors (``enable_gqa`` when KV heads are fewer),
 for those inputs (``torch._fused_sdp_choice``: flash, memory-efficient, cuDNN or math) is recorded as ``sdpa_backend``
 (eager mode; torch.compile may substitute its own kernel). A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``,
 ``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward call with their flat weights, here given the case's
-weights (no biases, one layer, batch first) and a zero initial state made once outside the timed region.
+weights and biases (one layer, batch first) and a zero initial state made once outside the timed region. The kernel
+torch picks is recorded as ``implementation`` (cuDNN, oneDNN or its generic loop); for cuDNN the weights are first
+flattened into one buffer, as nn.LSTM keeps them (``flatten_parameters``).
 
 Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
 the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the
@@ -16,11 +18,12 @@ compute dW. Under torch.compile the forward is compiled and the backward replays
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn
 
 
@@ -70,16 +73,20 @@ class TorchBackend(Backend):
         precision = "tf32" if settings.math == "tf32" else "ieee"
         torch.backends.cuda.matmul.fp32_precision = precision
         torch.backends.cudnn.conv.fp32_precision = precision
-        torch.backends.mkldnn.matmul.fp32_precision = "ieee" if precision == "ieee" else "tf32"
-        torch.backends.mkldnn.conv.fp32_precision = "ieee" if precision == "ieee" else "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = precision  # cuDNN's RNN math mode; torch's default is tf32
+        torch.backends.mkldnn.matmul.fp32_precision = precision
+        torch.backends.mkldnn.conv.fp32_precision = precision
+        torch.backends.mkldnn.rnn.fp32_precision = precision
         torch.backends.cudnn.benchmark = True  # autotune once per shape; the warm-up absorbs it
         flags = {
             "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(),
             "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision,
             "cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+            "cudnn.rnn.fp32_precision": torch.backends.cudnn.rnn.fp32_precision,
             "mkldnn.matmul.fp32_precision": torch.backends.mkldnn.matmul.fp32_precision,
             "mkldnn.conv.fp32_precision": torch.backends.mkldnn.conv.fp32_precision,
+            "mkldnn.rnn.fp32_precision": torch.backends.mkldnn.rnn.fp32_precision,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
         }
         if settings.device == "gpu":  # cuBLAS may reduce fp16/bf16 GEMM partial sums in that precision (default on)
@@ -123,7 +130,7 @@ class TorchBackend(Backend):
         return torch.matmul
 
     def _rnn(self, op: Rnn, variant: Variant):
-        """(x, w_ih, w_hh) -> every step's hidden state, as nn.RNN/LSTM/GRU(bias=False, batch_first=True) run it."""
+        """(x, w_ih, w_hh, b_ih, b_hh) -> every step's hidden state, as nn.RNN/LSTM/GRU(batch_first=True) run it."""
         torch = self.torch
         layer = {"rnn_relu": torch.rnn_relu, "rnn_tanh": torch.rnn_tanh, "lstm": torch.lstm, "gru": torch.gru}[op.cell]
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[variant.dtype]
@@ -131,21 +138,72 @@ class TorchBackend(Backend):
         state = (h0, h0) if op.cell == "lstm" else h0
         train = variant.pass_ != "forward"  # the forward pass runs as inference does (nothing recorded for autograd)
         # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-        return lambda x, w_ih, w_hh: layer(x, state, [w_ih, w_hh], False, 1, 0.0, train, False, True)[0]
+        return lambda x, *weights: layer(x, state, list(weights), True, 1, 0.0, train, False, True)[0]
+
+    def _rnn_implementation(self, op: Rnn, variant: Variant, forward: Any, inputs: list[Any]) -> str:
+        """The kernel torch runs the layer with, as torch decides it: "cudnn", "miopen", "onednn" or "generic loop"
+        (a loop over the steps of GEMMs and pointwise ops).
+
+        Eager: the choice is made in C++ (RNN.cpp's use_cudnn and use_mkldnn, on these very tensors), so one call,
+        outside the timed region, records the aten ops it dispatches. torch.compile traces the layer through torch's
+        Python decompositions instead: every step unrolled, except an LSTM that ``select_one_layer_lstm_function``
+        sends to oneDNN (CPU, input without grad); torch 2.13 keeps no cuDNN layer there.
+        """
+        torch = self.torch
+        if variant.mode == "compile":
+            if op.cell != "lstm":
+                return "generic loop"
+            from torch._decomp import decompositions
+
+            h0 = torch.zeros(1, op.batch, op.hidden, device=self.device, dtype=inputs[0].dtype)
+            chosen = decompositions.select_one_layer_lstm_function(inputs[0], (h0, h0), [tuple(inputs[1:])])
+            return "onednn" if chosen is decompositions.mkldnn_one_layer_lstm else "generic loop"
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        kernels = {"_cudnn_rnn": "cudnn", "miopen_rnn": "miopen", "mkldnn_rnn_layer": "onednn"}
+        seen: list[str] = []
+
+        class Recorder(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append(func.overloadpacket.__name__)
+                return func(*args, **(kwargs or {}))
+
+        with warnings.catch_warnings(), Recorder():  # cuDNN warns of the scattered weights, flattened next
+            warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
+            forward(*inputs)
+        return next((kernels[name] for name in seen if name in kernels), "generic loop")
+
+    def _flatten_rnn_weights(self, op: Rnn, weights: list[Any]) -> None:
+        """Copy the weights into one buffer in cuDNN's layout and make each a view of it, as nn.LSTM's
+        flatten_parameters does: scattered weights are copied into a fresh buffer by every cuDNN call."""
+        torch = self.torch
+        if not torch._use_cudnn_rnn_flatten_weight():
+            return
+        from torch.backends.cudnn import rnn
+
+        mode = rnn.get_cudnn_mode(op.cell.upper())  # RNN_RELU, RNN_TANH, LSTM, GRU
+        with torch.cuda.device_of(weights[0]), torch.no_grad():  # in place on the leaves (set_ to views)
+            # (weights, per layer, input size, mode, hidden, projection, layers, batch_first, bidirectional)
+            torch._cudnn_rnn_flatten_weight(weights, len(weights), op.input_size, mode, op.hidden, 0, 1, True, False)
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         torch = self.torch
         forward = self._forward(op, variant)
+        inputs, dy = [args[name] for name in op.inputs], args["dy"]
+        if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
+            inputs = [x.mT if flag else x for x, flag in zip(inputs, (op.transpose_a, op.transpose_b), strict=True)]
+        details: dict[str, Any] = {}
+        if isinstance(op, Attention) and variant.mode == "eager":  # under torch.compile Inductor may pick its own
+            details = self._sdpa_backend(op, inputs)
+        if isinstance(op, Rnn):
+            details = {"implementation": self._rnn_implementation(op, variant, forward, inputs)}
+            if details["implementation"] == "cudnn":  # once, before timing
+                self._flatten_rnn_weights(op, inputs[1:])
         if variant.mode == "compile":
             # Every case of a kind compiles the same function; dynamo caches per code object and stops recompiling
             # after a few shapes, so start each case from an empty cache.
             torch._dynamo.reset()
             forward = torch.compile(forward, dynamic=False, fullgraph=True)
-        inputs, dy = [args[name] for name in op.inputs], args["dy"]
-        if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
-            inputs = [x.mT if flag else x for x, flag in zip(inputs, (op.transpose_a, op.transpose_b), strict=True)]
-        # Eager only: under torch.compile Inductor may replace the call with its own kernel
-        details = self._sdpa_backend(op, inputs) if isinstance(op, Attention) and variant.mode == "eager" else {}
         if variant.pass_ == "forward":  # no operand requires grad here, so autograd records nothing
             return functools.partial(forward, *inputs), details  # one call per step, no harness frame around it
         try:
@@ -196,7 +254,12 @@ class TorchBackend(Backend):
         if self.settings.device != "gpu":
             return super().cache_clearer(nbytes)
         buffer = self.torch.empty(nbytes // 4, dtype=self.torch.int32, device="cuda")
-        return buffer.zero_  # queued before the next call's start event, as triton's do_bench does
+
+        def clear() -> Placement:
+            buffer.zero_()  # queued before the next call's start event, as triton's do_bench does
+            return Placement(str(buffer.device), buffer.is_cuda)
+
+        return clear
 
     def single_call_timer(self, step):
         """On the GPU, CUDA events around the call: the clearing write before it stays outside the timed region."""

@@ -201,10 +201,14 @@ def _gpu_facts(env: Environment, workers: list[WorkerInfo]) -> dict[str, str]:
     nvml = env.nvml or {}
     if not (env.gpus or nvml.get("gpus")):
         return {}
-    locked = {True: "clocks locked (applications clocks set)", False: "clocks not locked", None: "clock lock unknown"}
+    def locked(gpu: dict[str, Any]) -> str:
+        if gpu.get("clocks_locked") is None:
+            return "clock lock unknown"
+        by = "; ".join(gpu.get("clocks_locked_by") or ["applications clocks set"])  # older headers name none
+        return f"clocks locked ({by})" if gpu["clocks_locked"] else "clocks not locked"
+
     gpus = [f"{g.get('name')} ({(g.get('memory_bytes') or 0) / 2**30:.1f} GiB, max SM clock "
-            f"{g.get('max_sm_clock_mhz')} MHz, {locked[g.get('clocks_locked')]}, power limit "
-            f"{g.get('power_limit_w')} W)"
+            f"{g.get('max_sm_clock_mhz')} MHz, {locked(g)}, power limit {g.get('power_limit_w')} W)"
             for g in nvml.get("gpus") or []] or [
         f"{g.get('name')} ({g.get('memory', '')}, driver {g.get('driver', '')}; NVML: {nvml.get('nvml', 'not read')})"
         for g in env.gpus]

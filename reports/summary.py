@@ -414,8 +414,10 @@ def networks(a: Analysis) -> list[dict[str, Any]]:
     """Whole-network totals (complete layer sets only) and the partial sets apart."""
     n, partial = a.networks, a.partial_networks
     if n.empty and partial.empty:
-        return [block("These results hold no layers of a catalogued network (tag modern with train or inference).",
-                      missing=True)]
+        *others, last = PHASES  # the phase tags
+        return [block("These results hold no layers of a catalogued network: a network's layers carry the tag "
+                      f"net:<network> and a phase tag ({', '.join(others)} or {last}), and each layer's count "
+                      "weights its total.", missing=True)]
     blocks = []
     for key, where, group in groups(n, CONFIG, a.pooled) if len(n) else []:
         fastest = group.loc[group.groupby(["name", "backend"])["time_s"].idxmin()]

@@ -20,6 +20,7 @@ import yaml
 from suite.ops import OP_KINDS, InvalidDims, Op
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
+WHOLE_CATALOG = "all"  # the subset every catalog has, without naming it in subsets.yaml: every case of its folders
 SUBSETS_FILE = "subsets.yaml"
 
 ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags"}
@@ -389,5 +390,5 @@ def load_catalog(directories: str | Path | Iterable[str | Path] = SHAPES_DIR) ->
                 raise CatalogError(subsets_path, f"duplicate subset; first defined in {subset_files[name]}",
                                    f"subset '{name}'")
             subsets[name], subset_files[name] = subset, subsets_path
-    subsets.setdefault("all", Subset("all", "every case in the catalog"))
+    subsets.setdefault(WHOLE_CATALOG, Subset(WHOLE_CATALOG, "every case in the catalog"))
     return Catalog(tuple(cases), subsets)

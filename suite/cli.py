@@ -7,31 +7,51 @@ import contextlib
 import fnmatch
 import json
 import math
+import os
 import re
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 import backends
-from suite import show
-from suite.catalog import SHAPES_DIR, Case, CatalogError, did_you_mean, load_catalog
+from suite import missing_module, setup_advice, show
+from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.compare import CompareError
 from suite.environment import usable_cpus
 from suite.ops import DTYPES, OP_KINDS, PASSES
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
-from suite.stats import format_seconds
+from suite.stats import CONTENDED_SHARE, format_seconds
 from suite.timing import TimingConfig
 
+
+class _Console(Console):
+    """rich's console, leaving a closed pipe to ``main`` (rich would exit 1, which here means a failed measurement)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 # Tables stay readable in logs and pipes, where rich would otherwise wrap at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+console = _Console(width=None if sys.stdout.isatty() else 200)
+err_console = _Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+DEFAULT_SUBSET = "quick"  # what a bare `run` measures: the CPU main job's cases
+
+
+def print_table(table: Table) -> None:
+    """A table of data on stdout: its cells are text, never rich markup (which would eat "[jax]" in
+    "pip install 'opbench[jax]'")."""
+    console.print(table, markup=False)
 
 
 class UsageError(ValueError):
@@ -63,7 +83,10 @@ def _choices(text: str, allowed: Iterable[str], what: str, special: tuple[str, .
 # ---------------------------------------------------------------------------------------------- selection
 def add_selection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("which cases")
-    group.add_argument("--catalog", default=None, help="named subset of the catalog (see `list --subsets`)")
+    group.add_argument("--catalog", default=None,
+                       help=f"named subset of the catalog (see `list --subsets`). Default: {DEFAULT_SUBSET!r} for "
+                            f"the bundled catalog with no other selection; {WHOLE_CATALOG!r} (every case) when --id, "
+                            "--tag or --shapes of your own name the cases (--op and --source only narrow)")
     group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
     group.add_argument("--op", choices=tuple(OP_KINDS), help="keep one op kind")
@@ -79,9 +102,20 @@ def shape_folders(values: str | list[str] | None) -> list[Path]:
     return [SHAPES_DIR if part == "bundled" else Path(part).expanduser() for item in items for part in _csv(item)]
 
 
-def select(args: argparse.Namespace, default_subset: str = "all") -> list[Case]:
+def subset_name(args: argparse.Namespace) -> str:
+    """The subset ``list``, ``run`` and ``check`` select from: --catalog, else ``DEFAULT_SUBSET`` when nothing but the
+    bundled catalog is named, else the whole catalog (an --id or --tag, or a folder of one's own, name cases from
+    every case; --op and --source only narrow), so ``list`` shows what ``run`` with the same flags measures."""
+    if args.catalog:
+        return args.catalog
+    chosen = args.id or args.tag
+    own = {folder.resolve() for folder in shape_folders(args.shapes)} != {SHAPES_DIR}
+    return WHOLE_CATALOG if chosen or own else DEFAULT_SUBSET
+
+
+def select(args: argparse.Namespace) -> list[Case]:
     catalog = load_catalog(shape_folders(args.shapes))
-    cases = catalog.subset(args.catalog or default_subset)
+    cases = catalog.subset(subset_name(args))
     if args.id:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in args.id)]
     if args.tag:
@@ -121,7 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.format == "json":
             print(json.dumps(subsets, indent=1))
         else:
-            console.print(table)
+            print_table(table)
         return 0
     cases = select(args)
     if args.format == "json":
@@ -133,14 +167,17 @@ def cmd_list(args: argparse.Namespace) -> int:
                            "flops_forward": c.op.flops(), "count": c.count, "tags": list(c.tags),
                            "provenance": asdict(c.provenance)} for c in cases], indent=1))
         return 0
-    table = Table(title=f"{len(cases)} cases ({args.catalog or 'all'}); total forward "
+    subset = subset_name(args)
+    default = not args.catalog and subset == DEFAULT_SUBSET
+    hint = f", the default; --catalog {WHOLE_CATALOG} lists every case" if default else ""
+    table = Table(title=f"{len(cases)} cases ({subset}{hint}); total forward "
                         f"{_gflop(sum(c.op.flops() for c in cases))} GFLOP")
     for col in ("id", "op", "shape", "GFLOP fwd", "count", "network", "layer"):
         table.add_column(col, justify="right" if col in ("GFLOP fwd", "count") else "left")
     for case in cases:
         table.add_row(case.id, case.op.kind, case.op.describe(), _gflop(case.op.flops()), str(case.count),
                       case.provenance.network, case.provenance.layer)
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -168,7 +205,7 @@ def list_backends(form: str) -> int:
     for row in rows:
         table.add_row(row["backend"], row["package"], row["status"], row["framework"] or "", ", ".join(row["modes"]),
                       "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["layouts"].items()))
-    console.print(table)
+    print_table(table)
     for problem in problems:
         err_console.print(f"warning: {problem}", highlight=False, markup=False, soft_wrap=True)
     return 0
@@ -272,6 +309,10 @@ def _backend_names(text: str) -> list[str]:
             raise UsageError("no framework is installed here; install one (pip install 'opbench[torch]') or use tox")
         return names
     named = ",".join(backends.ALIASES.get(name, name) for name in _csv(text))
+    for name in _csv(named):
+        if name in backends.TOX_ENV and name not in backends.REGISTRY:  # opbench's own: its metadata is missing
+            raise UsageError(f"backend {name!r} is not registered: opbench is not installed in this Python "
+                             f"({sys.executable}): {setup_advice()}")
     names = _choices(named, backends.REGISTRY, "backend", ("available",))
     for name in names:
         if not backends.is_available(name):
@@ -282,7 +323,7 @@ def _backend_names(text: str) -> list[str]:
 def build_plan(args: argparse.Namespace):
     from suite.runner import plan, shard
 
-    cases = select(args, default_subset="quick")
+    cases = select(args)
     if not cases:
         raise UsageError("no case matches the selection; see `python -m suite list`")
     devices = _choices(args.device, ("cpu", "gpu"), "device")
@@ -325,12 +366,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with _progress("measuring", len(tasks), each=True) as report:
             counts = runner.run(tasks, out, options, report, argv=sys.argv)
+        flagged = report.flagged
     except KeyboardInterrupt:
         err_console.print(f"interrupted: every finished measurement is in {out}; run the same command with "
                           "--resume to continue", highlight=False, markup=False, soft_wrap=True)
         return 130
-    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n and status != "failed")
+    summary = ", ".join(f"{n} {COUNT_WORDS.get(status, status)}" for status, n in counts.items()
+                        if n and status != "failed")
     console.print(f"{out}: {summary}", highlight=False, markup=False)
+    for flag, when in SLOWED_BY.items():
+        if flagged[flag]:
+            n = flagged[flag]
+            many = n > 1
+            err_console.print(f"{n} measurement{'s were' if many else ' was'} timed while {when} (flag {flag}): "
+                              f"{'their times' if many else 'its time'} may be too slow; python -m suite show {out} "
+                              f"and the report mark {'them' if many else 'it'}",
+                              highlight=False, markup=False, soft_wrap=True)
     if counts.get("not_started"):
         err_console.print(f"stopped at --max-run-time {args.max_run_time:g} s: {counts['not_started']} "
                           f"measurements not started; run the same command with --resume to continue",
@@ -345,19 +396,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# The summary's words for the counts that are not statuses (the statuses are what `show --status` takes).
+COUNT_WORDS = {"skipped_done": "already in the file", "not_started": "not started"}
+# Flags that say a time may be too slow because of the machine, not the framework: the summary counts them.
+SLOWED_BY = {"contended": f"other processes took at least {CONTENDED_SHARE:.0%} of the usable CPUs' time",
+             "throttled": "the GPU ran below the clocks it was asked for (an NVML throttle reason)"}
+
+
 def progress_line(m: Measurement) -> str:
-    """One finished measurement as the progress display prints it."""
+    """One finished measurement as the progress display prints it, with its timing flags."""
     k = m.key
     rate = f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else ""
     timing = f"{format_seconds(m.median)}{rate}" if m.stats else ""
     return (f"{m.status:<11} {k.backend:<10} {k.pass_:<15} {k.dtype} {k.mode:<8} {k.case:<40} {timing} "
-            f"{m.check.status if m.check else ''} {m.reason or ''}")[:240]
+            f"{m.check.status if m.check else ''} {' '.join(m.timing_flags)} {m.reason or ''}")[:240]
+
+
+class _Reporter:
+    """The runner's reporter behind a progress bar: advances it, prints a line per measurement (with ``each``) and
+    counts the timing flags of this run's measurements."""
+
+    def __init__(self, progress: Any, bar: Any, each: bool):
+        self.progress, self.bar, self.each = progress, bar, each
+        self.flagged: Counter[str] = Counter()
+
+    def __call__(self, task: object, measurement: Measurement) -> None:
+        self.flagged.update(measurement.timing_flags)
+        if self.each:
+            self.progress.console.print(progress_line(measurement), highlight=False, markup=False)
+        self.progress.advance(self.bar)
 
 
 @contextlib.contextmanager
-def _progress(label: str, total: int, each: bool) -> Iterator[Callable[[object, Measurement], None]]:
-    """A progress bar on stderr for ``total`` measurements; yields the runner's reporter, which advances it (with
-    ``each``, one line per finished measurement)."""
+def _progress(label: str, total: int, each: bool) -> Iterator[_Reporter]:
+    """A progress bar on stderr for ``total`` measurements; yields the runner's reporter."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -372,12 +444,7 @@ def _progress(label: str, total: int, each: bool) -> Iterator[Callable[[object, 
     with Progress(*columns, console=err_console, transient=not each) as progress:
         bar = progress.add_task(label, total=total)
 
-        def report(task: object, measurement: Measurement) -> None:
-            if each:
-                progress.console.print(progress_line(measurement), highlight=False, markup=False)
-            progress.advance(bar)
-
-        yield report
+        yield _Reporter(progress, bar, each)
         progress.update(bar, completed=total)
 
 
@@ -437,7 +504,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                       format_seconds(r["median_s"]) if r["median_s"] else "",
                       f"{format_seconds(low)} – {format_seconds(high)}" if low is not None and high is not None
                       else "", f"{r['gflops']:,.1f}" if r["gflops"] else "", r["check"], r["reason"] or r["flags"])
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -541,6 +608,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+ONLY_SHOWN = 20  # measurements of one side listed in the terminal, one a line; JSON has them all
+
+
 def _print_comparison(result) -> None:
     from suite import compare
 
@@ -550,7 +620,7 @@ def _print_comparison(result) -> None:
             table.add_column(col, overflow="fold")
         for row in result.environment:
             table.add_row(*row, style=None)
-        console.print(table, markup=False)
+        print_table(table)
     else:
         console.print("The recorded environments do not differ.")
     table = Table(title=f"time new/base per measurement: {compare.threshold_text(result.threshold)}",
@@ -561,16 +631,20 @@ def _print_comparison(result) -> None:
     for pair in compare.sorted_pairs(result.pairs):
         table.add_row(*compare.pair_cells(pair, bool(result.across)),
                       style="dim" if pair.unreliable else colors.get(pair.verdict))
-    console.print(table, markup=False)
+    print_table(table)
     table = Table(title="geometric mean of new/base per backend, op and pass")
     for col in compare.GEOMEAN_COLUMNS:
         table.add_column(col)
     for g in result.geomeans():
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in g.values()))
-    console.print(table)
+    print_table(table)
     for side, measurements in (("base", result.only_base), ("new", result.only_new)):
-        if measurements:
-            console.print(compare.only_text(side, measurements), highlight=False, markup=False, soft_wrap=True)
+        labels = sorted({f"{m.case} ({m.backend} {m.key.pass_} {m.key.variant})" for m in measurements})
+        if labels:
+            more = len(labels) - ONLY_SHOWN
+            console.print("\n  ".join([f"only in {side} ({len(measurements)}):", *labels[:ONLY_SHOWN]])
+                          + (f"\n  … and {more} more (--format json lists every one, under only_{side})"
+                             if more > 0 else ""), highlight=False, markup=False, soft_wrap=True)
     console.print(result.summary(), highlight=False)
 
 
@@ -598,7 +672,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
                                                                       help="list subsets with totals"),
                                   p.add_argument("--backends", action="store_true",
                                                  help="list the backends: package, installed, modes, layouts"),
-                                  p.add_argument("--format", choices=("table", "json"), default="table"))),
+                                  p.add_argument("--format", choices=("table", "json"), default="table",
+                                                 help="a table (default) or JSON, for scripts"))),
     "run": (cmd_run, add_run_options),
     "show": (cmd_show, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders"),
@@ -607,7 +682,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         p.add_argument("--status", help="keep these statuses (comma list, e.g. error,timeout)"),
         p.add_argument("--sort", choices=tuple(show.SORTS), default="file",
                        help="row order (median: slowest first; gflops: fastest first; default: as in the files)"),
-        p.add_argument("--format", choices=("table", "csv", "json"), default="table"))),
+        p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                       help="a table (default), or CSV or JSON rows for scripts and spreadsheets"))),
     "check": (cmd_check, lambda p: add_run_options(p, "check")),
     "report": (cmd_report, lambda p: (
         p.add_argument("results", nargs="+", help="results files or folders (searched for *.jsonl)"),
@@ -633,9 +709,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
                        help="exit 1 when a measurement is significantly slower by more than PCT%% (its whole CI "
                             "above 1 + PCT%%) or was fine in base and fails in new; a pair flagged "
                             f"{', '.join(UNRELIABLE_FLAGS)} on either side is shown but never counted"),
-        p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table"))),
+        p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
+                       help="tables (default), Markdown for a PR comment, CSV (the pairs) or JSON (everything)"))),
     "selfcheck": (cmd_selfcheck, lambda p: (
-        p.add_argument("--threads", type=int, default=usable_cpus()),
+        p.add_argument("--threads", type=int, default=usable_cpus(),
+                       help="CPU threads for torch (default: all usable CPUs, %(default)s here; --clock cpu takes 1)"),
         p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                        help="gpu: also time opbench's blocks with CUDA events (default %(default)s)"),
         p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -649,7 +727,8 @@ EXIT_STATUS = """exit status:
   1    a measurement errored, crashed, timed out, ran out of memory or failed the numerical check
        (the run still finishes and keeps every record; --retry-failed measures them again)
   2    usage error or bad input; nothing was run
-  130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run"""
+  130  interrupted (Ctrl-C or SIGTERM); what finished is kept, and --resume continues a run
+  141  the reader of the output went away (e.g. `show --format csv | head -2`), as for any program stopped by SIGPIPE"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -699,6 +778,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+BROKEN_PIPE = 128 + signal.SIGPIPE  # the status a shell gives a program stopped by SIGPIPE (`yes | head`)
+
+
+def _stop_writing() -> None:
+    """Point stdout and stderr at /dev/null, so that Python's flush at exit meets no closed pipe (Python's recipe:
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # a stream without a descriptor (tests)
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (kill, a Slurm job cancelled or past its time) stops a run as Ctrl-C does: workers killed, every
     finished measurement kept."""
@@ -721,13 +813,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not when Python flushes at exit
+        return code
+    except BrokenPipeError:  # `show --format csv | head -2`: the reader has what it wanted; stop quietly
+        _stop_writing()
+        return BROKEN_PIPE
     except (UsageError, CatalogError, ResultsError, CompareError, backends.BackendUnavailable, FileExistsError) as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except OSError as exc:  # a file or folder the system refused (permissions, a full disk, a name too long)
         where = f"{exc.filename}: " if exc.filename else ""
         err_console.print(f"error: {where}{exc.strerror or exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except ModuleNotFoundError as exc:  # a command's own import: selfcheck's torch, say
+        message = missing_module(exc)
+        if message is None:
+            raise
+        err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # before or after a run (cmd_run handles one in progress): nothing to lose
         err_console.print("interrupted")

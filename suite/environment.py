@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -20,12 +21,71 @@ import numpy as np
 from suite import gpu_state
 
 REPO = Path(__file__).resolve().parent.parent
-# Environment variables that change what a framework runs; recorded with every run.
-KNOBS = re.compile(r"^(XLA_FLAGS|TF_\w+|ONEDNN_\w+|DNNL_\w+|OMP_\w+|MKL_\w+|OPENBLAS_\w+|KMP_\w+|CUDA_\w+|CUBLAS\w*|"
-                   r"CUDNN_\w+|NVIDIA_TF32_OVERRIDE|TORCH_\w+|PYTORCH_\w+|JAX_\w+|XLA_PYTHON_CLIENT_\w+)$")
+# Environment variables that change what a framework runs (kernels, precision, threads, memory, devices), by exact
+# name, per framework, as each reads them (its Python sources and the names compiled into its libraries). The header
+# records these and nothing else of the environment, and every reader filters old headers through the same list
+# (``knobs``). No prefixes: TF_ is also Terraform's (TF_VAR_*, TF_TOKEN_* hold passwords and API tokens), and even a
+# framework's own namespace holds addresses and paths (TORCHINDUCTOR_REDIS_HOST, TF_CONFIG, JAX_COMPILATION_CACHE_DIR).
+# A knob missing here goes unrecorded, which is safe; add it by name.
+KNOBS: dict[str, frozenset[str]] = {
+    "cuda": frozenset({  # the CUDA runtime and libraries, whichever framework loads them
+        "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING", "CUDA_MODULE_LOADING",
+        "CUDA_DEVICE_MAX_CONNECTIONS", "CUDA_CACHE_DISABLE", "CUDA_FORCE_PTX_JIT", "CUBLAS_WORKSPACE_CONFIG",
+        "CUBLASLT_WORKSPACE_SIZE", "CUBLAS_EMULATION_STRATEGY", "NVIDIA_TF32_OVERRIDE"}),
+    "cpu": frozenset({  # OpenMP, MKL, oneDNN and OpenBLAS thread pools and kernel choices
+        "OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "OMP_WAIT_POLICY", "OMP_DYNAMIC", "OMP_SCHEDULE",
+        "KMP_AFFINITY", "KMP_BLOCKTIME", "KMP_HW_SUBSET", "MKL_NUM_THREADS", "MKL_DYNAMIC", "MKL_CBWR",
+        "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
+        "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY", "ONEDNN_CPU_ISA_HINTS",
+        "DNNL_CPU_ISA_HINTS"}),
+    "torch": frozenset({
+        "ATEN_CPU_CAPABILITY", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "TORCH_BLAS_PREFER_CUBLASLT",
+        "TORCH_CUBLASLT_UNIFIED_WORKSPACE", "TORCH_CUDNN_V8_API_DISABLED", "TORCH_CUDNN_V8_API_LRU_CACHE_LIMIT",
+        "TORCH_CUDNN_USE_HEURISTIC_MODE_B", "TORCH_CUDNN_SDPA_ENABLED", "TORCH_LINEAR_FLATTEN_3D",
+        "TORCH_MKLDNN_MATMUL_MIN_DIM", "TORCH_MKLDNN_MATMUL_MIN_SIZE", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF",
+        "PYTORCH_NO_CUDA_MEMORY_CACHING", "PYTORCH_TUNABLEOP_ENABLED", "PYTORCH_TUNABLEOP_TUNING",
+        "TORCH_COMPILE_DISABLE", "TORCHINDUCTOR_MAX_AUTOTUNE", "TORCHINDUCTOR_MAX_AUTOTUNE_GEMM",
+        "TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS", "TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE",
+        "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "TORCHINDUCTOR_FREEZING", "TORCHINDUCTOR_CPP_WRAPPER",
+        "TORCHINDUCTOR_FORCE_DISABLE_CACHES"}),
+    "tensorflow": frozenset({
+        "TF_ENABLE_ONEDNN_OPTS", "TF_SET_ONEDNN_FPMATH_MODE", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS",
+        "TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "TF_CPP_MIN_LOG_LEVEL",
+        "TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_OVERRIDE_GLOBAL_THREADPOOL", "TF_XLA_FLAGS",
+        "TF_FUNCTION_JIT_COMPILE_DEFAULT", "TF_DISABLE_JIT_KERNELS", "TF_DETERMINISTIC_OPS", "TF_GPU_ALLOCATOR",
+        "TF_FORCE_GPU_ALLOW_GROWTH", "TF_FORCE_UNIFIED_MEMORY", "TF_PER_DEVICE_MEMORY_LIMIT_MB",
+        "TF_GPU_HOST_MEM_LIMIT_IN_MB", "TF_GPU_THREAD_MODE", "TF_GPU_THREAD_COUNT", "TF_ENABLE_GPU_GARBAGE_COLLECTION",
+        "TF_CUDNN_USE_AUTOTUNE", "TF_CUDNN_DETERMINISTIC", "TF_CUDNN_WORKSPACE_LIMIT_IN_MB", "TF_CUDNN_USE_FRONTEND",
+        "TF_CUDNN_USE_RUNTIME_FUSION", "TF_CUDNN_RNN_USE_AUTOTUNE", "TF_CUDNN_DISABLE_CONV_1X1_OPTIMIZATION",
+        "TF_USE_CUBLASLT", "TF_MATMUL_AUTOTUNE_ENABLE", "TF_AUTOTUNE_THRESHOLD", "TF_FP16_MATMUL_USE_FP32_COMPUTE",
+        "TF_CONV2D_USE_FP16_ACCUMULATE", "TF_USE_DEEP_CONV2D", "TF_ENABLE_WINOGRAD_NONFUSED",
+        "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_LEVEL", "TF_USE_LEGACY_KERAS", "KERAS_BACKEND"}),
+    "jax": frozenset({  # XLA's flags and JAX's config options (each jax_<name> option reads JAX_<NAME>)
+        "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR",
+        "XLA_PYTHON_CLIENT_USE_TFRT_GPU_CLIENT", "JAX_PLATFORMS", "JAX_PLATFORM_NAME", "JAX_CUDA_VISIBLE_DEVICES",
+        "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION", "JAX_DISABLE_JIT", "JAX_DISABLE_MOST_OPTIMIZATIONS",
+        "JAX_OPTIMIZATION_LEVEL", "JAX_EXEC_TIME_OPTIMIZATION_EFFORT", "JAX_MEMORY_FITTING_EFFORT",
+        "JAX_MEMORY_FITTING_LEVEL", "JAX_ENABLE_CHECKS", "JAX_DEBUG_NANS", "JAX_DEBUG_INFS", "JAX_ENABLE_PGLE",
+        "JAX_PGLE_PROFILING_RUNS", "JAX_CPU_ENABLE_ASYNC_DISPATCH", "JAX_NUM_CPU_DEVICES",
+        "JAX_ENABLE_COMPILATION_CACHE", "JAX_SOFTMAX_CUSTOM_JVP", "JAX_USE_DIRECT_LINEARIZE",
+        "JAX_ALLOW_F16_REDUCTIONS"}),
+}
+RECORDED_KNOBS = frozenset().union(*KNOBS.values())
+
+
+def knobs(environ: Mapping[str, str]) -> dict[str, str]:
+    """The knobs of an environment (``os.environ``, or an old header's record of one), sorted: the names in KNOBS
+    and nothing else, so no other variable's value is ever written or shown."""
+    return {name: str(value) for name, value in sorted(environ.items()) if name in RECORDED_KNOBS}
+
+
 PACKAGES = ("numpy", "scipy", "torch", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "pandas", "seaborn",
-            # the CUDA libraries the GPU wheels load (cuDNN, cuBLAS, runtime) and NVML's bindings
-            "jax-cuda12-plugin", "nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12", "nvidia-ml-py")
+            "nvidia-ml-py")
+# The CUDA libraries the GPU wheels load, whichever CUDA they are for: nvidia-cudnn-cu12, nvidia-cublas-cu12 (CUDA 12),
+# nvidia-cublas, nvidia-cudnn-cu13 (CUDA 13 dropped the suffix on the toolkit's own), jax-cuda12-plugin,
+# jax-cuda13-pjrt, cuda-toolkit, cuda-bindings. nvidia-ml-py is NVML's bindings, not a CUDA library.
+CUDA_PACKAGE = re.compile(r"^(nvidia-(?!ml-py$)[a-z0-9-]+|jax-cuda\d+-(plugin|pjrt)|cuda-(toolkit|bindings|python))$")
 
 
 def _read(path: str) -> str:
@@ -218,12 +278,18 @@ def git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(distributions: Iterable[Any] | None = None) -> dict[str, str]:
+    """Versions of PACKAGES and of every installed CUDA package (CUDA_PACKAGE: the -cu12 and the CUDA 13 names)."""
     versions = {}
     for name in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-    return versions
+    cuda = {}
+    for dist in metadata.distributions() if distributions is None else distributions:
+        name = re.sub(r"[-_.]+", "-", str(dist.metadata["Name"] or "")).lower()  # PEP 503 normal form
+        if CUDA_PACKAGE.match(name):
+            cuda[name] = dist.version
+    return {**versions, **dict(sorted(cuda.items()))}
 
 
 def capture(bandwidth: bool = False) -> dict[str, Any]:
@@ -239,7 +305,7 @@ def capture(bandwidth: bool = False) -> dict[str, Any]:
         "gpus": gpus(),
         "packages": package_versions(),
         "opbench": git_commit(),
-        "knobs": {k: v for k, v in sorted(os.environ.items()) if KNOBS.match(k)},
+        "knobs": knobs(os.environ),
         "nvml": gpu_state.describe() if shutil.which("nvidia-smi") else None,  # driver, CUDA, GPUs, clocks locked
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "memory_bandwidth": memory_bandwidth() if bandwidth else None,

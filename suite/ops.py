@@ -443,21 +443,26 @@ RNN_GATES = {"rnn_relu": 1, "rnn_tanh": 1, "lstm": 4, "gru": 3}
 
 @dataclass(frozen=True)
 class Rnn(OpKind):
-    """One unidirectional recurrent layer without biases, run over ``timesteps`` steps from a zero state.
+    """One unidirectional recurrent layer with biases, run over ``timesteps`` steps from a zero state.
 
     x is batch×timesteps×input_size, y (every step's hidden state, the output a next layer reads) and dy are
-    batch×timesteps×hidden; the weights w_ih (G·hidden × input_size) and w_hh (G·hidden × hidden) are stored as torch
-    stores them, gates in torch's order (LSTM i, f, g, o; GRU r, z, n with r applied to W_hn·h, cuDNN's and Keras'
-    reset_after form). No biases: torch has two bias vectors per layer, Keras one (GRU two); they are elementwise and
-    do not change the GEMM work, so every framework runs bias-free (``bias=False`` / ``use_bias=False``).
+    batch×timesteps×hidden; the weights w_ih (G·hidden × input_size) and w_hh (G·hidden × hidden) and the biases b_ih
+    and b_hh (G·hidden each) are stored as torch stores them, gates in torch's order (LSTM i, f, g, o; GRU r, z, n
+    with r applied to W_hn·h + b_hn, cuDNN's and Keras' reset_after form).
 
-    FLOPs count the GEMMs, 2 per multiply-add; elementwise gate maths is not counted. Per step the input projection
-    x_t·W_ihᵀ is 2·G·H·I·B and the recurrence h_{t-1}·W_hhᵀ 2·G·H·H·B, so forward = 2·G·H·(I+H)·B·T (T steps
-    counted, the first one's zero state included). DeepBench's own figure counts only the recurrence, 2·G·H²·B·T: it
-    ran cuDNN with CUDNN_SKIP_INPUT and its README leaves the input projection out of a recurrent layer's time (one
-    large GEMM for all steps; its published RNN TFLOPS fit only this count). The frameworks' standard layers always
-    compute the projection, so it is counted here: twice DeepBench's figure on its shapes (I = H).
-    Backward: the chain dh_{t-1} = dgates_t·W_hh (2·G·H²·B per step) is needed for either gradient; dx adds
+    Biases, as the frameworks' layers have them by default: Keras runs LSTM and GRU on cuDNN only with a bias, so a
+    bias-free layer would pit its generic loop against torch's cuDNN. torch takes b_ih and b_hh; Keras' LSTM and
+    SimpleRNN have one bias and are given b_ih + b_hh (the same layer), its GRU both rows. Biases are inputs that no
+    pass differentiates (no bias gradient is returned; cuDNN's weight gradient computes one anyway, a sum over batch
+    and steps), and the FLOP count leaves them out: a bias add is elementwise, like the gate maths.
+
+    FLOPs count the GEMMs, 2 per multiply-add; elementwise gate maths and bias adds are not counted. Per step the
+    input projection x_t·W_ihᵀ is 2·G·H·I·B and the recurrence h_{t-1}·W_hhᵀ 2·G·H·H·B, so forward = 2·G·H·(I+H)·B·T
+    (T steps counted, the first one's zero state included). DeepBench's own figure counts only the recurrence,
+    2·G·H²·B·T: it ran cuDNN with CUDNN_SKIP_INPUT and its README leaves the input projection out of a recurrent
+    layer's time (one large GEMM for all steps; its published RNN TFLOPS fit only this count). The frameworks'
+    standard layers always compute the projection, so it is counted here: twice DeepBench's figure on its shapes
+    (I = H). Backward: the chain dh_{t-1} = dgates_t·W_hh (2·G·H²·B per step) is needed for either gradient; dx adds
     dgates·W_ih (2·G·H·I·B·T), dW adds dgatesᵀ·x and dgatesᵀ·h (2·G·H·(I+H)·B·T). So backward_data = forward,
     backward_weight = forward + 2·G·H²·B·T and backward (both) = 2× forward.
     """
@@ -471,7 +476,7 @@ class Rnn(OpKind):
     kind = "rnn"
     varieties = {"rnn": ("recurrent layers", "v")}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {"cell": tuple(RNN_GATES)}  # text dims: their allowed values
-    inputs: ClassVar[tuple[str, ...]] = ("x", "w_ih", "w_hh")
+    inputs: ClassVar[tuple[str, ...]] = ("x", "w_ih", "w_hh", "b_ih", "b_hh")
 
     def __post_init__(self) -> None:
         if self.input_size is None:
@@ -495,7 +500,7 @@ class Rnn(OpKind):
     def operands(self) -> dict[str, tuple[int, ...]]:
         rows = self.gates * self.hidden
         return {"x": (self.batch, self.timesteps, self.input_size), "w_ih": (rows, self.input_size),
-                "w_hh": (rows, self.hidden), "dy": self.out_shape}
+                "w_hh": (rows, self.hidden), "b_ih": (rows,), "b_hh": (rows,), "dy": self.out_shape}
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -506,7 +511,8 @@ class Rnn(OpKind):
         return self.batch * self.timesteps * self.input_size  # type: ignore[operator]
 
     def wrt(self, pass_: Pass) -> tuple[str, ...]:
-        return {"backward_data": ("x",), "backward_weight": ("w_ih", "w_hh"), "backward": self.inputs}.get(pass_, ())
+        return {"backward_data": ("x",), "backward_weight": ("w_ih", "w_hh"),
+                "backward": ("x", "w_ih", "w_hh")}.get(pass_, ())
 
     def outputs(self, pass_: Pass) -> tuple[str, ...]:
         _check_pass(pass_)
@@ -520,13 +526,13 @@ class Rnn(OpKind):
                 "backward": 2 * forward}[pass_]
 
     def min_bytes(self, pass_: Pass, itemsize: int) -> int:
-        """x, the weights and y once each per pass; a backward also reads dy and the forward's states y (the gate
-        activations a framework saves for its backward are not counted)."""
+        """x, the weights and y once each per pass, and the biases in the forward; a backward also reads dy and the
+        forward's states y (the gate activations a framework saves for its backward are not counted)."""
         _check_pass(pass_)
         x, y = self.input_elements, self.batch * self.timesteps * self.hidden
-        w_ih, w_hh = (math.prod(self.operands[name]) for name in ("w_ih", "w_hh"))
+        w_ih, w_hh, b = (math.prod(self.operands[name]) for name in ("w_ih", "w_hh", "b_ih"))
         touched = {
-            "forward": x + w_ih + w_hh + y,  # read x, W; write y
+            "forward": x + w_ih + w_hh + 2 * b + y,  # read x, W, b; write y
             "backward_data": 2 * y + w_ih + w_hh + x,  # read dy, y, W; write dx
             "backward_weight": 2 * y + x + w_hh + w_ih + w_hh,  # read dy, y, x, W_hh; write dW
             "backward": 2 * y + x + w_ih + w_hh + x + w_ih + w_hh,  # read dy, y, x, W; write dx, dW

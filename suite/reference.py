@@ -2,8 +2,8 @@
 
 Inputs are random normal (zeros make GPUs run faster at lower power, DeepBench issue #104), float32, in logical
 layout: (batched) GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS,
-attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as batch×time×input and its weights as torch
-stores them (gates × hidden rows).
+attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as batch×time×input and its weights and
+biases as torch stores them (gates × hidden rows).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
     if isinstance(op, Rnn):  # weights ~ N(0, 1/fan-in), torch's init scale: gates neither saturate nor, for ReLU,
         for name in ("w_ih", "w_hh"):  # does the state grow without bound over the time steps
             arrays[name] *= np.float32(arrays[name].shape[1] ** -0.5)
+        for name in ("b_ih", "b_hh"):  # biases at torch's scale too, 1/√hidden
+            arrays[name] *= np.float32(op.hidden ** -0.5)
     return arrays
 
 
@@ -109,19 +111,20 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
 
 
 def _rnn(op: Rnn, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
-    """The layer step by step from h_0 = 0 (torch's equations, no biases), then backpropagation through time.
+    """The layer step by step from h_0 = 0 (torch's equations, biases b_ih and b_hh), then backpropagation through
+    time (the biases are constants: no gradient).
 
     Per step the input side gets gate gradients gi and the recurrent side gh (equal except GRU's candidate gate,
-    whose recurrent part is scaled by r); then dx = gi·W_ih, dW_ih = Σ giᵀ·x_t, dW_hh = Σ ghᵀ·h_{t-1}.
+    whose recurrent part, b_hn included, is scaled by r); then dx = gi·W_ih, dW_ih = Σ giᵀ·x_t, dW_hh = Σ ghᵀ·h_{t-1}.
     """
-    x, w_ih, w_hh, dy = t["x"], t["w_ih"], t["w_hh"], t["dy"]
+    x, w_ih, w_hh, b_hh, dy = t["x"], t["w_ih"], t["w_hh"], t["b_hh"], t["dy"]
     hid, steps = op.hidden, op.timesteps
-    xi = x @ w_ih.T  # the input projection of every step: B, T, G·H
+    xi = x @ w_ih.T + t["b_ih"]  # the input projection of every step: B, T, G·H
     h = np.zeros((op.batch, steps + 1, hid))  # h[:, t + 1] is the state after step t
     saved = []
     c = np.zeros((op.batch, hid))
     for step in range(steps):
-        a, hh = xi[:, step], h[:, step] @ w_hh.T
+        a, hh = xi[:, step], h[:, step] @ w_hh.T + b_hh
         if op.cell == "lstm":
             i, f, o = (_sigmoid(a[:, k * hid:(k + 1) * hid] + hh[:, k * hid:(k + 1) * hid]) for k in (0, 1, 3))
             g = np.tanh(a[:, 2 * hid:3 * hid] + hh[:, 2 * hid:3 * hid])

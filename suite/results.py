@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from suite.catalog import NetworkSet
+from suite.environment import knobs
 from suite.ops import Op, op_from_dict, op_to_dict
 from suite.stats import Summary, median_per_call
 
@@ -722,6 +723,8 @@ def read_results(path: str | Path) -> ResultSet:
                                "opbench results file (a run writes its header first)")
         record = migrate(record, where)
         validate(record, where)
+        if record["record"] == "header":
+            _recorded_knobs_only(record)
         if "migrated_from" in record:
             migrated[record["migrated_from"]] = migrated.get(record["migrated_from"], 0) + 1
         if record["record"] == "header":
@@ -744,6 +747,14 @@ def schemas_migrated(path: str | Path) -> list[int]:
         if not problem and isinstance(record, dict) and isinstance(record.get("schema"), int):
             found.add(record["schema"])
     return sorted(v for v in found if v < SCHEMA_VERSION)
+
+
+def _recorded_knobs_only(header: dict[str, Any]) -> None:
+    """Drop from a header's environment knobs every variable not in ``environment.KNOBS``: a file written before the
+    list (which kept every TF_* variable, Terraform's tokens among them) is never shown by a reader."""
+    env = header.get("environment")
+    if isinstance(env, dict) and isinstance(env.get("knobs"), dict):
+        env["knobs"] = knobs(env["knobs"])
 
 
 def _parse_line(raw: bytes) -> tuple[Any, str | None]:

@@ -39,6 +39,7 @@ from suite.results import (
     read_results,
     schemas_migrated,
 )
+from suite.stats import format_seconds
 from suite.timing import TimingConfig
 from suite.variant import Settings, Variant
 
@@ -163,7 +164,7 @@ class WorkerProcess:
         if message is not None:
             return message
         if time.monotonic() - began >= timeout:
-            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s; the worker was killed"}
+            return {"status": "timeout", "reason": f"no result within {format_seconds(timeout)}; the worker was killed"}
         return self.death_result()
 
     def death_result(self) -> dict[str, Any]:
@@ -201,27 +202,42 @@ class WorkerProcess:
 
 
 class DeviceUnavailable(backends.BackendUnavailable):
-    """A framework sees none of the device a run asks for; nothing was measured. The message says how to fix it."""
+    """A framework sees none of the device a run asks for, or its worker cannot start there; nothing was measured.
+    The message says which and why."""
 
 
 def preflight(groups: Iterable[tuple[str, Settings]], log_path: Path) -> None:
-    """Start one worker per backend and non-CPU device, all at once, and refuse the run if any lacks the device.
+    """Start one worker per backend and non-CPU device, all at once, and refuse the run if any lacks the device or
+    fails to start (answers ``fatal``, dies, or says nothing within WORKER_START_TIMEOUT_S).
 
-    A CPU-only build asked for a GPU would otherwise record an error for every case; this costs one extra worker
-    start per GPU backend (seconds) before hours of measuring.
+    Either would otherwise write a header and then an error for every case; this costs one extra worker start per
+    GPU backend (seconds) before hours of measuring.
     """
-    workers = [WorkerProcess(backend, settings, None, False, 0, log_path)
+    started = [((backend, settings), WorkerProcess(backend, settings, None, False, 0, log_path))
                for backend, settings in dict.fromkeys(groups) if settings.device != "cpu"]
     try:
-        missing = []
-        for worker in workers:
+        problems = []
+        for (backend, settings), worker in started:
+            began = time.monotonic()
             hello = worker.receive(WORKER_START_TIMEOUT_S)
-            if hello and hello.get("type") == "no_device":
-                missing.append(hello["reason"])
-        if missing:
-            raise DeviceUnavailable("\n".join(missing))
+            kind = hello.get("type") if hello else None
+            if kind == "no_device":
+                problems.append(hello["reason"])
+            elif kind == "fatal":
+                problems.append(f"the {backend} worker on {settings.device} failed to start: {hello['reason']}")
+            elif kind != "ready":
+                if hello is not None:
+                    why = f"answered {kind!r}"
+                elif time.monotonic() - began >= WORKER_START_TIMEOUT_S:
+                    why = f"said nothing within {WORKER_START_TIMEOUT_S:.0f} s"
+                else:
+                    why = "exited before it was ready"
+                problems.append(f"the {backend} worker on {settings.device} {why}; its log "
+                                f"({worker.log_path}) ends: {worker.log_tail()}")
+        if problems:
+            raise DeviceUnavailable("\n".join(problems))
     finally:
-        for worker in workers:
+        for _, worker in started:
             worker.close()
 
 

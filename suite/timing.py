@@ -129,7 +129,7 @@ def host_timed(call: Callable[[], None], clock: Clock = time.perf_counter) -> Ca
     return run_one
 
 
-def measure_per_call(run_one: Callable[[], float], clear: Callable[[], None], config: TimingConfig = TimingConfig(),
+def measure_per_call(run_one: Callable[[], float], clear: Callable[[], object], config: TimingConfig = TimingConfig(),
                      clock: Clock = time.perf_counter) -> Samples:
     """Cold-cache timing: ``clear()`` before every call, and every call timed on its own by ``run_one``.
 

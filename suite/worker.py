@@ -52,14 +52,22 @@ def memory_budget(device: str, device_free: int | None) -> tuple[int | None, str
 
 def _time(backend: Any, prepared: Any, timing: TimingConfig, l2: str) -> tuple[Samples, dict[str, Any]]:
     """Warm cache: blocks of back-to-back calls. Cold: a buffer larger than the cache written before every call,
-    each call timed on its own (device events where the framework has them); the buffer is freed on return."""
+    each call timed on its own (device events where the framework has them); the buffer is freed on return.
+
+    The first write says where the framework put the buffer: a buffer outside GPU memory (TensorFlow keeps int32
+    outputs in host memory) would leave the L2 warm, so the measurement fails instead of passing as cold."""
     if l2 == "warm":
         return measure(prepared.run_block, timing), {}
     cache = backend.cache_bytes()
     nbytes = clear_buffer_bytes(cache)
     clear = backend.cache_clearer(nbytes)  # raises Unsupported where the backend cannot clear
+    placed = clear()
+    if not placed.on_gpu:
+        raise RuntimeError(f"--l2 cold: {backend.name} put its clearing buffer in {placed.device}, not in GPU memory; "
+                           "writing it would not clear the GPU's L2")
     samples = measure_per_call(prepared.run_one, clear, timing)
-    return samples, {"cache_bytes": cache, "clear_bytes": nbytes, "timer": prepared.timer}
+    return samples, {"cache_bytes": cache, "clear_bytes": nbytes, "buffer_device": placed.device,
+                     "timer": prepared.timer}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -125,7 +133,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
         if cold.get("timer") == "cuda events":  # one call on the GPU's clock: no host timer or sync in its time
             result["stats"]["flags"] = [flag for flag in result["stats"]["flags"] if flag != "short_blocks"]
         if monitor is not None:
-            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by)
+            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by, monitor.device)
             if result["gpu_state"]["throttled"]:  # the report's warnings list shows the stats flags
                 result["stats"]["flags"].append("throttled")
         elif gpu is not None:

@@ -28,7 +28,8 @@ ASYMMETRIC = Conv2d(n=2, c=4, h=9, w=11, k=6, r=3, s=3, stride=(2, 1), padding=(
 ASYMMETRIC_GAPS = {"torch"}  # backends without asymmetric conv padding
 # Flags that configure(SETTINGS) must read back, per backend.
 EXPECTED_FLAGS: dict[str, dict[str, Any]] = {
-    "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee"},
+    "torch": {"threads": 1, "mkldnn.matmul.fp32_precision": "ieee", "cuda.matmul.fp32_precision": "ieee",
+              "cudnn.rnn.fp32_precision": "ieee"},
     "tensorflow": {"intra_op_threads": 1, "inter_op_threads": 1, "tensor_float_32_execution": False},
     "jax": {"threads": 1, "jax_default_matmul_precision": "float32"},
     "numpy": {"threads": 1, "fp32_math": "ieee"},  # the example plugin (tests/plugins/opbench-numpy)
@@ -141,6 +142,22 @@ def test_bf16_recurrent_layers_within_tolerance_or_unsupported(configured):
             check(backend, op, Variant("backward", dtype="bf16"))
         except Unsupported as reason:
             assert str(reason) and backend.name not in ("torch", "tensorflow", "jax"), (backend.name, op, reason)
+
+
+# The kernel each backend records for a recurrent layer on this CPU: torch's oneDNN has an LSTM only; Keras' cuDNN
+# path needs a GPU; JAX runs lax.scan everywhere.
+RNN_ON_CPU = {"torch": {"lstm": "onednn"}, "tensorflow": {}, "jax": {}}
+RNN_ON_CPU_OTHERWISE = {"torch": "generic loop", "tensorflow": "generic loop", "jax": "lax.scan"}
+
+
+def test_recurrent_layers_record_the_implementation_that_ran(configured):
+    backend, _ = configured
+    if backend.name not in RNN_ON_CPU:
+        pytest.skip(f"{backend.name} has no recurrent layers")
+    for op in (case.op for case in SMOKE if case.op.kind == "rnn"):
+        expected = RNN_ON_CPU[backend.name].get(op.cell, RNN_ON_CPU_OTHERWISE[backend.name])
+        for pass_ in ("forward", "backward"):
+            assert check(backend, op, Variant(pass_))["implementation"] == expected, (backend.name, op.cell, pass_)
 
 
 @pytest.mark.parametrize(("op", "form"), [

@@ -171,7 +171,23 @@ def test_environment_differences_and_one_sided_measurements_are_listed(tmp_path,
     assert [(r["case"], r["verdict"], r["ratio"], r["flags"]) for r in rows] == [("c1", "same", "1.0", "")]
     assert main(["compare", str(base), str(new)]) == 0
     out = capsys.readouterr().out
-    assert "versions.torch" in out and "Only in base (1): old" in out
+    assert "versions.torch" in out and "only in base (1):\n  old (torch forward eager · NCHW · strict · 2 threads)\n" \
+        in out
+
+
+def test_the_terminal_lists_one_sided_measurements_one_a_line(tmp_path, capsys):
+    """320 ids on one line were unreadable: one a line, the first 20, and where the rest are."""
+    rng = np.random.default_rng(7)
+    times = blocks(rng)
+    base = write(tmp_path / "a.jsonl", [record("both", times)] + [record(f"old-{i:02}", times) for i in range(25)])
+    new = write(tmp_path / "b.jsonl", [record("both", times), record("added", times)], run_id="r2")
+    assert main(["compare", str(base), str(new)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("only in base (25):")
+    assert lines[at + 1:at + 22] == [f"  old-{i:02} (torch forward eager · NCHW · strict · 2 threads)"
+                                     for i in range(20)] + [
+        "  … and 5 more (--format json lists every one, under only_base)"]
+    assert lines[at + 22:at + 24] == ["only in new (1):", "  added (torch forward eager · NCHW · strict · 2 threads)"]
 
 
 @pytest.mark.parametrize("problem", ["missing", "not_results", "no_overlap", "bad_threshold", "bad_gate"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backends.base import Backend, Settings, Unsupported, Variant
+from backends.base import Backend, Placement, Settings, Unsupported, Variant
 from suite import gpu_state
 from suite.catalog import load_catalog
 from suite.cli import main
@@ -32,10 +32,15 @@ class NVMLError(Exception):
     pass
 
 
+UUIDS = ("GPU-abc", "GPU-def", "GPU-123", "GPU-456")  # the fake's GPUs, in NVML (PCI bus) order
+PCI = ("00000000:18:00.0", "00000000:2A:00.0", "00000000:3C:00.0", "00000000:4E:00.0")
+
+
 def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int = 2, app_clock: int = 1980,
-              default_app_clock: int = 1755) -> SimpleNamespace:
-    """pynvml's calls that opbench makes, answering for ``devices`` GPUs; the names in ``unsupported`` raise as
-    NVML does for a reading a GPU or driver does not offer."""
+              default_app_clock: int = 1755, current: bool = True) -> SimpleNamespace:
+    """pynvml's calls that opbench makes, answering for ``devices`` GPUs (UUIDS, PCI); the names in ``unsupported``
+    raise as NVML does for a reading a GPU or driver does not offer. ``current``: the calls that replace those NVML
+    deprecates as of CUDA 13 exist (as in nvidia-ml-py 13); False: an older pynvml that lacks them."""
     calls: list[tuple[str, Any]] = []
 
     def api(name: str, value: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,18 +52,29 @@ def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int 
         return call
 
     def handle(kind: str) -> Callable[[Any], Any]:
+        table = {"index": range(devices), "uuid": UUIDS[:devices], "pci": PCI[:devices]}[kind]
+
         def find(key: Any) -> Any:
-            if kind == "index" and not 0 <= key < devices:
-                raise NVMLError("Invalid Argument")
+            if key not in table:
+                raise NVMLError("Not Found" if kind != "index" else "Invalid Argument")
             return (kind, key)
         return find
 
+    def number(h: tuple[str, Any]) -> int:  # which of the fake's GPUs a handle is
+        kind, key = h
+        return key if kind == "index" else (UUIDS if kind == "uuid" else PCI).index(key)
+
     clocks = {gpu_state.NVML_CLOCK_SM: 1410, gpu_state.NVML_CLOCK_MEM: 2619}
-    return SimpleNamespace(
+    app = {gpu_state.NVML_CLOCK_ID_APP_CLOCK_TARGET: app_clock,
+           gpu_state.NVML_CLOCK_ID_APP_CLOCK_DEFAULT: default_app_clock}
+    nvml = SimpleNamespace(
         calls=calls,
         nvmlDeviceGetHandleByIndex=api("by_index", handle("index")),
         nvmlDeviceGetHandleByUUID=api("by_uuid", handle("uuid")),
         nvmlDeviceGetHandleByPciBusId=api("by_pci", handle("pci")),
+        nvmlDeviceGetIndex=api("index", number),
+        nvmlDeviceGetUUID=api("uuid", lambda h: UUIDS[number(h)]),
+        nvmlDeviceGetPciInfo=api("pci", lambda h: SimpleNamespace(busId=PCI[number(h)].encode())),
         nvmlDeviceGetClockInfo=api("clock", lambda h, which: clocks[which]),
         nvmlDeviceGetPowerUsage=api("power", lambda h: 612_345),  # milliwatts
         nvmlDeviceGetTemperature=api("temperature", lambda h, sensor: 71),
@@ -73,6 +89,11 @@ def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int 
         nvmlDeviceGetDefaultApplicationsClock=api("default_app_clock", lambda h, which: default_app_clock),
         nvmlDeviceGetEnforcedPowerLimit=api("power_limit", lambda h: 700_000),
     )
+    if current:
+        nvml.nvmlDeviceGetTemperatureV = api("temperature_v", lambda h, sensor: 71)
+        nvml.nvmlDeviceGetCurrentClocksEventReasons = api("event_reasons", lambda h: reasons)
+        nvml.nvmlDeviceGetClock = api("clock_id", lambda h, which, clock_id: app[clock_id])
+    return nvml
 
 
 # ---------------------------------------------------------------------------------------------- state sampling
@@ -93,7 +114,8 @@ def test_only_slowdowns_count_as_throttling(mask, throttled):
 
 
 def test_a_reading_the_gpu_does_not_offer_is_none_and_the_rest_still_comes():
-    sample = gpu_state.GpuMonitor(fake_nvml(unsupported=("power", "reasons")), "h", "test").sample()
+    nvml = fake_nvml(unsupported=("power", "reasons", "event_reasons"))
+    sample = gpu_state.GpuMonitor(nvml, ("index", 0), "test").sample()
     assert sample["power_w"] is None and sample["throttle_reasons"] is None and sample["throttled"] is None
     assert sample["sm_clock_mhz"] == 1410 and sample["temperature_c"] == 71
 
@@ -101,14 +123,14 @@ def test_a_reading_the_gpu_does_not_offer_is_none_and_the_rest_still_comes():
 def test_newer_nvml_clock_event_reasons_are_preferred():
     nvml = fake_nvml(reasons=0)
     nvml.nvmlDeviceGetCurrentClocksEventReasons = lambda h: 0x40
-    assert gpu_state.GpuMonitor(nvml, "h", "test").sample()["throttle_reasons"] == ["hw_thermal_slowdown"]
+    assert gpu_state.GpuMonitor(nvml, ("index", 0), "test").sample()["throttle_reasons"] == ["hw_thermal_slowdown"]
 
 
 def test_the_record_keeps_both_samples_and_every_throttling_reason_seen():
     start = {"throttle_reasons": ["gpu_idle"]}
     end = {"throttle_reasons": ["sw_thermal_slowdown", "sw_power_cap", "applications_clocks_setting"]}
-    state = gpu_state.measurement_state(start, end, "uuid GPU-1")
-    assert state == {"start": start, "end": end, "gpu": "uuid GPU-1",
+    state = gpu_state.measurement_state(start, end, "uuid GPU-1", {"index": 1, "uuid": "GPU-1"})
+    assert state == {"start": start, "end": end, "gpu": "uuid GPU-1", "sampled": {"index": 1, "uuid": "GPU-1"},
                      "throttled": ["sw_power_cap", "sw_thermal_slowdown"]}
     assert gpu_state.measurement_state(start, {"throttle_reasons": None}, "x")["throttled"] == []
 
@@ -135,9 +157,9 @@ def test_the_real_nvml_without_a_driver_gives_a_reason():
 @pytest.mark.parametrize("device_id, visible, expected, matched", [
     ("GPU-abc", "", ("uuid", "GPU-abc"), "uuid GPU-abc"),
     ("00000000:18:00.0", "", ("pci", "00000000:18:00.0"), "pci bus id 00000000:18:00.0"),
-    (None, "1,0", ("index", 1), "CUDA_VISIBLE_DEVICES=1"),
-    (None, "GPU-def,GPU-abc", ("uuid", "GPU-def"), "CUDA_VISIBLE_DEVICES=GPU-def"),
-    (None, "", ("index", 0), "NVML device 0"),
+    (None, "1,0", ("index", 1), "NVML index:1, first of CUDA_VISIBLE_DEVICES=1,0"),
+    (None, "GPU-def,GPU-abc", ("uuid", "GPU-def"), "uuid GPU-def, first of CUDA_VISIBLE_DEVICES=GPU-def,GPU-abc"),
+    (None, "", ("index", 0), "NVML index:0, CUDA's first device (no CUDA_VISIBLE_DEVICES)"),
 ])
 def test_the_monitor_follows_the_gpu_the_framework_uses(monkeypatch, device_id, visible, expected, matched):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
@@ -185,7 +207,8 @@ def test_the_environment_block_names_driver_cuda_gpus_and_locked_clocks():
 
 def test_default_applications_clocks_are_not_locked_and_unknown_stays_unknown():
     assert gpu_state.describe(fake_nvml(app_clock=1755))["gpus"][0]["clocks_locked"] is False
-    unknown = gpu_state.describe(fake_nvml(unsupported=("app_clock",)))["gpus"][0]
+    no_clocks = ("app_clock", "clock_id", "reasons", "event_reasons")
+    unknown = gpu_state.describe(fake_nvml(unsupported=no_clocks))["gpus"][0]
     assert unknown["clocks_locked"] is None and unknown["applications_sm_clock_mhz"] is None
 
 
@@ -254,6 +277,9 @@ def test_the_clearing_buffer_is_twice_the_cache_and_never_less_than_tritons(cach
 
 
 # ---------------------------------------------------------------------------------------------- worker, fake GPU
+ON_GPU = Placement("fakegpu:0", on_gpu=True)  # where the fake's clearing buffer is
+
+
 class NumpyGpu(Backend):
     """NumPy standing in for a GPU framework: every hook the worker calls, no framework."""
 
@@ -261,9 +287,10 @@ class NumpyGpu(Backend):
     modes = ("default",)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW",)}
 
-    def __init__(self, free: int | None = 2**40, cache: int | None = 50 * MiB, clears: bool = True):
+    def __init__(self, free: int | None = 2**40, cache: int | None = 50 * MiB, clears: bool = True,
+                 placement: Placement = ON_GPU):
         super().__init__(Settings(device="gpu"))
-        self.free, self.cache, self.clears = free, cache, clears
+        self.free, self.cache, self.clears, self.placement = free, cache, clears, placement
         self.cleared_bytes: list[int] = []
 
     def versions(self) -> dict[str, str]:
@@ -293,11 +320,11 @@ class NumpyGpu(Backend):
     def cache_bytes(self) -> int | None:
         return self.cache
 
-    def cache_clearer(self, nbytes: int) -> Callable[[], None]:
+    def cache_clearer(self, nbytes: int) -> Callable[[], Placement]:
         if not self.clears:
             return super().cache_clearer(nbytes)
         self.cleared_bytes.append(nbytes)
-        return lambda: None
+        return lambda: self.placement
 
 
 FAST = TimingConfig(warmup_s=0.0, target_block_s=1e-4, min_blocks=3, max_blocks=5, max_time_s=0.05,
@@ -307,6 +334,7 @@ TASK = {"key": "k", "op": op_to_dict(Gemm(m=8, n=8, k=8)), "variant": {"pass_": 
 
 class FakeMonitor:
     matched_by = "uuid GPU-test"
+    device = {"index": 0, "uuid": "GPU-test", "pci_bus_id": "00000000:18:00.0", "name": "fake"}
 
     def __init__(self, *reasons: list[str]):
         self.reasons = list(reasons)
@@ -349,7 +377,16 @@ def test_cold_cache_writes_a_buffer_sized_from_the_l2_and_records_the_timer():
     result = run_task(backend, {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
     assert result["status"] == "ok" and result["calls_per_block"] == 1
     assert backend.cleared_bytes == [600 * MiB]
-    assert result["cold_cache"] == {"cache_bytes": 300 * MiB, "clear_bytes": 600 * MiB, "timer": "host clock"}
+    assert result["cold_cache"] == {"cache_bytes": 300 * MiB, "clear_bytes": 600 * MiB, "buffer_device": "fakegpu:0",
+                                    "timer": "host clock"}
+
+
+def test_cold_cache_refuses_a_clearing_buffer_outside_gpu_memory():
+    """A buffer the framework put in host memory clears no L2: the measurement fails, naming where it went."""
+    host = Placement("/job:localhost/replica:0/task:0/device:CPU:0", on_gpu=False)
+    result = run_task(NumpyGpu(placement=host), {**TASK, "l2": "cold"}, FAST, check=False, seed=0)
+    assert result["status"] == "error" and "block_times" not in result
+    assert "clearing buffer in /job:localhost/replica:0/task:0/device:CPU:0, not in GPU memory" in result["reason"]
 
 
 def test_cold_calls_timed_by_cuda_events_are_not_flagged_as_short_blocks():
@@ -425,7 +462,8 @@ def test_a_gpu_run_with_cpu_builds_exits_2_naming_each_build_and_its_cuda_instal
         "torch": ["+cpu is a CPU-only build", "pip install --force-reinstall torch==", "tox -e torch-gpu"],
         "tensorflow": ["tensorflow-cpu", "is a CPU-only build", "pip install 'tensorflow[and-cuda]==",
                        "tox -e tf-gpu"],
-        "jax": ["is CPU-only (no jax-cuda12-plugin installed)", "pip install 'jax[cuda12]==", "tox -e jax-gpu"],
+        "jax": ["is CPU-only (no jax-cuda12-plugin or jax-cuda13-plugin installed)", "pip install 'jax[cuda12]==",
+                "tox -e jax-gpu"],
     }
     for name in backends.available():
         for words in expected.get(name, []):

@@ -1,8 +1,9 @@
 """``.ci/gpu-check``, the prepared GPU check for a short lease of a GPU machine, run here so it cannot rot.
 
-On this CPU-only machine: its dry run (``OPBENCH_DEVICE=cpu``, a few smoke cases, in a copy of the checkout with
-opbench's metadata written as where it is not installed) goes through every step and leaves the archive of results
-and report; run as on a GPU, every measuring step is refused up front and the script fails.
+Its dry run (``OPBENCH_DEVICE=cpu``, a few smoke cases, in a copy of the checkout with opbench's metadata written as
+where it is not installed) goes through every step and leaves the archive of results and report, on any machine; run
+as on a GPU on a machine without an NVIDIA driver, every measuring step is refused up front and the script fails
+(skipped where there is a driver, as the other GPU-sensitive tests are).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def test_the_dry_run_on_the_cpu_measures_every_step_and_archives_results_and_rep
 
 
 def test_as_on_a_gpu_here_every_measuring_step_is_refused_and_the_script_fails(tmp_path):
+    if shutil.which("nvidia-smi"):  # there the frameworks may see the GPU: the script measures instead of refusing
+        pytest.skip("this machine has an NVIDIA driver: the frameworks may see its GPU")
     done = gpu_check(tmp_path)
     assert done.returncode != 0
     log = (tmp_path / "out" / "gpu-check.log").read_text()
@@ -78,3 +81,40 @@ def test_as_on_a_gpu_here_every_measuring_step_is_refused_and_the_script_fails(t
     assert "sees no GPU" in log or "is CPU-only" in log  # JAX's
     assert "Traceback" not in log
     assert not list((tmp_path / "work" / "results").glob("*.jsonl"))  # a refusal writes nothing
+
+
+def shadowed(tmp_path: Path, *modules: str) -> str:
+    """A PYTHONPATH entry on which importing each module fails, as where its package is not installed."""
+    folder = tmp_path / "not-installed"
+    folder.mkdir(exist_ok=True)
+    for module in modules:
+        (folder / f"{module}.py").write_text('raise ImportError("not installed on this machine")\n')
+    return str(folder)
+
+
+def test_without_opbench_s_own_packages_it_says_which_in_one_line_and_runs_nothing(tmp_path):
+    done = gpu_check(tmp_path, OPBENCH_DEVICE="cpu", PYTHONPATH=shadowed(tmp_path, "yaml", "rich", "jinja2"))
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert done.stdout.strip().splitlines() == [
+        "== packages: missing pyyaml, rich, jinja2: opbench cannot measure without pyyaml, rich; nothing run"]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not list((tmp_path / "work" / "results").glob("*.jsonl"))
+
+
+def test_without_the_report_extras_it_measures_and_archives_everything_but_the_report(tmp_path):
+    repo = checkout(tmp_path)
+    done = gpu_check(tmp_path, repo, OPBENCH_DEVICE="cpu", OPBENCH_GPU_CHECK_METADATA="write",
+                     PYTHONPATH=shadowed(tmp_path, "pandas", "seaborn", "jinja2"))
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("== packages: missing pandas, seaborn, jinja2 (the report's extras): measuring and archiving "
+                        "the results without the report; build it where they are installed: python -m suite report "
+                        "results -o report")
+    assert "== report: skipped (see packages above)" in lines and "Traceback" not in done.stdout
+    with tarfile.open(tmp_path / "out" / "gpu-check.tar.gz") as archive:
+        names = archive.getnames()
+    assert not [name for name in names if name.startswith("report")]
+    for name in RESULTS:  # every measuring step still measured
+        results = read_many([tmp_path / "work" / "results" / f"{name}.jsonl"])
+        assert [m for m in results.measurements if m["status"] == "ok"], name
+        assert f"results/{name}.jsonl" in names

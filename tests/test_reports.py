@@ -567,3 +567,12 @@ def test_report_command_reads_the_results_once_in_registry_order(monkeypatch: py
     assert main(["report", str(GOLDEN / "seed_3fw.jsonl"), "-o", str(tmp_path / "site")]) == 0
     lede = (tmp_path / "site" / "index.html").read_text().split('class="lede">', 1)[1].split("</p>", 1)[0]
     assert "by torch, tensorflow, jax on 1 machine" in lede
+
+
+def test_without_a_network_the_report_says_which_tags_make_one() -> None:
+    """A team's catalog with counts but no net:/phase tags got "tag modern with train or inference": neither the
+    net: tag nor prefill and decode."""
+    [block] = summary.networks(analysis.analyze(results(record("C", "torch", "forward", 1e-3)), cases=()))
+    assert block["headline"] == ("These results hold no layers of a catalogued network: a network's layers carry the "
+                                 "tag net:<network> and a phase tag (train, prefill, decode or inference), and each "
+                                 "layer's count weights its total.")

@@ -26,9 +26,10 @@ needs_rnn_csv = pytest.mark.skipif(not (DATA_DIR / "deepbench_rnn.csv").exists()
 # ------------------------------------------------------------------------------------------------------------- the op
 def test_rnn_operands_outputs_and_passes():
     op = Rnn("gru", hidden=5, batch=2, timesteps=7, input_size=3)
-    assert op.operands == {"x": (2, 7, 3), "w_ih": (15, 3), "w_hh": (15, 5), "dy": (2, 7, 5)}
+    assert op.operands == {"x": (2, 7, 3), "w_ih": (15, 3), "w_hh": (15, 5), "b_ih": (15,), "b_hh": (15,),
+                           "dy": (2, 7, 5)}
     assert op.out_shape == (2, 7, 5) and op.input_elements == 2 * 7 * 3
-    assert op.passes == PASSES
+    assert op.passes == PASSES and op.inputs == ("x", "w_ih", "w_hh", "b_ih", "b_hh")  # biases: inputs, never wrt
     assert [op.wrt(p) for p in PASSES] == [(), ("x",), ("w_ih", "w_hh"), ("x", "w_ih", "w_hh")]
     assert [op.outputs(p) for p in PASSES] == [("y",), ("dx",), ("dw_ih", "dw_hh"), ("dx", "dw_ih", "dw_hh")]
     assert op.describe() == "gru H5 I3 B2 T7"
@@ -53,8 +54,8 @@ def test_rnn_flops_by_hand():
 
 def test_rnn_min_bytes_by_hand():
     op = Rnn("rnn_relu", hidden=4, batch=2, timesteps=3, input_size=5)
-    x, y, w_ih, w_hh = 2 * 3 * 5, 2 * 3 * 4, 4 * 5, 4 * 4
-    assert op.min_bytes("forward", 4) == 4 * (x + w_ih + w_hh + y)
+    x, y, w_ih, w_hh, b = 2 * 3 * 5, 2 * 3 * 4, 4 * 5, 4 * 4, 4
+    assert op.min_bytes("forward", 4) == 4 * (x + w_ih + w_hh + 2 * b + y)
     assert op.min_bytes("backward_data", 2) == 2 * (2 * y + w_ih + w_hh + x)
     assert op.min_bytes("backward", 4) == 4 * (2 * y + 2 * (x + w_ih + w_hh))
 
@@ -84,7 +85,7 @@ def test_rnn_reference_gradients_match_finite_differences(cell):
     inputs = {name: array.astype(np.float64) for name, array in make_inputs(op).items()}
     grads = reference(op, inputs, "backward")
     assert set(grads) == {"dx", "dw_ih", "dw_hh"}
-    for name in op.inputs:
+    for name in op.wrt("backward"):
         numeric = numeric_gradient(lambda values: _loss(op, values), inputs, name)
         assert np.abs(numeric).max() > 1e-3, (cell, name)  # the gradient is not trivially zero
         np.testing.assert_allclose(grads[f"d{name}"], numeric, rtol=1e-6, atol=1e-8, err_msg=f"{cell} {name}")
@@ -95,14 +96,15 @@ def _sigmoid(a):
 
 
 def test_rnn_reference_two_steps_by_hand():
-    """Each cell's second state written out from torch's documented equations, gates in torch's order."""
+    """Each cell's second state written out from torch's documented equations, gates in torch's order, with both
+    bias vectors (GRU's b_hn inside the reset gate's product)."""
     for cell in CELLS:
         op = Rnn(cell, hidden=3, batch=2, timesteps=2, input_size=4)
         inputs = {name: array.astype(np.float64) for name, array in make_inputs(op).items()}
         x, w_ih, w_hh = inputs["x"], inputs["w_ih"], inputs["w_hh"]
         h, c = np.zeros((2, 3)), np.zeros((2, 3))
         for t in range(2):
-            a, r = x[:, t] @ w_ih.T, h @ w_hh.T
+            a, r = x[:, t] @ w_ih.T + inputs["b_ih"], h @ w_hh.T + inputs["b_hh"]
             if cell == "lstm":  # i, f, g, o
                 i, f, g, o = _sigmoid(a[:, :3] + r[:, :3]), _sigmoid(a[:, 3:6] + r[:, 3:6]), \
                     np.tanh(a[:, 6:9] + r[:, 6:9]), _sigmoid(a[:, 9:] + r[:, 9:])
@@ -124,6 +126,7 @@ def test_rnn_inputs_scale_weights_by_fan_in():
     assert np.std(inputs["w_ih"]) == pytest.approx(64 ** -0.5, rel=0.05)
     assert np.std(inputs["w_hh"]) == pytest.approx(256 ** -0.5, rel=0.05)
     assert np.std(inputs["x"]) == pytest.approx(1, rel=0.05)
+    assert np.std(np.concatenate([inputs["b_ih"], inputs["b_hh"]])) == pytest.approx(256 ** -0.5, rel=0.1)
     # 1500 ReLU steps stay finite and unsaturated at that scale
     relu = Rnn("rnn_relu", hidden=64, batch=1, timesteps=1500)
     y = reference(relu, make_inputs(relu), "forward")["y"]
