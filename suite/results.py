@@ -702,7 +702,6 @@ def read_results(path: str | Path) -> ResultSet:
         raise ResultsError(f"{path}: not a text file; expected opbench JSON Lines results") from None
     results = ResultSet()
     lines = data.split(b"\n")
-    migrated: dict[int, int] = {}
     measurements: list[Measurement] = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -725,16 +724,12 @@ def read_results(path: str | Path) -> ResultSet:
         validate(record, where)
         if record["record"] == "header":
             _recorded_knobs_only(record)
-        if "migrated_from" in record:
-            migrated[record["migrated_from"]] = migrated.get(record["migrated_from"], 0) + 1
         if record["record"] == "header":
             results.headers.append(RunHeader.from_record(record))
         elif record["record"] == "worker":
             results.workers.append(WorkerInfo.from_record(record))
         else:
             measurements.append(Measurement.from_record(record))
-    for version, n in sorted(migrated.items()):
-        results.warnings.append(f"{path}: migrated {n} records from results schema {version} to {SCHEMA_VERSION}")
     results.measurements = _resolve(measurements)  # a --retry-failed record supersedes the failure it retries
     return results
 

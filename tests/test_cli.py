@@ -353,7 +353,7 @@ def fake_run(records: list[dict], counts: dict[str, int]):
     """``runner.run`` reporting ``records`` for the first tasks, as a real run would, and returning ``counts``."""
     def run(tasks, out, options, report, argv=None):
         for task, record in zip(tasks, records, strict=False):
-            report(task, record)
+            report(task, suite.runner.measurement_of(task, record, "r1", {}))  # typed, as the runner reports it
         return counts
     return run
 
@@ -407,13 +407,13 @@ def readme_catalog(folder: Path) -> Path:
 
 def test_the_readme_catalog_example_is_one_network_with_a_subset(tmp_path):
     """Its counts weight a network total only with a net: tag and a phase tag, which the example had not."""
-    from reports.analysis import PHASES, layer_sets
+    from suite.catalog import PHASES, network_sets
 
     folder = readme_catalog(tmp_path / "speech")
-    sets = layer_sets(load_catalog([folder]).cases)
-    assert list(zip(sets["set"], sets["phase"], sets["case"], sets["count"], sets["first_layer"], strict=True)) == [
-        ("speech-train-b32", PHASES["train"], "speech-enc-proj", 12, False),
-        ("speech-train-b32", PHASES["train"], "speech-conv-front", 1, True)]
+    [net] = network_sets(load_catalog([folder]).cases)
+    assert (net.set, net.phase) == ("speech-train-b32", PHASES["train"])
+    assert [(layer.case, layer.count, layer.first_layer) for layer in net.layers] == [
+        ("speech-enc-proj", 12, False), ("speech-conv-front", 1, True)]
     assert selected("list", "--shapes", str(folder), "--catalog", "team") == ["speech-enc-proj"]
 
 
@@ -424,7 +424,7 @@ def test_the_readme_catalog_example_runs_in_torch(tmp_path):
     out = tmp_path / "check.jsonl"
     done = suite_cli("check", "--shapes", str(folder), "--backend", "torch", "--pass", "forward", "-o", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [(m["case"], m["status"], (m.get("check") or {}).get("status")) for m in read_results(out).measurements] == [
+    assert [(m.case, m.status, m.check.status if m.check else None) for m in read_results(out).measurements] == [
         ("speech-enc-proj", "ok", "pass"), ("speech-conv-front", "ok", "pass")]
 
 

@@ -418,9 +418,9 @@ SMOKE = load_catalog().subset("smoke")
 def test_l2_is_part_of_every_measurements_identity_and_old_records_were_warm():
     warm = plan(SMOKE[:1], ["torch"], ["gpu"], ["fp32"], ["forward"])
     cold = plan(SMOKE[:1], ["torch"], ["gpu"], ["fp32"], ["forward"], l2="cold")
-    assert warm[0].identity()["l2"] == "warm" and cold[0].identity()["l2"] == "cold"
+    assert warm[0].key.l2 == "warm" and cold[0].key.l2 == "cold"
     assert warm[0].key != cold[0].key
-    before_the_option = {k: v for k, v in warm[0].identity().items() if k != "l2"}
+    before_the_option = {k: v for k, v in warm[0].key.fields().items() if k != "l2"}
     assert measurement_key(before_the_option) == warm[0].key  # a resumed old file is not measured again
 
 

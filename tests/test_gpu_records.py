@@ -78,7 +78,9 @@ def test_the_report_names_how_the_clocks_were_locked():
     from reports import site
 
     gpu = gpu_state.describe(fake_nvml(app_clock=1755, default_app_clock=1755, reasons=0x2))
-    facts = site._gpu_facts({"nvml": gpu}, [])
+    from suite.results import Environment
+
+    facts = site._gpu_facts(Environment.from_record({"nvml": gpu}), [])
     assert "clocks locked (clock event reason applications_clocks_setting" in facts["GPUs"]
 
 

@@ -145,7 +145,7 @@ def test_schema_1_files_migrate_and_say_so(tmp_path):
     results = read_results(path)
     assert results.headers[0].networks is None  # no catalog recorded: the report falls back, and says so
     assert results.measurements[0].median == 1e-3
-    assert any("migrated 2 records from results schema 1 to 2" in w for w in results.warnings)
+    assert not results.warnings  # an old file is read as it is, not warned about on every read
     assert results.network_sets() is None
 
 
