@@ -67,7 +67,11 @@ def contended(others_cpu_s: float | None, wall_s: float, cpus: int) -> bool:
     return others_cpu_s is not None and wall_s > 0 and others_cpu_s / (wall_s * cpus) >= CONTENDED_SHARE
 
 
-def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True) -> Summary:
+def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int, stable: bool = True, *,
+              contended: bool = False, device_timed: bool = False, throttled: bool = False) -> Summary:
+    """Median per call with its CI, spread, and every flag, final: ``contended`` (other processes took the CPUs),
+    ``throttled`` (the GPU ran below its clocks); ``device_timed`` blocks are single calls on the GPU's own clock,
+    which no host timer or sync overhead shortens, so they are never ``short_blocks``."""
     per_call = np.asarray(block_times, dtype=float) / calls_per_block
     median = median_per_call(block_times, calls_per_block)
     low, high = median_ci(per_call)
@@ -77,12 +81,16 @@ def summarize(block_times: list[float] | tuple[float, ...], calls_per_block: int
         flags.append("unstable")
     if rel_iqr >= NOISY_REL_IQR:
         flags.append("noisy")
-    if min(block_times) < SHORT_BLOCK_S:
+    if min(block_times) < SHORT_BLOCK_S and not device_timed:
         flags.append("short_blocks")
     if median < OVERHEAD_BOUND_S:
         flags.append("overhead_bound")
     if math.isnan(low):
         flags.append("few_blocks")
+    if contended:
+        flags.append("contended")
+    if throttled:
+        flags.append("throttled")
     return Summary(median, low, high, rel_iqr, float(per_call.min()), float(per_call.mean()),
                    len(per_call), calls_per_block, tuple(flags))
 

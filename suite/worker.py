@@ -121,23 +121,19 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
         busy_after, own_after, timing_s = cpu_busy_s(), time.process_time(), time.perf_counter() - timing_began
         others = None if busy_before is None or busy_after is None else max(
             0.0, (busy_after - busy_before) - (own_after - own_before))
-        summary = summarize(samples.block_times, samples.calls_per_block, samples.stable)
+        gpu_state = (measurement_state(state_start, monitor.sample(), monitor.matched_by, monitor.device)
+                     if monitor is not None else {"unavailable": missing} if gpu is not None else None)
+        summary = summarize(samples.block_times, samples.calls_per_block, samples.stable,
+                            contended=contended(others, timing_s, usable_cpus()),
+                            device_timed=cold.get("timer") == "cuda events",
+                            throttled=bool(gpu_state and gpu_state.get("throttled")))
         result.update(
             block_times=list(samples.block_times), calls_per_block=samples.calls_per_block,
             warmup_calls=samples.warmup_calls, warmup_s=samples.warmup_s, stop_reason=samples.stop_reason,
             stats=summary.as_dict(), **({"cold_cache": cold} if cold else {}),
+            others_cpu_s=others,  # CPU-seconds other processes took on our CPUs while timing
+            **({"gpu_state": gpu_state} if gpu_state is not None else {}),
         )
-        result["others_cpu_s"] = others  # CPU-seconds other processes took on our CPUs while timing
-        if contended(others, timing_s, usable_cpus()):
-            result["stats"]["flags"].append("contended")
-        if cold.get("timer") == "cuda events":  # one call on the GPU's clock: no host timer or sync in its time
-            result["stats"]["flags"] = [flag for flag in result["stats"]["flags"] if flag != "short_blocks"]
-        if monitor is not None:
-            result["gpu_state"] = measurement_state(state_start, monitor.sample(), monitor.matched_by, monitor.device)
-            if result["gpu_state"]["throttled"]:  # the report's warnings list shows the stats flags
-                result["stats"]["flags"].append("throttled")
-        elif gpu is not None:
-            result["gpu_state"] = {"unavailable": missing}
     except Unsupported as exc:
         result.update(status="unsupported", reason=str(exc))
     except Exception as exc:  # a failing case is a result, not the end of the run

@@ -133,3 +133,13 @@ def test_ratio_ci_is_a_seeded_95_percent_percentile_bootstrap_of_the_median_rati
     assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
     narrower = ratio_ci(slow, fast, confidence=0.5)
     assert low < narrower[1] < narrower[2] < high
+
+
+def test_summarize_sets_every_flag_once_and_finally():
+    """The worker hands its facts to summarize; it does not edit the flags afterwards."""
+    short = [5e-4] * 10  # 0.5 ms blocks of one call
+    assert "short_blocks" in summarize(short, 1).flags
+    device = summarize(short, 1, contended=True, device_timed=True, throttled=True)
+    assert "short_blocks" not in device.flags  # one call on the GPU's clock: no host timer in it
+    assert device.flags[-2:] == ("contended", "throttled")
+    assert summarize(short, 1).flags.count("contended") == 0
