@@ -68,7 +68,7 @@ def _facts(header: RunHeader | None, worker: WorkerInfo | None) -> frozenset[str
     env = header.environment if header else None
     facts = {f"{name} {version}" for name, version in (worker.versions if worker else {}).items()}
     commit = str(env.commit if env else None)[:10]
-    facts.add(f"opbench {commit}{' (dirty)' if env and env.opbench.get('dirty') else ''}")
+    facts.add(f"opbench {commit}{' (dirty)' if env and env.dirty else ''}")
     facts |= {f"{name}={value}" for name, value in (env.knobs if env else {}).items()}
     facts |= {f"timing {name}={value}" for name, value in ((header.timing if header else None) or {}).items()}
     return frozenset(facts)

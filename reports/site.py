@@ -231,7 +231,7 @@ def _env_facts(h: RunHeader, workers: list[WorkerInfo]) -> dict[str, str]:
         "memory": f"{(env.memory_bytes or 0) / 2**30:.1f} GiB",
         "OS / Python": f"{env.platform} / Python {env.python}",
         "packages": ", ".join(f"{k} {v}" for k, v in env.packages.items()),
-        "opbench commit": f"{env.commit}" + (" (uncommitted changes)" if env.opbench.get("dirty") else ""),
+        "opbench commit": f"{env.commit}" + (" (uncommitted changes)" if env.dirty else ""),
         "knobs (environment)": ", ".join(f"{k}={v}" for k, v in env.knobs.items()) or "none",
         "timing": ", ".join(f"{k}={v}" for k, v in (h.timing or {}).items()),
         "numerical check": str(h.check), "seed": str(h.seed),

@@ -405,6 +405,11 @@ class Environment:
     def commit(self) -> str | None:
         return self.opbench.get("commit")
 
+    @property
+    def dirty(self) -> bool:
+        """The opbench checkout had uncommitted changes."""
+        return bool(self.opbench.get("dirty"))
+
 
 @dataclass(frozen=True)
 class RunHeader:
