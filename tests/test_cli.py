@@ -287,7 +287,7 @@ def test_run_measures_a_shapes_folder_given_alone(tmp_path):
     done = suite_cli("run", "--shapes", str(tmp_path / "team"), "--backend", "torch", "--time-cap", "0.2",
                      "--block-time", "0.01", "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert {(m["case"], m["pass"], m["status"]) for m in read_results(out).measurements} == {
+    assert {(m.case, m.key.pass_, m.status) for m in read_results(out).measurements} == {
         ("team-gemm", p, "ok") for p in ("forward", "backward_data", "backward_weight", "backward")}
 
 

@@ -56,10 +56,10 @@ def test_the_dry_run_on_the_cpu_measures_every_step_and_archives_results_and_rep
     assert (tmp_path / "unpacked" / "report" / "index.html").is_file()
     for name in RESULTS:
         results = read_many([tmp_path / "unpacked" / "results" / f"{name}.jsonl"])
-        ok = [m for m in results.measurements if m["status"] == "ok"]
+        ok = [m for m in results.measurements if m.status == "ok"]
         assert ok, name
-        assert {m["backend"] for m in ok} == {name.split("-")[0].replace("peak", "torch")}
-        assert {m["math"] for m in ok} == {"tf32" if name.endswith("tf32") else "strict"}, name
+        assert {m.backend for m in ok} == {name.split("-")[0].replace("peak", "torch")}
+        assert {m.key.math for m in ok} == {"tf32" if name.endswith("tf32") else "strict"}, name
     log = (tmp_path / "out" / "gpu-check.log").read_text()
     assert "== selfcheck: exit 0" in log and "== report: exit 0" in log
     # The backends came from the entry points the script wrote: on PYTHONPATH they come before the installed package's.
@@ -116,5 +116,5 @@ def test_without_the_report_extras_it_measures_and_archives_everything_but_the_r
     assert not [name for name in names if name.startswith("report")]
     for name in RESULTS:  # every measuring step still measured
         results = read_many([tmp_path / "work" / "results" / f"{name}.jsonl"])
-        assert [m for m in results.measurements if m["status"] == "ok"], name
+        assert [m for m in results.measurements if m.status == "ok"], name
         assert f"results/{name}.jsonl" in names

@@ -167,7 +167,7 @@ def test_readme_sbatch_script_as_an_array_of_two_then_merge_and_report(slurm, tm
     shards = sorted((tmp_path / "results" / f"slurm-{job}").glob("shard-*.jsonl"))
     assert [p.name for p in shards] == ["shard-1.jsonl", "shard-2.jsonl"], logs
 
-    cases = [{m["case"] for m in read_results(p).measurements} for p in shards]
+    cases = [{m.case for m in read_results(p).measurements} for p in shards]
     assert cases[0] and cases[1] and not cases[0] & cases[1]  # disjoint parts, whole cases
     assert cases[0] | cases[1] == {c.id for c in load_catalog().subset("smoke")}
 
@@ -176,8 +176,8 @@ def test_readme_sbatch_script_as_an_array_of_two_then_merge_and_report(slurm, tm
                             capture_output=True, text=True, timeout=120)
     assert merged.returncode == 0, merged.stderr
     measurements = read_many([tmp_path / "results" / "torch.jsonl"]).measurements
-    assert {m["case"] for m in measurements} == cases[0] | cases[1]
-    assert all(m["status"] in ("ok", "unsupported") for m in measurements)
+    assert {m.case for m in measurements} == cases[0] | cases[1]
+    assert all(m.status in ("ok", "unsupported") for m in measurements)
     report = subprocess.run([*python, "report", "results/torch.jsonl", "-o", "build/report"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
