@@ -117,7 +117,7 @@ def theoretical(environment: Environment, device: str, dtype: str, math: str = "
     if device == "gpu":
         if not environment.gpus:
             return Peak(None, None, THEORETICAL_GPU, "the header lists no GPU")
-        return gpu_peak(str(environment.gpus[0].get("name", "")), dtype, math)
+        return gpu_peak(environment.gpus[0].name, dtype, math)
     return cpu_peak(environment.cpu, dtype)
 
 
@@ -138,7 +138,7 @@ def bandwidth(environments: Iterable[Environment], device: str) -> Bandwidth:
         gpus = next((e.gpus for e in environments if e.gpus), None)
         if not gpus:
             return Bandwidth(None, THEORETICAL_GPU, "the header lists no GPU")
-        name = str(gpus[0].get("name", ""))
+        name = gpus[0].name
         key = gpu_key(name)
         if key is None:
             return Bandwidth(None, THEORETICAL_GPU, f"{name!r} is not in opbench's datasheet table (reports/peak.py)")

@@ -22,7 +22,7 @@ from reports.analysis import CONFIG, Analysis
 from reports.frame import export
 from suite.catalog import Case
 from suite.ops import PASS_LABELS, PASSES
-from suite.results import SAME_BAND, Environment, ResultSet, RunHeader, WorkerInfo, read_many
+from suite.results import SAME_BAND, Environment, GpuInfo, NvmlInfo, ResultSet, RunHeader, WorkerInfo, read_many
 
 HERE = Path(__file__).parent
 
@@ -198,26 +198,25 @@ def _gpu_facts(env: Environment, workers: list[WorkerInfo]) -> dict[str, str]:
     """For a GPU machine: each GPU as NVML describes it (name, memory, clocks locked or not, power limit), the driver
     and CUDA driver version, and the CUDA and cuDNN each framework was built with; {} without a GPU. NVML's and
     nvidia-smi's GPU facts are kept as they were recorded (mappings)."""
-    nvml = env.nvml or {}
-    if not (env.gpus or nvml.get("gpus")):
+    nvml = env.nvml or NvmlInfo()
+    if not (env.gpus or nvml.gpus):
         return {}
-    def locked(gpu: dict[str, Any]) -> str:
-        if gpu.get("clocks_locked") is None:
-            return "clock lock unknown"
-        by = "; ".join(gpu.get("clocks_locked_by") or ["applications clocks set"])  # older headers name none
-        return f"clocks locked ({by})" if gpu["clocks_locked"] else "clocks not locked"
 
-    gpus = [f"{g.get('name')} ({(g.get('memory_bytes') or 0) / 2**30:.1f} GiB, max SM clock "
-            f"{g.get('max_sm_clock_mhz')} MHz, {locked(g)}, power limit {g.get('power_limit_w')} W)"
-            for g in nvml.get("gpus") or []] or [
-        f"{g.get('name')} ({g.get('memory', '')}, driver {g.get('driver', '')}; NVML: {nvml.get('nvml', 'not read')})"
-        for g in env.gpus]
+    def locked(gpu: GpuInfo) -> str:
+        if gpu.clocks_locked is None:
+            return "clock lock unknown"
+        by = "; ".join(gpu.clocks_locked_by or ["applications clocks set"])  # older headers name none
+        return f"clocks locked ({by})" if gpu.clocks_locked else "clocks not locked"
+
+    gpus = [f"{g.name} ({(g.memory_bytes or 0) / 2**30:.1f} GiB, max SM clock {g.max_sm_clock_mhz} MHz, "
+            f"{locked(g)}, power limit {g.power_limit_w} W)" for g in nvml.gpus] or [
+        f"{g.name} ({g.memory}, driver {g.driver}; NVML: {nvml.unread or 'not read'})" for g in env.gpus]
     builds = [f"{w.backend}: " + ", ".join(f"{name} {w.versions[key]}" for key, name in
                                            (("cuda", "CUDA"), ("cudnn", "cuDNN")) if key in w.versions)
               for w in workers if {"cuda", "cudnn"} & set(w.versions)]
     return {"GPUs": "; ".join(gpus),
-            "GPU driver": f"{nvml.get('driver') or (env.gpus or [{}])[0].get('driver')}, CUDA driver API "
-                          f"{nvml.get('cuda_driver') or 'unknown'}",
+            "GPU driver": f"{nvml.driver or (env.gpus[0].driver if env.gpus else None)}, CUDA driver API "
+                          f"{nvml.cuda_driver or 'unknown'}",
             "CUDA / cuDNN (frameworks)": "; ".join(dict.fromkeys(builds)) or "not recorded"}
 
 

@@ -367,6 +367,46 @@ class CpuInfo:
 
 
 @dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as a header records it: NVML's facts (``suite.gpu_state.describe``) or, where NVML was not read,
+    nvidia-smi's (name, memory as text, driver)."""
+
+    name: str = "GPU"
+    memory_bytes: int | None = None
+    memory: str = ""  # nvidia-smi's text
+    driver: str = ""  # nvidia-smi's
+    max_sm_clock_mhz: float | None = None
+    clocks_locked: bool | None = None  # None: unknown
+    clocks_locked_by: tuple[str, ...] = ()  # what shows the lock (older headers name none)
+    power_limit_w: float | None = None
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> GpuInfo:
+        known = {f.name for f in dataclass_fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values["clocks_locked_by"] = tuple(values.get("clocks_locked_by") or ())
+        values["name"] = str(values.get("name") or "GPU")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class NvmlInfo:
+    """What NVML said of the machine: driver, CUDA driver API and its GPUs; or why it could not be read."""
+
+    driver: str | None = None
+    cuda_driver: str | None = None
+    gpus: tuple[GpuInfo, ...] = ()
+    unread: str | None = None  # why NVML was not read
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any] | None) -> NvmlInfo | None:
+        if data is None:
+            return None
+        return cls(data.get("driver"), data.get("cuda_driver"),
+                   tuple(GpuInfo.from_record(g) for g in data.get("gpus") or ()), data.get("nvml"))
+
+
+@dataclass(frozen=True)
 class Environment:
     """The machine a run happened on (``suite.environment.capture``), typed."""
 
@@ -376,11 +416,11 @@ class Environment:
     python: str = ""
     cpu: CpuInfo = field(default_factory=CpuInfo)
     memory_bytes: int | None = None
-    gpus: tuple[Mapping[str, Any], ...] = ()  # nvidia-smi's view
+    gpus: tuple[GpuInfo, ...] = ()  # nvidia-smi's view
     packages: Mapping[str, str] = field(default_factory=dict)
     opbench: Mapping[str, Any] = field(default_factory=dict)  # commit, dirty
     knobs: Mapping[str, str] = field(default_factory=dict)
-    nvml: Mapping[str, Any] | None = None  # driver, CUDA, GPUs, clocks locked
+    nvml: NvmlInfo | None = None  # driver, CUDA, GPUs, clocks locked
     load_average: tuple[float, ...] = ()
     memory_bandwidth: Mapping[str, Any] | None = None
 
@@ -390,15 +430,16 @@ class Environment:
         return cls(hostname=data.get("hostname") or "unknown host", os=data.get("os") or "",
                    platform=data.get("platform") or "", python=data.get("python") or "",
                    cpu=CpuInfo.from_record(data.get("cpu")), memory_bytes=data.get("memory_bytes"),
-                   gpus=tuple(data.get("gpus") or ()), packages=dict(data.get("packages") or {}),
+                   gpus=tuple(GpuInfo.from_record(g) for g in data.get("gpus") or ()),
+                   packages=dict(data.get("packages") or {}),
                    opbench=dict(data.get("opbench") or {}), knobs=dict(data.get("knobs") or {}),
-                   nvml=data.get("nvml"), load_average=tuple(data.get("load_average") or ()),
+                   nvml=NvmlInfo.from_record(data.get("nvml")), load_average=tuple(data.get("load_average") or ()),
                    memory_bandwidth=data.get("memory_bandwidth"))
 
     @property
     def machine(self) -> str:
         """Hostname and CPU model, plus the GPU models when the machine has any."""
-        gpus = sorted({str(g.get("name", "GPU")) for g in self.gpus})
+        gpus = sorted({g.name for g in self.gpus})
         return " · ".join([self.hostname, self.cpu.model, *gpus])
 
     @property
