@@ -365,7 +365,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
     console.print(f"harness cost per call: {format_seconds(_median(empty))} (opbench's block loop around an empty "
                   "step; torch.utils.benchmark's timeit loop costs about the same)")
     if jax_comparisons:
-        title = (f"opbench vs timeit with a wait after every call (jax {jax_comparisons[0][1]}, {where}, fp32, "
+        jax_where = f"{flags['threads']} threads" + (", the process's CPU time" if clock == "cpu" else "")
+        title = (f"opbench vs timeit with a wait after every call (jax {jax_comparisons[0][1]}, {jax_where}, fp32, "
                  f"a process per variant, {ROUNDS} rounds)")
         console.print(comparison_table([c for c, _ in jax_comparisons], title, theirs="timeit"))
     elif device == "cpu" and not jax_options:
