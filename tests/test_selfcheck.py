@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def test_compare_jax_reads_the_child_answer_and_reports_its_failure(monkeypatch)
 
         return run
 
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")  # the child must find this checkout first, whatever is set
     monkeypatch.setattr(subprocess, "run", child('noise\n{"ours": [0.05, 0.06, 0.05], "theirs": [0.04, 0.05, 0.04], '
                                                  '"jax": "0.10.2"}\n'))
     comparison, version = compare_jax({"ynn_conv": "off"}, 2, "wall")
@@ -153,7 +155,7 @@ def test_compare_jax_reads_the_child_answer_and_reports_its_failure(monkeypatch)
     argv, kwargs = calls[-1]
     assert argv[1:3] == ["-m", "suite.selfcheck"]
     assert json.loads(argv[3]) == {"options": {"ynn_conv": "off"}, "threads": 2, "clock": "wall"}
-    assert str(REPO) in kwargs["env"]["PYTHONPATH"].split(":")  # the child imports this checkout's backends
+    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
     monkeypatch.setattr(subprocess, "run", child("", 1, "Traceback ...\nRuntimeError: JAX's backend already started"))
     with pytest.raises(RuntimeError, match="JAX's backend already started"):
         compare_jax({}, 2, "wall")
