@@ -288,6 +288,9 @@ class JaxBackend(Backend):
         return (lambda: compiled(*operands)), details
 
     def sync(self, out: Any) -> None:
+        """Wait for ``out``. JAX dispatches CPU work asynchronously too, but XLA:CPU starts a device's executions
+        one after another in dispatch order, so the last output's readiness means the whole block ran, one call at a
+        time (tests/test_backend_contract.py checks the completion order)."""
         self.jax.block_until_ready(out)
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:

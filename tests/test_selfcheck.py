@@ -4,24 +4,32 @@ and one end-to-end run of `python -m suite selfcheck`."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from backends import is_available
 from suite.cli import main
 from suite.ops import OUTPUTS, Conv2d, Gemm
 from suite.reference import compare, reference
 from suite.selfcheck import (
+    JAX_CHECK,
+    JAX_OPTIONS,
     OVERSUBSCRIBED,
     ROUNDS,
     Comparison,
     checks,
+    compare_jax,
     comparison_table,
     contention_note,
+    jax_variant_label,
     noise_summary,
     run_queue_wait_s,
     torch_statement,
@@ -90,6 +98,69 @@ def test_torch_statements_compute_the_checked_op():
         assert result["status"] == "pass", (check, result)
 
 
+def test_jax_check_is_resnet50_conv2_x_forward_with_and_without_the_ynnpack_conv():
+    assert JAX_CHECK.op == Conv2d(16, 64, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1)) and JAX_CHECK.pass_ == "forward"
+    assert [jax_variant_label(options) for options in JAX_OPTIONS] == ["jax default (YNNPACK conv)",
+                                                                        "jax ynn_conv=off"]
+
+
+def test_the_independent_timer_is_named_in_the_table():
+    comparison = Comparison("conv2_x", "forward", (50e-3,), (40e-3,))
+    headers = [column.header for column in comparison_table([comparison], "t", theirs="timeit").columns]
+    assert headers[2:5] == ["opbench median", "timeit median", "ratio (median of 1)"]
+    assert comparison.ratio == pytest.approx(1.25)
+
+
+def test_jax_statement_computes_the_conv_and_waits_for_every_call():
+    """timeit's statement for JAX computes the checked conv (float64 reference on the statement's own arrays), and
+    blocks on its result; run in a child process: JAX's backend must not start inside the test session (the backend
+    contract tests configure its CPU pool)."""
+    pytest.importorskip("jax")
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        from suite.ops import Conv2d
+        from suite.reference import compare, reference
+        from suite.selfcheck import Check, jax_statement
+        op = Conv2d(2, 8, 10, 12, 16, 3, 3, padding=(1, 1, 1, 1))  # conv2_x's geometry, small
+        stmt, setup, names = jax_statement(Check("small", op, "forward"))
+        assert stmt == "jax.block_until_ready(conv(x, w))", stmt
+        exec(setup, names)
+        got = {"y": np.asarray(eval(stmt, names), np.float64)}
+        inputs = {"x": np.asarray(names["x"]), "w": np.asarray(names["w"]), "dy": np.zeros(op.out_shape, np.float32)}
+        print(json.dumps(compare(got, reference(op, inputs, "forward"), "fp32", "strict")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "pass"
+
+
+def test_compare_jax_reads_the_child_answer_and_reports_its_failure(monkeypatch):
+    calls = []
+
+    def child(answer: str, code: int = 0, err: str = ""):
+        def run(argv, **kwargs):
+            calls.append((argv, kwargs))
+            return subprocess.CompletedProcess(argv, code, stdout=answer, stderr=err)
+
+        return run
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")  # the child must find this checkout first, whatever is set
+    monkeypatch.setattr(subprocess, "run", child('noise\n{"ours": [0.05, 0.06, 0.05], "theirs": [0.04, 0.05, 0.04], '
+                                                 '"jax": "0.10.2"}\n'))
+    comparison, version = compare_jax({"ynn_conv": "off"}, 2, "wall")
+    assert version == "0.10.2" and comparison.pass_ == "forward"
+    assert comparison.label == f"{JAX_CHECK.label}, jax ynn_conv=off"
+    assert comparison.ratio == pytest.approx(1.25)
+    argv, kwargs = calls[-1]
+    assert argv[1:3] == ["-m", "suite.selfcheck"]
+    assert json.loads(argv[3]) == {"options": {"ynn_conv": "off"}, "threads": 2, "clock": "wall"}
+    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+    monkeypatch.setattr(subprocess, "run", child("", 1, "Traceback ...\nRuntimeError: JAX's backend already started"))
+    with pytest.raises(RuntimeError, match="JAX's backend already started"):
+        compare_jax({}, 2, "wall")
+
+
 def test_contention_note_says_when_the_machine_was_oversubscribed():
     busy = contention_note(0.67, load=9.3, cpus=2)
     assert "waited 0.67 s per second" in busy and "load average 9.3 on 2 usable CPUs" in busy
@@ -130,5 +201,10 @@ def test_selfcheck_end_to_end():
         ratio, low, high = (float(x) for x in cells[0])
         assert low <= ratio <= high
     assert f"median of {ROUNDS}" in proc.stdout
+    if is_available("jax"):  # the JAX rows: timeit against opbench, both variants of XLA's conv
+        assert "timeit median" in proc.stdout
+        for options in JAX_OPTIONS:
+            line = next((line for line in proc.stdout.splitlines() if jax_variant_label(options) in line), None)
+            assert line is not None and re.search(r"│\s+\d+\.\d{3}\s+│", line), proc.stdout
     assert re.search(r"harness cost per call: [\d.]+ (ns|µs)", proc.stdout)
     assert "machine noise: IQR/median" in proc.stdout
