@@ -125,3 +125,15 @@ def test_bf16_rounds_to_nearest_even_not_truncates():
     # above half an ulp rounds up; a tie rounds to the even mantissa (here up); the sign is kept
     assert list(round_to(values, "bf16")) == [1 + 2**-7, 1 + 2**-6, -(1 + 2**-7), 2**-8 + 2**-15]
     assert list(round_to(np.array([1 + 2**-11], dtype=np.float32), "fp16")) == [1.0]  # fp16: 10 mantissa bits
+
+
+def test_a_kind_without_a_reference_is_refused_not_checked_against_a_gemm():
+    from suite.ops import OpKind
+
+    @dataclasses.dataclass(frozen=True)
+    class Unknown(OpKind):
+        size: int
+        kind = "unknown-kind"
+
+    with pytest.raises(NotImplementedError, match="no float64 reference for op kind 'unknown-kind'"):
+        reference(Unknown(3), {}, "forward")
