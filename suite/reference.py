@@ -208,7 +208,8 @@ def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "
     rounded = {name: round_to(array, dtype) for name, array in inputs.items()}
     compute = REFERENCES.get(op.kind)
     if compute is None:
-        raise NotImplementedError(f"no float64 reference for op kind {op.kind!r}: add one to suite.reference.REFERENCES")
+        raise NotImplementedError(f"no float64 reference for op kind {op.kind!r}: add one to "
+                                  "suite.reference.REFERENCES")
     full = compute(op, rounded, pass_)  # type: ignore[operator]
     return {name: full[name] for name in op.outputs(pass_)}
 
