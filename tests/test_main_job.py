@@ -49,15 +49,15 @@ def test_main_job_end_to_end_on_smoke(tmp_path):
     cases = load_catalog().subset("smoke")
     smoke = {case.id for case in cases}
     for backend in BACKENDS:
-        mine = [m for m in results.measurements if m["backend"] == backend]
-        assert {(m["case"], m["pass"]) for m in mine} == {(c, p) for c in smoke for p in PASSES}, backend
-        variants = {(m["case"], m["pass"], m["mode"], m["layout"], tuple(sorted(m["options"].items()))) for m in mine}
+        mine = [m for m in results.measurements if m.backend == backend]
+        assert {(m.case, m.key.pass_) for m in mine} == {(c, p) for c in smoke for p in PASSES}, backend
+        variants = {(m.case, m.key.pass_, m.key.mode, m.key.layout, m.key.options) for m in mine}
         assert len(variants) == len(mine), f"{backend}: a measurement was repeated"
         for m in mine:
-            assert m["status"] in ("ok", "unsupported"), (backend, m["case"], m["pass"], m.get("reason"))
-            if m["status"] == "ok":
-                assert m["check"]["status"] == "pass", (backend, m["case"], m["pass"], m["check"])
-                assert m["stats"]["median"] > 0 and len(m["block_times"]) >= 1
+            assert m.status in ("ok", "unsupported"), (backend, m.case, m.key.pass_, m.reason)
+            if m.status == "ok":
+                assert m.check is not None and m.check.status == "pass", (backend, m.case, m.key.pass_, m.check)
+                assert m.median > 0 and len(m.block_times) >= 1
     for case in cases:  # every variant that can be a framework's fastest on a CPU: (mode, layout, options)
         layouts = {name: backends.backend_class(name).layouts[case.op.kind] for name in BACKENDS}
         ynn_off = {("jit", layouts["jax"][0], (("ynn_conv", "off"),))} if case.op.kind == "conv2d" else set()
@@ -65,15 +65,15 @@ def test_main_job_end_to_end_on_smoke(tmp_path):
                     "tensorflow": {(mode, layouts["tensorflow"][0], ()) for mode in ("function", "eager")},
                     "jax": {("jit", layouts["jax"][0], ())} | ynn_off}
         for backend in BACKENDS:
-            got = {(m["mode"], m["layout"], tuple(sorted(m["options"].items()))) for m in results.measurements
-                   if m["backend"] == backend and m["case"] == case.id and m["pass"] == "forward"}
+            got = {(m.key.mode, m.key.layout, m.key.options) for m in results.measurements
+                   if m.backend == backend and m.case == case.id and m.key.pass_ == "forward"}
             assert got == expected[backend], (backend, case.id, got)
-    assert {w["backend"] for w in results.workers} == set(BACKENDS)
-    bandwidths = [h["environment"]["memory_bandwidth"] for h in results.headers
-                  if h["environment"].get("memory_bandwidth")]
+    assert {w.backend for w in results.workers} == set(BACKENDS)
+    bandwidths = [h.environment.memory_bandwidth for h in results.headers if h.environment.memory_bandwidth]
     assert len(bandwidths) == 1 and bandwidths[0]["gbps"] > 0  # measured once, by the torch env
-    assert all(w["flags"].get("threads") or w["flags"].get("intra_op_threads") or w["flags"].get("affinity")
+    assert all(w.flags.get("threads") or w.flags.get("intra_op_threads") or w.flags.get("affinity")
                for w in results.workers)
+    assert all(h.networks is not None for h in results.headers)  # every run recorded its catalog's networks
 
     index = tmp_path / "report" / "index.html"
     assert index.exists()
