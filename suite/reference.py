@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import softmax
 
+from suite import model_reference
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
@@ -90,7 +91,7 @@ def _gemm(op: Gemm | BatchedGemm, t: dict[str, np.ndarray], pass_: Pass) -> dict
 
 def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
     """softmax(Q·Kᵀ·scale + mask)·V and its gradients; each KV head serves ``group`` consecutive query heads."""
-    q, dy = t["q"], t["dy"]
+    q = t["q"]
     k, v = (np.repeat(t[name], op.group, axis=1) for name in ("k", "v"))
     scores = q @ _t(k) * op.scale
     if op.causal:
@@ -98,6 +99,7 @@ def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str
     p = softmax(scores, axis=-1)
     if pass_ == "forward":
         return {"y": p @ v}
+    dy = t["dy"]
     dp = dy @ _t(v)
     ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # softmax's backward
     grouped = (op.batch, op.kv_heads, op.group, op.kv_len, op.head_dim)
@@ -171,7 +173,7 @@ def _rnn(op: Rnn, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray
 
 
 def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
-    x, w, dy = t["x"], t["w"], t["dy"]
+    x, w = t["x"], t["w"]
     top, bottom, left, right = op.padding
     g, cg, kg = op.groups, op.c // op.groups, op.k // op.groups
     (sh, sw), (dh, dw_) = op.stride, op.dilation
@@ -181,10 +183,11 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
     win = win[:, :, ::sh, ::sw, ::dh, ::dw_][:, :, : op.p, : op.q]
     win = win.reshape(op.n, g, cg, op.p, op.q, op.r, op.s)
     wg = w.reshape(g, kg, cg, op.r, op.s)
-    dyg = dy.reshape(op.n, g, kg, op.p, op.q)
     out: dict[str, np.ndarray] = {}
-    if pass_ == "forward":
+    if pass_ == "forward":  # needs no dy (a whole model's reference runs its convs forward on their own)
         out["y"] = np.einsum("ngcpqrs,gkcrs->ngkpq", win, wg, optimize=True).reshape(op.out_shape)
+        return out
+    dyg = t["dy"].reshape(op.n, g, kg, op.p, op.q)
     if pass_ in ("backward_weight", "backward"):
         out["dw"] = np.einsum("ngcpqrs,ngkpq->gkcrs", win, dyg, optimize=True).reshape(op.weight_shape)
     if pass_ in ("backward_data", "backward"):
@@ -201,11 +204,13 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
 
 # op kind -> its float64 reference (every output of every pass); a new kind adds its own here.
 REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn}
+REFERENCES["model"] = model_reference.model  # a whole network: suite/model_reference.py
 
 
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """Float64 outputs of a pass, from the inputs as rounded to ``dtype``."""
-    rounded = {name: round_to(array, dtype) for name, array in inputs.items()}
+    # float inputs as the backend receives them; integer ones (a model's tokens and labels) are indices, kept exact
+    rounded = {name: round_to(array, dtype) if array.dtype.kind == "f" else array for name, array in inputs.items()}
     compute = REFERENCES.get(op.kind)
     if compute is None:
         raise NotImplementedError(f"no float64 reference for op kind {op.kind!r}: add one to "
