@@ -272,10 +272,8 @@ def resnet50(layers: Layers, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, 
     x = add(layers.batch_norm("bn1", x))
     x = add(_unary(relu, x))
     x = add(_unary(max_pool, x))
-    for stage, blocks in enumerate(models.RESNET50_BLOCKS, start=1):
-        for block in range(blocks):
-            stride = 2 if block == 0 and stage > 1 else 1
-            x = add(_bottleneck(layers, f"layer{stage}.{block}", x, stride, downsample=block == 0))
+    for stage, block, _, _, stride in models._stage_blocks():
+        x = add(_bottleneck(layers, f"layer{stage}.{block}", x, stride, downsample=block == 0))
     x = add(_unary(global_average_pool, x))
     return add(layers.dense("fc", x)), _chain(steps)
 
