@@ -201,16 +201,18 @@ def torch_run(request):
     torch = pytest.importorskip("torch")
     network = request.param
     op = models.Model(network=network, **SMALL[network])
-    weights = perturbed(models.initial_weights(op, 0))
+    weights = {name: array.astype(np.float64) for name, array in perturbed(models.initial_weights(op, 0)).items()}
     batch = models.synthetic_batch(op, 0)
     ours = {pass_: mr.model(op, weights | batch, pass_) for pass_ in ("forward", "backward", "step")}
 
-    net = TORCH_MODELS[network](torch.nn).double()
-    state = {name: torch.from_numpy(array).double() for name, array in weights.items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    assert not unexpected and all(name.endswith("num_batches_tracked") for name in missing)
-    inputs = {name: torch.from_numpy(array) for name, array in batch.items()}
-    inputs = {name: t.double() if t.is_floating_point() else t for name, t in inputs.items()}
+    with torch.device("meta"):  # no initialization: every parameter and buffer is loaded below
+        net = TORCH_MODELS[network](torch.nn)
+    state = {name: torch.tensor(array) for name, array in weights.items()}  # float64 copies
+    state |= {name.replace("running_mean", "num_batches_tracked"): torch.tensor(0)
+              for name in weights if name.endswith("running_mean")}
+    net.load_state_dict(state, strict=True, assign=True)  # every name matches
+    inputs = {name: torch.tensor(array, dtype=torch.float64 if array.dtype.kind == "f" else None)
+              for name, array in batch.items()}
     net.eval()
     with torch.no_grad():
         logits = net(inputs).numpy()
