@@ -2,14 +2,14 @@
 and SGD step, exactly the semantics the frameworks implement, from the canonical weights and synthetic batch.
 
 A small reverse mode: each layer is a function returning its output and a ``backward`` closure that maps the
-gradient of its output to the gradient of its input and stores its parameters' gradients by canonical name; a
-network chains them and replays the closures in reverse. Convolutions and the attention core reuse the per-op
+gradient of its output to the gradient of its input (and of its parameters); ``Layers`` names the parameters by
+their canonical names and keeps each gradient's squared norm; a network chains the layers and replays their
+closures in reverse. Convolutions and the attention core reuse the per-op
 references of ``suite.reference``. Every array is float64; nothing here imports a framework.
 
 Passes (``Model.outputs``): ``forward`` = eval mode (batch norm on its running statistics) → logits; ``backward`` =
 training mode (batch statistics) → mean softmax cross-entropy and the L2 norm of the gradients per parameter group;
-``step`` = the same loss and the norm of each group's SGD update w_after - w_before = -LEARNING_RATE·grad, computed
-as LEARNING_RATE·‖grad‖ (exact in real arithmetic; a framework's fp32 difference of weights rounds it).
+``step`` = the same loss and the norm of each group's SGD update (``step_outputs``).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def dense(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Call
 def embedding(ids: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, Callable]:
     """Rows of ``table`` by integer ``ids``; backward(dy) → (dtable,), repeated ids summed."""
     def backward(dy: np.ndarray) -> tuple[np.ndarray]:
-        dtable = np.zeros_like(table)
+        dtable = np.zeros(table.shape)  # (calloc: the rows no id touches cost no memory)
         np.add.at(dtable, ids, dy)
         return (dtable,)
     return table[ids], backward
@@ -164,19 +164,22 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     return float(loss), dlogits / len(labels)
 
 
-# ---- the same layers reading their parameters by canonical name and storing their gradients by that name
+# ---- the same layers reading their parameters by canonical name and keeping their gradients' norms by that name
 
 class Layers:
     """A network's parameterized layers: weights (and batch-norm buffers) by canonical name, train or eval mode,
-    and the gradients that the backward closures store under the same names."""
+    and the squared L2 norm of each parameter's gradient, which the backward closures store under its name (the
+    check compares norms only: BERT's 110M float64 gradients are never kept)."""
 
     def __init__(self, weights: Weights, train: bool):
         self.weights, self.train = weights, train
-        self.grads: Weights = {}
+        self.squared_norms: dict[str, float] = {}
 
     def _store(self, names: tuple[str, ...], grads: tuple[np.ndarray, ...]) -> None:
         for name, grad in zip(names, grads, strict=True):
-            self.grads[name] = self.grads[name] + grad if name in self.grads else grad
+            if name in self.squared_norms:  # a shared weight would need its gradients summed before squaring
+                raise ValueError(f"parameter {name!r} is used twice; its gradient norm needs the summed gradient")
+            self.squared_norms[name] = float(np.vdot(grad, grad))
 
     def conv(self, name: str, x: np.ndarray, stride: int, pad: int, input_grad: bool = True
              ) -> tuple[np.ndarray, Backward]:
@@ -343,10 +346,16 @@ NETWORKS: dict[str, Callable[[Layers, dict[str, np.ndarray]], tuple[np.ndarray, 
     "resnet50": resnet50, "bert_base": bert_base}
 
 
-def group_norms(op: models.Model, grads: Weights) -> np.ndarray:
+def group_norms(op: models.Model, squared_norms: dict[str, float]) -> np.ndarray:
     """The L2 norm of the gradients of each parameter group, in ``groups(op)`` order."""
-    return np.array([np.sqrt(sum(np.vdot(grads[name], grads[name]) for name in names))
-                     for names in models.groups(op).values()])
+    return np.sqrt([sum(squared_norms[name] for name in names) for names in models.groups(op).values()])
+
+
+def step_outputs(backward: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The step's outputs from the backward's: the same loss (computed before the update), and per group the norm
+    of the update w_after - w_before = -LEARNING_RATE·grad, i.e. LEARNING_RATE·‖grad‖ (exact in real arithmetic; a
+    framework's fp32 difference of weights rounds it)."""
+    return {"loss": backward["loss"], "update_norms": models.LEARNING_RATE * backward["grad_norms"]}
 
 
 def model(op: models.Model, inputs: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
@@ -359,7 +368,5 @@ def model(op: models.Model, inputs: dict[str, np.ndarray], pass_: Pass) -> dict[
         return {"logits": logits}
     loss, dlogits = cross_entropy(logits, arrays["labels"])
     backward(dlogits)
-    norms = group_norms(op, layers.grads)
-    if pass_ == "backward":
-        return {"loss": np.asarray(loss), "grad_norms": norms}
-    return {"loss": np.asarray(loss), "update_norms": models.LEARNING_RATE * norms}
+    outputs = {"loss": np.asarray(loss), "grad_norms": group_norms(op, layers.squared_norms)}
+    return outputs if pass_ == "backward" else step_outputs(outputs)

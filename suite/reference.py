@@ -235,7 +235,10 @@ def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "
 @functools.lru_cache(maxsize=8)
 def expected(op: Op, seed: int, pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """``reference`` on the op's seeded inputs, cached: the layouts and modes of a case that one worker measures in
-    a row compare against one float64 result (read-only; do not modify the arrays)."""
+    a row compare against one float64 result (read-only; do not modify the arrays). A model's step follows from its
+    backward (one float64 training pass serves both)."""
+    if isinstance(op, Model) and pass_ == "step":
+        return model_reference.step_outputs(expected(op, seed, "backward", dtype))
     return reference(op, make_inputs(op, seed), pass_, dtype)
 
 

@@ -87,6 +87,35 @@ def test_the_model_kind_has_its_reference():
     assert ref.REFERENCES["model"] is mr.model
 
 
+def test_a_parameter_used_twice_is_refused():
+    """Squaring each use's gradient apart would give the wrong norm for a shared weight."""
+    layers = mr.Layers({"d.weight": np.eye(2), "d.bias": np.zeros(2)}, train=True)
+    y, first = layers.dense("d", np.ones((1, 2)))
+    _, second = layers.dense("d", y)
+    second(np.ones((1, 2)))
+    with pytest.raises(ValueError, match="used twice"):
+        first(np.ones((1, 2)))
+
+
+def test_the_step_is_checked_against_the_backward_s_training_pass(monkeypatch):
+    """One float64 forward+backward serves both training passes: the step's loss is the backward's and its update
+    norms are LEARNING_RATE × the gradient norms."""
+    calls = []
+
+    def fake(op, inputs, pass_):
+        calls.append(pass_)
+        return {"loss": np.asarray(0.5), "grad_norms": np.arange(1.0, 7.0)}
+    monkeypatch.setitem(ref.REFERENCES, "model", fake)
+    ref.expected.cache_clear()
+    op = models.Model(network="resnet50", batch=1, size=32)
+    step = ref.expected(op, 0, "step", "fp32")  # positional, as the worker calls it (the cache's key)
+    ref.expected(op, 0, "backward", "fp32")
+    ref.expected.cache_clear()
+    assert calls == ["backward"]
+    assert float(step["loss"]) == 0.5 and set(step) == {"loss", "update_norms"}
+    np.testing.assert_array_equal(step["update_norms"], models.LEARNING_RATE * np.arange(1.0, 7.0))
+
+
 # ---- whole models against torch float64 autograd
 
 def perturbed(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -233,6 +262,7 @@ def torch_run(request):
     return op, ours, theirs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pass_", ["forward", "backward", "step"])
 def test_whole_model_matches_torch_float64(torch_run, pass_):
     op, ours, theirs = torch_run
