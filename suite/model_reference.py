@@ -99,11 +99,16 @@ def global_average_pool(x: np.ndarray) -> tuple[np.ndarray, Callable]:
 
 
 def dense(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Callable]:
-    """y = x·Wᵀ + b over the last axis, W stored (out, in); backward(dy) → (dx, dW, db)."""
+    """y = x·Wᵀ + b over the last axis, W stored (out, in); backward(dy) → (dx, dW, db).
+
+    The products run on 2-D rows with the weight as the left operand (W·xᵀ, then transposed): with few rows
+    (a checked batch of 64 tokens) OpenBLAS runs it 2-3× faster than x·Wᵀ or a batched 3-D product."""
+    lead, x_rows = x.shape[:-1], x.reshape(-1, x.shape[-1])
+
     def backward(dy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows, x_rows = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        return dy @ w, rows.T @ x_rows, rows.sum(axis=0)
-    return x @ w.T + b, backward
+        rows = dy.reshape(-1, dy.shape[-1])
+        return (w.T @ rows.T).T.reshape(*lead, w.shape[1]), rows.T @ x_rows, rows.sum(axis=0)
+    return (w @ x_rows.T).T.reshape(*lead, w.shape[0]) + b, backward
 
 
 def embedding(ids: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, Callable]:
