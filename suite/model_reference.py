@@ -363,15 +363,26 @@ def step_outputs(backward: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"loss": backward["loss"], "update_norms": models.LEARNING_RATE * backward["grad_norms"]}
 
 
-def model(op: models.Model, inputs: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
-    """The pass's outputs by name (``Model.outputs``) from the canonical weights and batch of ``make_inputs``."""
+def passes(op: models.Model, inputs: dict[str, np.ndarray], wanted: tuple[Pass, ...] = models.Model.passes
+           ) -> dict[str, dict[str, np.ndarray]]:
+    """The outputs of each wanted pass by name (``Model.outputs``), from the canonical weights and batch of
+    ``make_inputs``: one eval-mode forward for ``forward``, one training forward+backward for both ``backward`` and
+    ``step``."""
     arrays = {name: array if array.dtype.kind in "iu" else array.astype(np.float64, copy=False)
               for name, array in inputs.items()}
-    layers = Layers(arrays, train=pass_ != "forward")
-    logits, backward = NETWORKS[op.network](layers, arrays)
-    if pass_ == "forward":
-        return {"logits": logits}
-    loss, dlogits = cross_entropy(logits, arrays["labels"])
-    backward(dlogits)
-    outputs = {"loss": np.asarray(loss), "grad_norms": group_norms(op, layers.squared_norms)}
-    return outputs if pass_ == "backward" else step_outputs(outputs)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if "forward" in wanted:
+        out["forward"] = {"logits": NETWORKS[op.network](Layers(arrays, train=False), arrays)[0]}
+    if "backward" in wanted or "step" in wanted:
+        layers = Layers(arrays, train=True)
+        logits, backward = NETWORKS[op.network](layers, arrays)
+        loss, dlogits = cross_entropy(logits, arrays["labels"])
+        backward(dlogits)
+        out["backward"] = {"loss": np.asarray(loss), "grad_norms": group_norms(op, layers.squared_norms)}
+        out["step"] = step_outputs(out["backward"])
+    return {pass_: out[pass_] for pass_ in wanted}
+
+
+def model(op: models.Model, inputs: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """One pass's outputs (``passes``): the op kind's entry in ``suite.reference.REFERENCES``."""
+    return passes(op, inputs, (pass_,))[pass_]

@@ -97,23 +97,25 @@ def test_a_parameter_used_twice_is_refused():
         first(np.ones((1, 2)))
 
 
-def test_the_step_is_checked_against_the_backward_s_training_pass(monkeypatch):
-    """One float64 forward+backward serves both training passes: the step's loss is the backward's and its update
-    norms are LEARNING_RATE × the gradient norms."""
-    calls = []
-
-    def fake(op, inputs, pass_):
-        calls.append(pass_)
-        return {"loss": np.asarray(0.5), "grad_norms": np.arange(1.0, 7.0)}
-    monkeypatch.setitem(ref.REFERENCES, "model", fake)
-    ref.expected.cache_clear()
+def test_a_model_s_three_passes_are_checked_against_one_draw_and_one_training_pass(monkeypatch):
+    """The worker asks ``expected`` once per pass: a model draws its weights once and runs one eval forward and one
+    training forward+backward, whose loss and LEARNING_RATE × gradient norms are also the step's."""
+    draws, runs = [], []
+    make_inputs, resnet = ref.make_inputs, mr.NETWORKS["resnet50"]
+    monkeypatch.setattr(ref, "make_inputs", lambda op, seed: draws.append(op) or make_inputs(op, seed))
+    monkeypatch.setitem(mr.NETWORKS, "resnet50",
+                        lambda layers, arrays: runs.append(layers.train) or resnet(layers, arrays))
+    caches = (ref.expected, ref._model_expected)
+    for cache in caches:
+        cache.cache_clear()
     op = models.Model(network="resnet50", batch=1, size=32)
-    step = ref.expected(op, 0, "step", "fp32")  # positional, as the worker calls it (the cache's key)
-    ref.expected(op, 0, "backward", "fp32")
-    ref.expected.cache_clear()
-    assert calls == ["backward"]
-    assert float(step["loss"]) == 0.5 and set(step) == {"loss", "update_norms"}
-    np.testing.assert_array_equal(step["update_norms"], models.LEARNING_RATE * np.arange(1.0, 7.0))
+    got = {pass_: ref.expected(op, 0, pass_, "fp32") for pass_ in ("step", "forward", "backward")}
+    for cache in caches:
+        cache.cache_clear()
+    assert len(draws) == 1 and sorted(runs) == [False, True]
+    assert {pass_: set(outputs) for pass_, outputs in got.items()} == {pass_: set(op.outputs(pass_)) for pass_ in got}
+    assert got["step"]["loss"] == got["backward"]["loss"]
+    np.testing.assert_array_equal(got["step"]["update_norms"], models.LEARNING_RATE * got["backward"]["grad_norms"])
 
 
 # ---- whole models against torch float64 autograd
@@ -232,7 +234,7 @@ def torch_run(request):
     op = models.Model(network=network, **SMALL[network])
     weights = {name: array.astype(np.float64) for name, array in perturbed(models.initial_weights(op, 0)).items()}
     batch = models.synthetic_batch(op, 0)
-    ours = {pass_: mr.model(op, weights | batch, pass_) for pass_ in ("forward", "backward", "step")}
+    ours = mr.passes(op, weights | batch)
 
     with torch.device("meta"):  # no initialization: every parameter and buffer is loaded below
         net = TORCH_MODELS[network](torch.nn)
