@@ -17,6 +17,19 @@ from tests.gradients import numeric_gradient
 
 RNG = np.random.default_rng(20)
 
+
+def dense_embedding(ids: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, Callable]:
+    """The embedding with its backward returning the whole table's gradient (zero rows included)."""
+    y, back = mr.embedding(ids, table)
+
+    def backward(dy: np.ndarray) -> tuple[np.ndarray]:
+        rows, used = back(dy)
+        dtable = np.zeros_like(table)
+        dtable[used] = rows
+        return (dtable,)
+    return y, backward
+
+
 # name -> (the layer on named float64 arrays, their shapes in the order its backward returns their gradients)
 LAYERS: dict[str, tuple[Callable[[dict[str, np.ndarray]], tuple[np.ndarray, Callable]], dict[str, tuple]]] = {
     "conv 3×3/2 pad 1": (lambda a: mr.conv2d(a["x"], a["w"], 2, 1), {"x": (2, 3, 5, 5), "w": (4, 3, 3, 3)}),
@@ -30,7 +43,7 @@ LAYERS: dict[str, tuple[Callable[[dict[str, np.ndarray]], tuple[np.ndarray, Call
     "max pool 3×3/2 pad 1": (lambda a: mr.max_pool(a["x"]), {"x": (2, 2, 7, 6)}),
     "global average pool": (lambda a: mr.global_average_pool(a["x"]), {"x": (2, 3, 4, 5)}),
     "dense": (lambda a: mr.dense(a["x"], a["w"], a["b"]), {"x": (2, 3, 4), "w": (5, 4), "b": (5,)}),
-    "embedding": (lambda a: mr.embedding(np.array([[1, 3, 1], [0, 1, 3]]), a["table"]), {"table": (4, 3)}),
+    "embedding": (lambda a: dense_embedding(np.array([[1, 3, 1], [0, 1, 3]]), a["table"]), {"table": (5, 3)}),
     "layer norm": (lambda a: mr.layer_norm(a["x"], a["gamma"], a["beta"], 1e-12),
                    {"x": (2, 3, 5), "gamma": (5,), "beta": (5,)}),
     "gelu": (lambda a: mr.gelu(a["x"]), {"x": (3, 4)}),
@@ -62,6 +75,25 @@ def test_max_pool_routes_to_the_maximum_and_sums_overlaps():
     assert y.shape == (1, 1, 3, 3) and (y <= -0.5).all()
     (dx,) = backward(np.ones_like(y))
     assert dx[0, 0, 1, 1] == 4 and dx.sum() == 9
+
+
+def test_the_norm_of_a_product_from_its_gram_matrices():
+    a, b = RNG.standard_normal((2, 3, 7)), RNG.standard_normal((2, 3, 5))
+    explicit = np.linalg.norm(a.reshape(6, 7).T @ b.reshape(6, 5)) ** 2
+    assert mr.product_squared_norm(a, b) == pytest.approx(explicit, rel=1e-13)
+
+
+@pytest.mark.parametrize("rows", [2, 9])
+def test_a_dense_layer_s_gradient_norms_either_way(rows):
+    """With fewer rows than in·out / (in + out) = 2.9 the Gram path, else the formed gradient: the same norms."""
+    w, b, x, dy = (RNG.standard_normal(shape) for shape in ((5, 4), (5,), (rows, 4), (rows, 5)))
+    layers = mr.Layers({"d.weight": w, "d.bias": b}, train=True)
+    y, backward = layers.dense("d", x)
+    dx = backward(dy)
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-14)
+    np.testing.assert_allclose(dx, dy @ w, rtol=1e-14)
+    assert layers.squared_norms["d.weight"] == pytest.approx(np.linalg.norm(dy.T @ x) ** 2, rel=1e-13)
+    assert layers.squared_norms["d.bias"] == pytest.approx(np.linalg.norm(dy.sum(axis=0)) ** 2, rel=1e-13)
 
 
 def test_cross_entropy_and_its_gradient():
