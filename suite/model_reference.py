@@ -4,8 +4,8 @@ and SGD step, exactly the semantics the frameworks implement, from the canonical
 A small reverse mode: each layer is a function returning its output and a ``backward`` closure that maps the
 gradient of its output to the gradient of its input (and of its parameters); ``Layers`` names the parameters by
 their canonical names and keeps each gradient's squared norm; a network chains the layers and replays their
-closures in reverse. Convolutions and the attention core reuse the per-op
-references of ``suite.reference``. Every array is float64; nothing here imports a framework.
+closures in reverse. Convolutions and the attention core reuse the per-op references of ``suite.reference``. Every
+array is float64; nothing here imports a framework.
 
 Passes (``Model.outputs``): ``forward`` = eval mode (batch norm on its running statistics) → logits; ``backward`` =
 training mode (batch statistics) → mean softmax cross-entropy and the L2 norm of the gradients per parameter group;
@@ -32,10 +32,10 @@ Weights = dict[str, np.ndarray]
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> tuple[np.ndarray, Callable]:
     """Cross-correlation of NCHW ``x`` with OIHW ``w`` (no bias); backward(dy, input_grad) → (dx or None, dw)."""
-    n, c, h, width = x.shape
-    k, _, r, s = w.shape
     from suite.reference import _conv  # here: suite.reference imports this module for its table of references
 
+    n, c, h, width = x.shape
+    k, _, r, s = w.shape
     op = Conv2d(n, c, h, width, k, r, s, stride=(stride, stride), padding=(pad,) * 4)
     y = _conv(op, {"x": x, "w": w}, "forward")["y"]
 
