@@ -533,7 +533,8 @@ def ranking_text(ranks: pd.DataFrame) -> str:
              "the layer level" for r in swaps.itertuples()]
     parts += [f"{r.first} and {r.second} are not told apart at the step (CI of the ratio within "
               f"1 ± {100 * SAME_BAND:.0f}% or missing)" for r in ties.itertuples()]
-    return f"the layer sums' ranking ({', '.join(layer_order)}) does not hold for the whole step: " + "; ".join(parts)
+    verb = "does not hold for" if len(swaps) else "is not confirmed by"
+    return f"the layer sums' ranking ({', '.join(layer_order)}) {verb} the whole step: " + "; ".join(parts)
 
 
 def steps(a: Analysis) -> list[dict[str, Any]]:

@@ -9,9 +9,7 @@ elsewhere). Framework-free."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,51 +18,17 @@ from matplotlib.figure import Figure
 
 from reports import analysis, figures, summary
 from reports.site import build_site
-from suite import ops
+from suite.models import Model
 from tests.test_report_model import NET, network, record, results
 
 ORDER = ("torch", "tensorflow", "jax")
-VARIED = (0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1)  # a step's blocks: CI [0.9, 1.1] × its median
-
-
-@dataclasses.dataclass(frozen=True)
-class StandIn(ops.OpKind):
-    """The contract's whole-model kind (suite.models.Model: dims network, batch, size; passes forward, backward,
-    step and their labels), for as long as this branch runs without it."""
-
-    network: str
-    batch: int
-    size: int = 224
-    kind = "model"
-    passes = ("forward", "backward", "step")  # type: ignore[assignment]
-    pass_labels = {"forward": "inference", "backward": "forward+backward", "step": "training step"}
-    input_elements = 1
-
-    def flops(self, pass_: str = "forward") -> int:
-        return 10**9 * (1 if pass_ == "forward" else 3)
-
-    def min_bytes(self, pass_: str, itemsize: int) -> int:
-        return itemsize
-
-    def describe(self) -> str:
-        return f"{self.network} B{self.batch} S{self.size}"
-
-
-@pytest.fixture(autouse=True)
-def model_kind() -> Iterator[type[ops.OpKind]]:
-    """The registered whole-model kind: the real one where suite.models exists, else the stand-in, for one test."""
-    if "model" in ops.OP_KINDS:
-        yield ops.OP_KINDS["model"]
-        return
-    ops.register_op(StandIn)
-    yield StandIn
-    del ops.OP_KINDS["model"]
+VARIED = (0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1)  # blocks whose CI is [0.9, 1.1] × their median
 
 
 def whole(backend: str, step: float, inference: float, forward_backward: float, *, mode: str = "eager",
           step_blocks: tuple[float, ...] = (1.0,) * 7, **step_extra: object) -> list[dict]:
     """A whole-model case (tag whole:toy) in its three passes; the step's blocks and extra fields as given."""
-    op = ops.OP_KINDS["model"](network="resnet50", batch=8, size=224)
+    op = Model(network="resnet50", batch=8, size=224)
     tags = ("model", "whole:toy")
     return [record("model-toy", backend, "forward", inference, op, mode=mode, tags=tags),
             record("model-toy", backend, "backward", forward_backward, op, mode=mode, tags=tags),
@@ -72,10 +36,17 @@ def whole(backend: str, step: float, inference: float, forward_backward: float, 
              **step_extra}]
 
 
-# Layer sums: torch 42 s, tensorflow 126 s, jax 84 s (ranking torch, jax, tensorflow). Steps: torch 60 s (CI 54–66),
-# tensorflow 150 s, jax 50 s: jax's layers alone take longer than its step, and jax overtakes torch at the step.
+def varied_layers(backend: str) -> list[dict]:
+    """The toy set's layers, each pass's blocks spread as VARIED: the layer sum's interval is [0.9, 1.1] × its sum."""
+    return [{**r, **record(r["case"], backend, r["pass"], r["stats"]["median"], count=r["count"],
+                           tags=tuple(r["tags"]), blocks=VARIED)} for r in network(backend)]
+
+
 def three() -> list[dict]:
-    return [*network("torch"), *network("tensorflow", 3.0), *network("jax", 2.0),
+    """Layer sums: torch 42 s (CI bounds 37.8–46.2 s), tensorflow 126 s, jax 84 s (ranking torch, jax, tensorflow).
+    Steps: torch 60 s (CI 54–66), tensorflow 150 s, jax 50 s: jax's layers alone take longer than its step, and jax
+    overtakes torch at the step."""
+    return [*varied_layers("torch"), *network("tensorflow", 3.0), *network("jax", 2.0),
             *whole("torch", 60.0, 15.0, 54.0, step_blocks=VARIED),
             *whole("tensorflow", 150.0, 30.0, 135.0, mode="function"), *whole("jax", 50.0, 20.0, 45.0, mode="jit")]
 
@@ -94,12 +65,14 @@ def test_step_layer_sum_remainder_and_ratio_per_framework() -> None:
     torch, tf, jax = row(a, "torch"), row(a, "tensorflow"), row(a, "jax")
     assert (torch["step_s"], torch["step_low_s"], torch["step_high_s"]) == pytest.approx((60, 54, 66))
     assert (torch["layer_s"], tf["layer_s"], jax["layer_s"]) == pytest.approx((42, 126, 84))
+    assert (torch["layer_low_s"], torch["layer_high_s"]) == pytest.approx((37.8, 46.2))
     assert torch["layer_variant"] == "eager · row-major" and torch["layers_status"] == "complete"
-    # remainder = step − layer sum; bounds: step low − layer high, step high − layer low (the layers' CI is a point)
-    assert (torch["remainder_s"], torch["remainder_low_s"], torch["remainder_high_s"]) == pytest.approx((18, 12, 24))
+    # remainder = step − layer sum; bounds: step low − layer sum high, step high − layer sum low
+    assert (torch["remainder_s"], torch["remainder_low_s"], torch["remainder_high_s"]) == \
+        pytest.approx((18, 54 - 46.2, 66 - 37.8))
     assert (tf["remainder_s"], jax["remainder_s"]) == pytest.approx((24, -34))
     assert (torch["layer_ratio"], torch["layer_ratio_low"], torch["layer_ratio_high"]) == \
-        pytest.approx((0.7, 42 / 66, 42 / 54))
+        pytest.approx((0.7, 37.8 / 66, 46.2 / 54))
     assert (tf["layer_ratio"], jax["layer_ratio"]) == pytest.approx((126 / 150, 84 / 50))
 
 
@@ -141,7 +114,8 @@ def test_the_headline_states_the_numbers_of_the_table() -> None:
     assert cells["torch"] == ["60 s", "42 s", "18 s", "70%", "25%", "75%", "10%"]
     assert cells["jax"] == ["50 s", "84 s", "−34 s", "168%", "40%", "60%", "10%"]
     torch = next(r for r in table["rows"] if r[0]["text"] == "torch")
-    assert torch[4]["ci"] == "12 s to 24 s" and torch[5]["ci"] == "64%–78%" and torch[2]["ci"] == "54 s–66 s"
+    assert torch[4]["ci"] == "7.8 s to 28.2 s" and torch[5]["ci"] == "57%–86%" and torch[2]["ci"] == "54 s–66 s"
+    assert torch[3]["ci"] == "37.8 s–46.2 s; eager · row-major"
     assert [r[0]["text"] for r in table["rows"]] == list(ORDER)  # the report's framework order
 
 
@@ -214,7 +188,6 @@ def test_the_figure_renders_complete_incomplete_and_over_rows(tmp_path: Path) ->
     assert figures.whole_steps(analyzed(*network("torch")).steps) is None
 
 
-@pytest.mark.skipif("step" not in ops.PASSES, reason="the whole-model kind's branch adds the step pass to PASSES")
 def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> None:
     index = build_site(results(*three(), cases=NET), tmp_path / "site", order=ORDER)
     html = index.read_text(encoding="utf-8")
@@ -222,3 +195,31 @@ def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> N
     assert "the measured layers (GEMMs) take 70% of torch&#39;s step (60 s)" in html
     data = pd.read_csv(tmp_path / "site" / "data" / "steps.csv")
     assert "samples" not in data and set(data["backend"]) == set(ORDER)
+
+
+def test_each_step_variant_gets_a_row_against_the_rollups_fastest_complete_variant() -> None:
+    compiled = [{**r, "mode": "compile"} for r in network("torch", 1.5)]  # the layers in a slower variant: 63 s
+    records = [*network("torch"), *compiled, *whole("torch", 60.0, 15.0, 54.0),
+               *whole("torch", 55.0, 15.0, 50.0, mode="compile")]
+    a = analyzed(*records)
+    rows = a.steps.set_index("variant")
+    assert set(rows.index) == {"eager · row-major", "compile · row-major"}
+    assert set(rows["layer_variant"]) == {"eager · row-major"} and set(rows["layer_s"]) == {42.0}
+    assert rows.loc["compile · row-major", "best"] and not rows.loc["eager · row-major", "best"]
+    assert rows.loc["eager · row-major", "remainder_s"] == pytest.approx(18)
+    [block] = summary.steps(a)
+    assert "take 76% of torch's step (55 s)" in block["headline"]  # 42 / 55: the fastest step variant
+    table = [(r[1]["text"], r[2]["text"], r[2]["bold"]) for r in block["tables"][0]["rows"]]
+    assert table == [("compile · row-major", "55 s", True), ("eager · row-major", "60 s", False)]
+
+
+def test_a_pair_the_step_cannot_tell_apart_is_a_tie_not_a_swap() -> None:
+    records = [*network("torch"), *network("jax", 2.0), *whole("torch", 60.0, 15.0, 54.0),
+               *whole("jax", 61.0, 20.0, 55.0, mode="jit")]  # 61 / 60: inside the same-speed band
+    a = analyzed(*records)
+    [pair] = a.step_ranking.itertuples()
+    assert (pair.first, pair.second, pair.verdict, pair.swapped) == ("torch", "jax", "same", False)
+    [block] = summary.steps(a)
+    assert block["headline"].endswith(
+        "the layer sums' ranking (torch, jax) is not confirmed by the whole step: torch and jax are not told apart at "
+        "the step (CI of the ratio within 1 ± 3% or missing).")
