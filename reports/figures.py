@@ -465,8 +465,8 @@ def whole_steps(steps: pd.DataFrame, palette: Palette | None = None) -> Figure |
     """(j) Where a training step's time goes, per network and framework (its fastest step variant): left, the step
     as the sum of its measured layers and the remainder (bar: the step's 95% CI; where the layers timed alone take
     longer than the step, a tick marks the step; hatched: the layer set is incomplete, no split); right, the step's
-    shares in forward (the inference pass), backward (forward+backward − inference) and the update (step −
-    forward+backward), each clipped at 0."""
+    shares in forward (the inference pass), backward (forward+backward − inference, at most the step) and the update
+    (step − forward+backward), each clipped at 0."""
     best = steps[steps["best"]] if not steps.empty else steps
     if best.empty:
         return None
@@ -504,7 +504,7 @@ def whole_steps(steps: pd.DataFrame, palette: Palette | None = None) -> Figure |
     left.set_xlim(0, float(np.nanmax(ends)) * 1.3)
     left.set(xlabel=f"time per training step ({unit})", title="step = measured layers + remainder")
     forward = best["forward_share"].to_numpy()
-    backward = (1 - forward) - best["update_share"].to_numpy()
+    backward = np.minimum(1 - best["update_share"].to_numpy(), 1) - forward  # a negative update draws as none
     start = np.zeros(len(best))
     for values, name, shade in ((forward, "forward (inference, eval mode)", "#999999"),
                                 (backward, "backward (forward+backward − inference)", "#56B4E9"),

@@ -531,8 +531,9 @@ def ranking_text(ranks: pd.DataFrame) -> str:
     parts = [f"{r.second} is {speedup_text(1 / r.step_ratio)} than {r.first} at the step though "
              f"{speedup_text(1 / r.layer_ratio).replace('faster', 'faster at').replace('slower', 'slower at')} "
              "the layer level" for r in swaps.itertuples()]
-    parts += [f"{r.first} and {r.second} are not told apart at the step (CI of the ratio within "
-              f"1 ± {100 * SAME_BAND:.0f}% or missing)" for r in ties.itertuples()]
+    parts += [f"{r.first} and {r.second} are not told apart at the step (time {r.second}/{r.first} {r.step_ratio:.2f}, "
+              + (f"95% CI {ci_text(r.step_low, r.step_high, '')} reaching into 1 ± {100 * SAME_BAND:.0f}%)"
+                 if np.isfinite(r.step_low) else "no CI)") for r in ties.itertuples()]
     verb = "does not hold for" if len(swaps) else "is not confirmed by"
     return f"the layer sums' ranking ({', '.join(layer_order)}) {verb} the whole step: " + "; ".join(parts)
 

@@ -186,6 +186,11 @@ def test_the_figure_renders_complete_incomplete_and_over_rows(tmp_path: Path) ->
     fig.savefig(tmp_path / "steps.png", dpi=60)
     assert (tmp_path / "steps.png").stat().st_size > 1000
     assert figures.whole_steps(analyzed(*network("torch")).steps) is None
+    # a step faster than its forward+backward pass (negative update share) draws no update and no more than 100%
+    quick = analyzed(*network("torch"), *whole("torch", 60.0, 15.0, 66.0))
+    assert row(quick, "torch")["update_share"] == pytest.approx(-0.1)
+    shares = figures.whole_steps(quick.steps).axes[1]
+    assert max(p.get_x() + p.get_width() for p in shares.patches) == pytest.approx(100)
 
 
 def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> None:
@@ -222,4 +227,4 @@ def test_a_pair_the_step_cannot_tell_apart_is_a_tie_not_a_swap() -> None:
     [block] = summary.steps(a)
     assert block["headline"].endswith(
         "the layer sums' ranking (torch, jax) is not confirmed by the whole step: torch and jax are not told apart at "
-        "the step (CI of the ratio within 1 ± 3% or missing).")
+        "the step (time jax/torch 1.02, 95% CI 1.02–1.02 reaching into 1 ± 3%).")
