@@ -467,19 +467,24 @@ def listing(words: list[str]) -> str:
 
 
 def step_warnings(r: Any) -> list[str]:
-    """What makes a row of ``Analysis.steps`` less than solid, in words: its step's unreliable timing flags, its
-    inference and forward+backward passes' ('inference: noisy'), and any pass that failed the numerical check."""
-    words = [f for f in r.step_flags if f in UNRELIABLE_FLAGS]
-    for pass_, flags in ((INFERENCE, r.forward_flags), (FORWARD_BACKWARD, r.forward_backward_flags)):
-        words += [f"{pass_label(r.op, pass_)}: {f}" for f in flags if f in UNRELIABLE_FLAGS]
-    words += [f"{pass_label(r.op, p)}: check failed" for p in r.checks_failed]
+    """What makes a row of ``Analysis.steps`` less than solid, in words: the unreliable timing flags of its step, its
+    inference or its forward+backward pass (each flag once), and which of them failed the numerical check."""
+    flags = [*r.step_flags, *r.forward_flags, *r.forward_backward_flags]
+    words = [f for f in UNRELIABLE_FLAGS if f in flags]
+    if r.checks_failed:
+        words.append(f"check failed ({', '.join(pass_label(r.op, p) for p in r.checks_failed)})")
     return words
 
 
+def pct_ci(low: float, high: float) -> str:
+    """A CI of a share, e.g. '57%–86%'; 'no CI' when a bound is missing."""
+    return f"{pct(100 * low)}–{pct(100 * high)}" if np.isfinite(low) and np.isfinite(high) else "no CI"
+
+
 def _flagged(r: Any) -> str:
-    """' (flagged: unstable)' after a number whose measurement is flagged, else ''."""
+    """'; flagged: unstable' after a number whose measurement is flagged, else ''."""
     words = step_warnings(r)
-    return f" (flagged: {', '.join(words)})" if words else ""
+    return f"; flagged: {', '.join(words)}" if words else ""
 
 
 def _bounds(low: float, high: float, text: Callable[[float], str]) -> str:
@@ -501,9 +506,9 @@ def step_rows(a: Analysis, group: pd.DataFrame) -> list[list[dict[str, Any]]]:
                 if complete else cell(f"incomplete: {r.layers_measured} of {r.layers_total} layers"),
                 cell(signed_seconds(r.remainder_s), _bounds(r.remainder_low_s, r.remainder_high_s, signed_seconds))
                 if complete else cell("–"),
-                cell(pct(100 * r.layer_ratio), f"{pct(100 * r.layer_ratio_low)}–{pct(100 * r.layer_ratio_high)}")
+                cell(pct(100 * r.layer_ratio), pct_ci(r.layer_ratio_low, r.layer_ratio_high))
                 if complete else cell("–"),
-                *[cell(pct(100 * share), f"{pct(100 * low)}–{pct(100 * high)}") if np.isfinite(share) else cell("–")
+                *[cell(pct(100 * share), pct_ci(low, high)) if np.isfinite(share) else cell("–")
                   for share, low, high in ((r.forward_share, r.forward_share_low, r.forward_share_high),
                                            (r.backward_update_share, r.backward_update_share_low,
                                             r.backward_update_share_high),

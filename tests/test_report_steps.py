@@ -167,11 +167,12 @@ def test_a_flagged_or_check_failed_step_is_flagged_where_its_number_stands() -> 
                *whole("jax", 90.0, 20.0, 80.0, mode="jit", check=check)]
     records[-4]["stats"]["flags"] = ["unstable"]  # torch's step
     [block] = summary.steps(analyzed(*records))
-    assert "70% of torch's step (60 s (flagged: unstable))" in block["headline"]
-    assert "of jax's step (90 s (flagged: training step: check failed))" in block["headline"]
+    assert "70% of torch's step (60 s; flagged: unstable)" in block["headline"]
+    assert "of jax's step (90 s; flagged: check failed (training step))" in block["headline"]
     steps = {r[0]["text"]: r[2]["ci"] for r in block["tables"][0]["rows"]}
     assert steps["torch"].endswith("; flagged: unstable")
-    assert steps["jax"].endswith("; flagged: training step: check failed")
+    assert steps["jax"].endswith("; flagged: check failed (training step)")
+    assert summary.pct_ci(math.nan, 0.5) == "no CI" and summary.pct_ci(0.25, 0.5) == "25%–50%"
 
 
 def test_the_figure_renders_complete_incomplete_and_over_rows(tmp_path: Path) -> None:
