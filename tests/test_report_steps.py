@@ -195,12 +195,16 @@ def test_the_figure_renders_complete_incomplete_and_over_rows(tmp_path: Path) ->
 
 
 def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> None:
-    index = build_site(results(*three(), cases=NET), tmp_path / "site", order=ORDER)
+    records = three()
+    next(r for r in records if (r["backend"], r["pass"]) == ("torch", "step"))["stats"]["flags"] = ["noisy",
+                                                                                                   "short_blocks"]
+    index = build_site(results(*records, cases=NET), tmp_path / "site", order=ORDER)
     html = index.read_text(encoding="utf-8")
     assert 'id="q-steps"' in html and 'src="figures/steps.png"' in html
-    assert "the measured layers (GEMMs) take 70% of torch&#39;s step (60 s)" in html
+    assert "the measured layers (GEMMs) take 70% of torch&#39;s step (60 s; flagged: noisy)" in html
     data = pd.read_csv(tmp_path / "site" / "data" / "steps.csv")
     assert "samples" not in data and set(data["backend"]) == set(ORDER)
+    assert data.set_index("backend").loc["torch", "step_flags"] == "noisy;short_blocks"
 
 
 def test_each_step_variant_gets_a_row_against_the_rollups_fastest_complete_variant() -> None:
