@@ -580,7 +580,7 @@ def steps(a: Analysis) -> list[dict[str, Any]]:
             if skipped:
                 head += "; " + listing([f"{b}'s layer set is incomplete ({rows[b]['layers_measured']} of "
                                         f"{rows[b]['layers_total']} layers)" for b in skipped]) + \
-                    ", so no share is claimed for " + ("it" if len(skipped) == 1 else "them")
+                    ", so no layer share is claimed for " + ("it" if len(skipped) == 1 else "them")
             head += "."
         else:
             head = (f"{lead}, the step takes " + ", ".join(

@@ -137,7 +137,7 @@ def test_an_incomplete_layer_set_gets_no_remainder_and_no_claim() -> None:
     assert a.step_ranking.empty  # a ranking needs two complete layer sums
     [block] = summary.steps(a)
     assert "take 70% of torch's step (60 s); the rest" in block["headline"]
-    assert "tensorflow's layer set is incomplete (1 of 2 layers), so no share is claimed for it." \
+    assert "tensorflow's layer set is incomplete (1 of 2 layers), so no layer share is claimed for it." \
         in block["headline"]
     assert "of tensorflow's step" not in block["headline"].split(".")[0]
     cells = {r[0]["text"]: [c["text"] for c in r[3:6]] for r in block["tables"][0]["rows"]}
@@ -233,3 +233,11 @@ def test_a_pair_the_step_cannot_tell_apart_is_a_tie_not_a_swap() -> None:
     assert block["headline"].endswith(
         "the layer sums' ranking (torch, jax) is not confirmed by the whole step: torch and jax are not told apart at "
         "the step (time jax/torch 1.02, 95% CI 1.02–1.02 reaching into 1 ± 3%).")
+
+
+def test_a_layer_set_incomplete_everywhere_leaves_the_step_alone() -> None:
+    [block] = summary.steps(analyzed(*network("torch", layers=("L1",)), *whole("torch", 60.0, 15.0, 54.0)))
+    assert block["headline"] == (
+        "On this CPU, in a Net training step (toy), the step takes 60 s with torch; the layer set toy is incomplete "
+        "in every framework, so no layer share is claimed. The forward pass (inference, eval mode) takes 25% of "
+        "torch's, backward and update the rest.")
