@@ -354,6 +354,135 @@ def network_rollup(pooled: pd.DataFrame, sets: Iterable[NetworkSet]) -> tuple[pd
     return pd.DataFrame(complete, columns=complete_cols), pd.DataFrame(partial, columns=partial_cols)
 
 
+# ------------------------------------------------------------------------------------------------ whole-model steps
+WHOLE_TAG = "whole:"  # a whole-model case's tag naming the catalog layer set of the same network and batch
+# A whole model's passes (suite.ops.pass_label names them): inference (eval mode), forward+backward, training step
+INFERENCE, FORWARD_BACKWARD, STEP = "forward", "backward", "step"
+STEP_COLUMNS = [*CONFIG, "set", "network", "case", "op", "backend", "variant", "best", "step_s", "step_low_s",
+                "step_high_s", "step_flags", "checks_failed", "layers_status", "layers_measured", "layers_total",
+                "layer_variant", "kinds", "layer_s", "layer_low_s", "layer_high_s", "remainder_s", "remainder_low_s",
+                "remainder_high_s", "layer_ratio", "layer_ratio_low", "layer_ratio_high", "forward_s", "forward_flags",
+                "forward_share", "forward_share_low", "forward_share_high", "forward_backward_s",
+                "forward_backward_flags", "backward_update_share", "backward_update_share_low",
+                "backward_update_share_high", "update_share", "update_share_low", "update_share_high",
+                "samples"]  # the step's per-call times (not exported)
+
+
+def whole_set(tags: Iterable[str]) -> str | None:
+    """The layer set a whole-model case is the whole of (its tag ``whole:<set>``), or None."""
+    return next((t.removeprefix(WHOLE_TAG) for t in tags if t.startswith(WHOLE_TAG)), None)
+
+
+def _share(part: pd.Series | None, step: pd.Series) -> tuple[float, float, float]:
+    """time(part) / time(step) of the same variant, with the bootstrap CI of the ratio of medians; NaN without it."""
+    if part is None:
+        return math.nan, math.nan, math.nan
+    return ratio_ci(part["samples"], step["samples"])
+
+
+def _layer_sum(networks: pd.DataFrame, partial: pd.DataFrame, layer_set: NetworkSet | None, key: tuple,
+               backend: str) -> dict[str, Any]:
+    """The rollup of ``layer_set`` in one configuration and framework: its fastest complete variant (as the report's
+    training shares use), else how many of its layers the best partial variant has."""
+    total = len(layer_set.layers) if layer_set else 0
+    out: dict[str, Any] = {"layers_total": total, "layers_measured": 0, "layer_variant": "", "kinds": "",
+                           "layer_s": math.nan, "layer_low_s": math.nan, "layer_high_s": math.nan}
+    if layer_set is None:
+        return {**out, "layers_status": "unknown set"}
+
+    def mine(table: pd.DataFrame) -> pd.DataFrame:
+        if table.empty:
+            return table
+        same = (table[CONFIG] == pd.Series(key, index=CONFIG)).all(axis=1)
+        return table[same & table["set"].eq(layer_set.set) & table["backend"].eq(backend)]
+
+    complete, incomplete = mine(networks), mine(partial)
+    if len(complete):
+        r = complete.loc[complete["time_s"].idxmin()]
+        return {**out, "layers_status": "complete", "layers_measured": total, "layer_variant": r["variant"],
+                "kinds": r["kinds"], "layer_s": r["time_s"], "layer_low_s": r["low_s"], "layer_high_s": r["high_s"]}
+    measured = int(incomplete["measured"].max()) if len(incomplete) else 0
+    return {**out, "layers_status": "incomplete", "layers_measured": measured}
+
+
+def whole_steps(pooled: pd.DataFrame, networks: pd.DataFrame, partial: pd.DataFrame,
+                sets: Iterable[NetworkSet]) -> pd.DataFrame:
+    """Where a training step's time goes: per configuration, whole-model case (tag ``whole:<set>``), framework and
+    variant with a successful training step, the step's median and 95% CI; the sum of the layers of ``<set>`` in the
+    same configuration and framework (the rollup's fastest complete variant; 'incomplete' with no sum otherwise); the
+    remainder step − layer sum, whose interval is [step low − layer sum high, step high − layer sum low] (it covers
+    the difference whenever both intervals cover theirs; the layer sum's interval sums per-layer CI bounds); layer
+    sum / step, its interval likewise from the bounds; and, from the same variant's other passes, the shares of the
+    step in the forward (the inference pass, eval mode), in backward + update (1 − forward share) and in the update
+    alone (1 − forward+backward / step), with bootstrap CIs of the ratios of medians. ``best`` marks each
+    framework's fastest step variant."""
+    tagged = pooled[pooled["tags"].map(lambda tags: whole_set(tags) is not None).astype(bool)] \
+        if not pooled.empty else pooled
+    if tagged.empty:
+        return pd.DataFrame(columns=STEP_COLUMNS)
+    by_set = {s.set: s for s in sets}
+    variant_key = [*CONFIG, "case", "backend", "variant"]
+    rows = []
+    for values, group in tagged.groupby(variant_key, dropna=False, sort=True):
+        passes = group.set_index("pass")
+        if STEP not in passes.index:
+            continue  # no step, no row
+        step = passes.loc[STEP]
+        forward = passes.loc[INFERENCE] if INFERENCE in passes.index else None
+        both = passes.loc[FORWARD_BACKWARD] if FORWARD_BACKWARD in passes.index else None
+        set_id = whole_set(step["tags"])
+        layer_set = by_set.get(set_id)
+        info = dict(zip(variant_key, values, strict=True))
+        layers = _layer_sum(networks, partial, layer_set, values[:len(CONFIG)], info["backend"])
+        fwd, fwd_low, fwd_high = _share(forward, step)
+        fb, fb_low, fb_high = _share(both, step)
+        s, s_low, s_high = step["median_s"], step["ci_low_s"], step["ci_high_s"]
+        sums, sum_low, sum_high = layers["layer_s"], layers["layer_low_s"], layers["layer_high_s"]
+        failed = tuple(p for p in passes.index if passes.loc[p, "check"] == "fail")
+        rows.append({**info, "set": set_id, "op": step["op"],
+                     "network": layer_set.network if layer_set else step["network"], "step_s": s, "step_low_s": s_low,
+                     "step_high_s": s_high, "step_flags": tuple(step["flags"]), "checks_failed": failed, **layers,
+                     "remainder_s": s - sums,
+                     "remainder_low_s": s_low - sum_high, "remainder_high_s": s_high - sum_low,
+                     "layer_ratio": sums / s, "layer_ratio_low": sum_low / s_high, "layer_ratio_high": sum_high / s_low,
+                     "forward_s": forward["median_s"] if forward is not None else math.nan,
+                     "forward_flags": tuple(forward["flags"]) if forward is not None else (),
+                     "forward_share": fwd, "forward_share_low": fwd_low, "forward_share_high": fwd_high,
+                     "forward_backward_s": both["median_s"] if both is not None else math.nan,
+                     "forward_backward_flags": tuple(both["flags"]) if both is not None else (),
+                     "backward_update_share": 1 - fwd, "backward_update_share_low": 1 - fwd_high,
+                     "backward_update_share_high": 1 - fwd_low, "update_share": 1 - fb, "update_share_low": 1 - fb_high,
+                     "update_share_high": 1 - fb_low, "samples": step["samples"]})
+    steps = pd.DataFrame(rows, columns=STEP_COLUMNS)
+    if len(steps):
+        fastest = steps.groupby([*CONFIG, "case", "backend"], dropna=False)["step_s"].idxmin()
+        steps["best"] = steps.index.isin(fastest.to_numpy())
+    return steps
+
+
+def step_ranking(steps: pd.DataFrame) -> pd.DataFrame:
+    """Does the layer level's framework ranking hold for the whole step? Per configuration and whole-model case, each
+    pair of frameworks with a complete layer sum and a step (fastest step variants): ``first`` is the one whose
+    layer sum is smaller, ``layer_ratio`` time(second) / time(first) of the layer sums, ``step_ratio`` the same of
+    the steps with its bootstrap CI and verdict ('slower': the second is slower at the step too, 'faster': the pair
+    swaps, 'same': no clear difference at the step)."""
+    columns = [*CONFIG, "case", "set", "first", "second", "layer_ratio", "step_ratio", "step_low", "step_high",
+               "verdict", "swapped"]
+    best = steps[steps["best"] & steps["layers_status"].eq("complete")] if not steps.empty else steps
+    rows = []
+    for values, group in (best.groupby([*CONFIG, "case", "set"], dropna=False, sort=True) if not best.empty else []):
+        ranked = group.sort_values("layer_s").to_dict("records")
+        for i, first in enumerate(ranked):
+            for second in ranked[i + 1:]:
+                point, low, high = ratio_ci(second["samples"], first["samples"])
+                found = verdict(low, high, above="slower", below="faster")
+                rows.append({**dict(zip([*CONFIG, "case", "set"], values, strict=True)), "first": first["backend"],
+                             "second": second["backend"], "layer_ratio": second["layer_s"] / first["layer_s"],
+                             "step_ratio": point, "step_low": low, "step_high": high, "verdict": found,
+                             "swapped": found == "faster"})
+    return pd.DataFrame(rows, columns=columns)
+
+
 # ------------------------------------------------------------------------------------------------ scaling
 def scaling_points(pooled: pd.DataFrame) -> pd.DataFrame:
     """Sweep points of each framework's best variants: inference = forward time, training = forward + backward
@@ -512,6 +641,9 @@ class Analysis:
     kind_ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
     networks: pd.DataFrame = field(default_factory=pd.DataFrame)
     partial_networks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    network_sets: tuple[NetworkSet, ...] = ()  # the layer sets networks are judged by
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # whole-model steps against their layer sums
+    step_ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
     scaling_points: pd.DataFrame = field(default_factory=pd.DataFrame)
     scaling: pd.DataFrame = field(default_factory=pd.DataFrame)
     conv_dense: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -530,6 +662,7 @@ def analyze(results: ResultSet, baseline: str = "torch", order: Iterable[str] = 
     ratios = pass_ratios(pooled)
     sets, notes = network_sets(results, cases)
     networks, partial = network_rollup(pooled, sets)
+    steps = whole_steps(pooled, networks, partial, sets)
     points = scaling_points(pooled)
     kinds = other_kinds(frame)
     present = frame["backend"].unique() if not frame.empty else ()
@@ -540,7 +673,8 @@ def analyze(results: ResultSet, baseline: str = "torch", order: Iterable[str] = 
                     ratio_summary=ratio_summary(ratios[~ratios["kind"].isin(kinds)]),  # GEMM, conv; the rest apart
                     kinds=kinds, kind_throughput=kind_throughput(pooled, kinds),
                     kind_ratios=ratio_summary(ratios[ratios["kind"].isin(kinds)], by=("kind",)),
-                    networks=networks, partial_networks=partial, scaling_points=points, scaling=scaling_fits(points),
+                    networks=networks, partial_networks=partial, network_sets=sets, steps=steps,
+                    step_ranking=step_ranking(steps), scaling_points=points, scaling=scaling_fits(points),
                     conv_dense=conv_vs_dense(pooled), peaks=peaks(pooled), quality=quality(frame), notes=notes)
 
 

@@ -461,6 +461,69 @@ def network_rollup(networks: pd.DataFrame, palette: Palette | None = None) -> Fi
     return fig
 
 
+def whole_steps(steps: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
+    """(j) Where a training step's time goes, per network and framework (its fastest step variant): left, the step
+    as the sum of its measured layers and the remainder (bar: the step's 95% CI; where the layers timed alone take
+    longer than the step, a tick marks the step; hatched: the layer set is incomplete, no split); right, the step's
+    shares in forward (the inference pass), backward (forward+backward − inference, at most the step) and the update
+    (step − forward+backward), each clipped at 0."""
+    best = steps[steps["best"]] if not steps.empty else steps
+    if best.empty:
+        return None
+    backends, colors = _frameworks(best["backend"], palette)
+    best = best.assign(panel=panel_labels(best))
+    best = best.sort_values(["panel", "network", "backend"], key=lambda c: c.map(
+        {b: i for i, b in enumerate(backends)}) if c.name == "backend" else c)
+    labels = (best["network"] + " · " + best["backend"] + best["panel"].map(lambda p: f" · {p}" if p else "")).tolist()
+    scale, unit = time_unit(pd.concat([best["step_high_s"], best["layer_s"]]).fillna(best["step_s"].max()))
+    fig = _figure(12.0, 0.5 * len(best) + 2.4)
+    left, right = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
+    ys = np.arange(len(best))
+    complete = best["layers_status"].eq("complete").to_numpy()
+    step, layers = best["step_s"].to_numpy() * scale, best["layer_s"].to_numpy() * scale
+    shown = np.where(complete, np.minimum(layers, step), 0)
+    left.barh(ys, shown, color="0.35", label="measured layers (Σ count × median)")
+    left.barh(ys, np.where(complete, np.clip(step - layers, 0, None), 0), left=shown, color="0.75",
+              label="remainder (step − layers)")
+    if (~complete).any():
+        left.barh(ys[~complete], step[~complete], color="white", edgecolor="0.5", hatch="//",
+                  label="step; layer set incomplete")
+    over = complete & (layers > step)
+    if over.any():
+        left.barh(ys[over], (layers - step)[over], left=step[over], color="white", edgecolor="0.35", hatch="xx",
+                  label="layers timed alone beyond the step")
+    left.errorbar(step, ys, xerr=[(best["step_s"] - best["step_low_s"]).clip(lower=0).fillna(0) * scale,
+                                  (best["step_high_s"] - best["step_s"]).clip(lower=0).fillna(0) * scale],
+                  fmt="|", color="black", markersize=12, capsize=3, label="training step (95% CI)")
+    ends = np.fmax(best["step_high_s"].fillna(best["step_s"]).to_numpy() * scale, np.where(complete, layers, 0))
+    for y, (end, ratio, ok) in enumerate(zip(ends, best["layer_ratio"], complete, strict=True)):
+        if ok and np.isfinite(ratio):
+            left.text(end, y, f"  layers {100 * ratio:.0f}%", va="center", fontsize=7)
+    left.set_yticks(ys, labels)
+    left.set_ylim(len(best) - 0.5, -0.5)
+    left.set_xlim(0, float(np.nanmax(ends)) * 1.3)
+    left.set(xlabel=f"time per training step ({unit})", title="step = measured layers + remainder")
+    forward = best["forward_share"].to_numpy()
+    backward = np.minimum(1 - best["update_share"].to_numpy(), 1) - forward  # a negative update draws as none
+    start = np.zeros(len(best))
+    for values, name, shade in ((forward, "forward (inference, eval mode)", "#999999"),
+                                (backward, "backward (forward+backward − inference)", "#56B4E9"),
+                                (best["update_share"].to_numpy(), "update (step − forward+backward)", "#E69F00")):
+        part = 100 * np.nan_to_num(np.clip(values, 0, None))
+        right.barh(ys, part, left=start, color=shade, label=name, edgecolor="white")
+        for y, (x, v) in enumerate(zip(start, part, strict=True)):
+            if v >= 6:
+                right.text(x + v / 2, y, f"{v:.0f}%", ha="center", va="center", fontsize=7)
+        start += part
+    right.set(xlim=(0, 100), xlabel="share of the training step (%)", title="forward, backward, update")
+    handles = [h for ax in (left, right) for h in ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=7)
+    for tick, backend in zip(left.get_yticklabels(), best["backend"], strict=True):
+        tick.set_color(colors[backend])
+    fig.suptitle("Where does a training step's time go? (each framework's fastest step variant)")
+    return fig
+
+
 def first_call(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """(i) Compile + first-call time per framework and mode (dots: cases and passes; bar: median)."""
     data = frame.dropna(subset=["first_call_s"]) if "first_call_s" in frame else frame.iloc[0:0]

@@ -24,6 +24,8 @@ from suite.results import Environment, Measurement, ResultSet, percent_of
 # the variant a report names within a configuration is the identity without them (mode · layout · options).
 CONFIG_SETTINGS = ("math", "threads", "l2")
 CSV_DROP = ["samples", "spec"]  # raw per-call samples and the typed op: in the frame, not in data/*.csv
+# tuple columns of the whole-model steps table (reports.analysis.whole_steps), joined with ';' like tags and flags
+TUPLE_COLUMNS = ("step_flags", "forward_flags", "forward_backward_flags", "checks_failed")
 KERNEL_DETAILS = ("sdpa_backend", "implementation")  # details keys in which a backend names the kernel that ran
 PROVENANCE = ("network", "layer", "source", "derivation")
 
@@ -125,7 +127,7 @@ def export(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame as plain columns for CSV/JSON: raw samples and the typed op dropped (its dims written out), tuples
     joined with ';'."""
     out = frame.drop(columns=[c for c in CSV_DROP if c in frame], errors="ignore").copy()
-    for column in ("tags", "flags", "throttle_reasons"):
+    for column in ("tags", "flags", "throttle_reasons", *TUPLE_COLUMNS):
         if column in out:
             out[column] = out[column].map(";".join)
     if "spec" in frame:

@@ -64,6 +64,14 @@ FIGURES = [
                "Σ over every layer of a network of median time × count, per framework variant; only networks with "
                "every layer measured; the interval sums per-layer CI bounds.",
                lambda a: figures.network_rollup(a.networks, a.palette), "no network with every layer measured"),
+    FigureSpec("steps", "Where a training step's time goes",
+               "Per network and framework (its fastest training-step variant). Left: the whole step as the sum of "
+               "its measured GEMM/conv/attention layers (the catalog layer set named by the model case's whole: tag, "
+               "the framework's fastest complete variant) plus the remainder; the bar at the end is the step's 95% "
+               "CI; hatched: the layer set is incomplete, so the step is not split. Right: the step's shares in "
+               "forward (the inference pass, eval mode), backward (forward+backward − inference) and the SGD update "
+               "(step − forward+backward).", lambda a: figures.whole_steps(a.steps, a.palette),
+               "no whole-model training step (a case tagged whole:<layer set>)"),
     FigureSpec("throughput", "Throughput per case",
                "Achieved FLOP/s (useful FLOPs of the direct algorithm / median time per call) of each framework's "
                "fastest variant, with the 95% CI of the median time turned into FLOP/s.",
@@ -272,6 +280,7 @@ def write_data(a: Analysis, folder: Path) -> list[str]:
     tables = {"measurements": export(a.measurements), "pooled": export(a.pooled), "speedups": a.speedups,
               "variants": a.variants, "variant_effects": a.variant_effects, "pass_ratios": a.ratios,
               "pass_ratio_summary": a.ratio_summary, "networks": a.networks, "partial_networks": a.partial_networks,
+              "steps": export(a.steps), "step_ranking": a.step_ranking,
               "scaling_points": a.scaling_points, "scaling_fits": a.scaling, "conv_vs_dense": a.conv_dense,
               "peaks": a.peaks, "kind_ratios": a.kind_ratios,
               "kind_throughput": a.kind_throughput.assign(**{c: a.kind_throughput[c].map(";".join)

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.analysis import CONFIG, OVERHEAD_FACTOR, Analysis
+from reports.analysis import CONFIG, FORWARD_BACKWARD, INFERENCE, OVERHEAD_FACTOR, STEP, Analysis, whole_set
 from reports.frame import main_kinds
 from suite.catalog import PHASES
 from suite.ops import PASS_LABELS, PASSES, pass_label, varieties
-from suite.results import SAME_BAND
+from suite.results import SAME_BAND, UNRELIABLE_FLAGS
 from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_FIGURE = "kind-{}"  # the figure key of an op kind's section
@@ -455,6 +455,180 @@ def networks(a: Analysis) -> list[dict[str, Any]]:
     return blocks
 
 
+def _possessive(names: list[str]) -> str:
+    """'torch's', 'torch's and jax's', 'torch's, tensorflow's and jax's'."""
+    owned = [f"{n}'s" for n in names]
+    return owned[0] if len(owned) == 1 else ", ".join(owned[:-1]) + f" and {owned[-1]}"
+
+
+def listing(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+def step_warnings(r: Any) -> list[str]:
+    """What makes a row of ``Analysis.steps`` less than solid, in words: the unreliable timing flags of its step, its
+    inference or its forward+backward pass (each flag once), and which of them failed the numerical check."""
+    flags = [*r.step_flags, *r.forward_flags, *r.forward_backward_flags]
+    words = [f for f in UNRELIABLE_FLAGS if f in flags]
+    if r.checks_failed:
+        words.append(f"check failed ({', '.join(pass_label(r.op, p) for p in r.checks_failed)})")
+    return words
+
+
+def pct_ci(low: float, high: float) -> str:
+    """A CI of a share, e.g. '57%–86%'; 'no CI' when a bound is missing."""
+    return f"{pct(100 * low)}–{pct(100 * high)}" if np.isfinite(low) and np.isfinite(high) else "no CI"
+
+
+def _flagged(r: Any) -> str:
+    """'; flagged: unstable' after a number whose measurement is flagged, else ''."""
+    words = step_warnings(r)
+    return f"; flagged: {', '.join(words)}" if words else ""
+
+
+def _bounds(low: float, high: float, text: Callable[[float], str]) -> str:
+    return f"{text(low)} to {text(high)}" if np.isfinite(low) and np.isfinite(high) else "no CI"
+
+
+def step_rows(a: Analysis, group: pd.DataFrame) -> list[list[dict[str, Any]]]:
+    """The table of one network: every framework variant with a training step, each framework's fastest first."""
+    rows = []
+    for b in ordered(a, group["backend"]):
+        for r in group[group["backend"].eq(b)].sort_values("step_s").itertuples():
+            complete = r.layers_status == "complete"
+            warn = step_warnings(r)
+            step_ci = seconds_ci(r.step_low_s, r.step_high_s) + (f"; flagged: {', '.join(warn)}" if warn else "")
+            rows.append([
+                cell(b, num=False), cell(r.variant, num=False),
+                cell(format_seconds(r.step_s), step_ci, bold=bool(r.best)),
+                cell(format_seconds(r.layer_s), f"{seconds_ci(r.layer_low_s, r.layer_high_s)}; {r.layer_variant}")
+                if complete else cell(f"incomplete: {r.layers_measured} of {r.layers_total} layers"),
+                cell(signed_seconds(r.remainder_s), _bounds(r.remainder_low_s, r.remainder_high_s, signed_seconds))
+                if complete else cell("–"),
+                cell(pct(100 * r.layer_ratio), pct_ci(r.layer_ratio_low, r.layer_ratio_high))
+                if complete else cell("–"),
+                *[cell(pct(100 * share), pct_ci(low, high)) if np.isfinite(share) else cell("–")
+                  for share, low, high in ((r.forward_share, r.forward_share_low, r.forward_share_high),
+                                           (r.backward_update_share, r.backward_update_share_low,
+                                            r.backward_update_share_high),
+                                           (r.update_share, r.update_share_low, r.update_share_high))]])
+    return rows
+
+
+def signed_seconds(seconds: float) -> str:
+    """A time that may be negative (a remainder): '−12 ms', '0.50 s'."""
+    if not np.isfinite(seconds):
+        return "–"
+    return ("−" if seconds < 0 else "") + format_seconds(abs(seconds))
+
+
+def ranking_text(ranks: pd.DataFrame) -> str:
+    """Whether the layer level's framework ranking holds for the whole step, naming the pairs that swap."""
+    if ranks.empty:
+        return ""
+    order = list(dict.fromkeys([*ranks["first"], *ranks["second"]]))
+    layer_order = sorted(order, key=lambda b: sum(ranks["second"].eq(b)))  # the fastest layer sum is never second
+    swaps = ranks[ranks["swapped"]]
+    ties = ranks[ranks["verdict"].isin(["same", "n/a"])]
+    if swaps.empty and ties.empty:
+        return f"the layer sums' ranking ({', '.join(layer_order)}) holds for the whole step"
+    parts = [f"{r.second} is {speedup_text(1 / r.step_ratio)} than {r.first} at the step though "
+             f"{speedup_text(1 / r.layer_ratio).replace('faster', 'faster at').replace('slower', 'slower at')} "
+             "the layer level" for r in swaps.itertuples()]
+    parts += [f"{r.first} and {r.second} are not told apart at the step (time {r.second}/{r.first} {r.step_ratio:.2f}, "
+              + (f"95% CI {ci_text(r.step_low, r.step_high, '')} reaching into 1 ± {100 * SAME_BAND:.0f}%)"
+                 if np.isfinite(r.step_low) else "no CI)") for r in ties.itertuples()]
+    verb = "does not hold for" if len(swaps) else "is not confirmed by"
+    return f"the layer sums' ranking ({', '.join(layer_order)}) {verb} the whole step: " + "; ".join(parts)
+
+
+def steps(a: Analysis) -> list[dict[str, Any]]:
+    """Where a training step's time goes: per network, the real step of each framework against the sum of its
+    measured layers, the remainder, the forward and backward + update shares, and whether the ranking holds."""
+    s = a.steps
+    if s.empty:
+        return [block("These results hold no whole-model training step (a case tagged whole:<layer set>, measured in "
+                      "its training-step pass), so they cannot say where a step's time goes beyond the measured "
+                      "layers; run `python -m suite run --catalog model` beside the layers.", missing=True)]
+    frame = a.measurements
+    tagged = frame[frame["tags"].map(lambda t: whole_set(t) is not None).astype(bool)] if len(frame) else frame
+    blocks = []
+    for key, where, group in groups(s, [*CONFIG, "case"], a.pooled):
+        config, case = key[:len(CONFIG)], key[-1]
+        best = group[group["best"]]
+        first = best.iloc[0]
+        network, set_id, op = first["network"], first["set"], first["op"]
+        names = ordered(a, best["backend"])
+        rows = {b: best[best["backend"].eq(b)].iloc[0] for b in names}
+        done = [b for b in names if rows[b]["layers_status"] == "complete"]
+        lead = f"{on(config[1])}, in a {network} {pass_label(op, STEP)} ({set_id})"
+        if done:
+            kinds = kinds_text(best.loc[best["backend"].isin(done), "kinds"])
+            head = f"{lead}, the measured layers ({kinds}) take " + listing(
+                [f"{pct(100 * rows[b]['layer_ratio'])} of {b}'s step ({format_seconds(rows[b]['step_s'])}"
+                 f"{_flagged(rows[b])})" for b in done])
+            over = [b for b in done if rows[b]["remainder_high_s"] < 0]  # the layers alone take longer, CI and all
+            rest = [b for b in done if b not in over]
+            if rest:
+                head += ("; the rest (normalization, activations, elementwise ops, the loss, the SGD update and "
+                         "framework overhead, less what fusion saves) takes "
+                         + listing([f"{pct(100 * (1 - rows[b]['layer_ratio']))} of {b}'s" for b in rest]))
+            if over:
+                head += f"; timed alone, the layers take longer than {_possessive(over)} whole step"
+            skipped = [b for b in names if b not in done]
+            if skipped:
+                head += "; " + listing([f"{b}'s layer set is incomplete ({rows[b]['layers_measured']} of "
+                                        f"{rows[b]['layers_total']} layers)" for b in skipped]) + \
+                    ", so no layer share is claimed for " + ("it" if len(skipped) == 1 else "them")
+            head += "."
+        else:
+            head = (f"{lead}, the step takes " + ", ".join(
+                f"{format_seconds(rows[b]['step_s'])} with {b}{_flagged(rows[b])}" for b in names)
+                + f"; the layer set {set_id} is incomplete in every framework, so no layer share is claimed.")
+        second = []
+        shares = [b for b in names if np.isfinite(rows[b]["forward_share"])]
+        if shares:
+            second.append(f"the forward pass ({pass_label(op, INFERENCE)}, eval mode) takes "
+                          + listing([f"{pct(100 * rows[b]['forward_share'])} of {b}'s" for b in shares])
+                          + ", backward and update the rest")
+        ranks = a.step_ranking
+        ranks = ranks[(ranks[CONFIG] == pd.Series(config, index=CONFIG)).all(axis=1) & ranks["case"].eq(case)] \
+            if len(ranks) else ranks
+        if len(ranks):
+            second.append(ranking_text(ranks))
+        if second:
+            text = "; ".join(second)
+            head += f" {text[0].upper()}{text[1:]}."
+        columns = ["framework", f"variant ({pass_label(op, STEP)})", f"{pass_label(op, STEP)} (95% CI)",
+                   "layer sum (Σ layer CIs; variant)", "remainder (bounds)", "layer sum / step",
+                   f"forward ({pass_label(op, INFERENCE)}) share", "backward + update share", "update share"]
+        caption = (f"Each framework's {pass_label(op, STEP)} of the whole model (bold: its fastest variant, used "
+                   f"above) against the sum of the measured layers of the catalog set {set_id} in the same "
+                   "framework (its fastest complete variant, as in the training shares above; the first layer's dX "
+                   "excluded). Remainder = step − layer sum; its bounds are step CI low − layer sum high to step CI "
+                   "high − layer sum low (they hold whenever both intervals hold), and layer sum / step takes its "
+                   f"bounds the same way. Shares, from the same variant's passes with bootstrap CIs: forward = "
+                   f"{pass_label(op, INFERENCE)} / step; backward + update = 1 − that; update = 1 − "
+                   f"{pass_label(op, FORWARD_BACKWARD)} / step.")
+        notes = [f"The forward share comes from the {pass_label(op, INFERENCE)} pass, in eval mode (batch norm on its "
+                 "running statistics, no activations kept for a backward), which can be cheaper than the training "
+                 "step's own forward; backward + update is step − that forward."]
+        layer_set = next((ls for ls in a.network_sets if ls.set == set_id), None)
+        if layer_set is not None:
+            notes.append(f"The layer sum counts the {len(layer_set.layers)} distinct layers the catalog lists for "
+                         f"{set_id}, each times its count; whatever the set does not list falls into the remainder.")
+        here = tagged[(tagged[CONFIG] == pd.Series(config, index=CONFIG)).all(axis=1) & tagged["case"].eq(case)
+                      & tagged["pass"].eq(STEP) & tagged["status"].ne("ok")] if len(tagged) else tagged
+        for b in ordered(a, set(here["backend"]) - set(names)):
+            r = here[here["backend"].eq(b)].iloc[0]
+            notes.append(f"No {pass_label(op, STEP)} from {b}: {r['status']} ({r['variant']}; reason under "
+                         "Warnings), so it has no row.")
+        blocks.append(block(head, [table(columns, step_rows(a, group), caption=caption, stacked=True)], notes,
+                            where=" · ".join(filter(None, [network, where]))))
+    return blocks
+
+
 def peaks(a: Analysis) -> list[dict[str, Any]]:
     """Theoretical and measured peaks, with the notes that keep percentages honest."""
     blocks = []
@@ -612,17 +786,18 @@ QUESTIONS = [  # id, question, answer, the figure that belongs to it
     ("conv", "Why is a conv layer slower than a dense layer of the same input size?", conv, "conv_vs_gemm"),
     ("scaling", "How does cost grow with size?", scaling, "scaling"),
     ("networks", "What does a whole network cost?", networks, "networks"),
+    ("steps", "Where does a training step's time go?", steps, "steps"),
     ("peak", "Peak: theoretical and measured", peaks, "roofline"),
     ("reliability", "How reliable are these numbers?", reliability, None),
 ]
 
 
 def answers(a: Analysis) -> list[dict[str, Any]]:
-    """Every question with its blocks and the key of its figure; after the whole networks, one section per op kind
-    beyond GEMM and conv present in the results."""
+    """Every question with its blocks and the key of its figure; after the whole networks and their training steps,
+    one section per op kind beyond GEMM and conv present in the results."""
     out = [{"id": qid, "question": question, "blocks": answer(a), "figure": figure}
            for qid, question, answer, figure in QUESTIONS]
-    at = next(i for i, q in enumerate(out) if q["id"] == "networks") + 1
+    at = next(i for i, q in enumerate(out) if q["id"] == "steps") + 1
     out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
                    "blocks": kind_section(a, kind), "figure": KIND_FIGURE.format(kind)} for kind in a.kinds]
     return out

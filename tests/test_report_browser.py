@@ -91,3 +91,18 @@ def test_screenshot(site: Path, tmp_path: Path) -> None:
     _chromium(tmp_path, f"--window-size={VIEWPORT},3000", "--virtual-time-budget=5000", f"--screenshot={shot}",
               site.as_uri())
     assert shot.is_file() and shot.stat().st_size > 50_000  # a rendered page, not a blank one
+
+
+def test_the_training_step_section_loads_its_figure_and_fits_the_viewport(tmp_path: Path) -> None:
+    from tests.test_report_model import NET, results
+    from tests.test_report_steps import ORDER, three
+
+    site = build_site(results(*three(), cases=NET), tmp_path / "site", order=ORDER)
+    dom = _chromium(tmp_path, f"--window-size={VIEWPORT},1000", "--virtual-time-budget=5000", "--dump-dom",
+                    site.as_uri())
+    parser = _Links()
+    parser.feed(dom)
+    assert parser.body.get("data-broken-images") == "0"
+    assert 0 < int(parser.body.get("data-scroll-width") or 0) <= VIEWPORT
+    section = dom.split('id="q-steps"', 1)[1].split('class="question"', 1)[0]
+    assert 'src="figures/steps.png"' in section and "layer sum / step" in section
