@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from suite.ops import OUTPUTS, WRT, Op
+from suite.ops import INT8_PADDING, OUTPUTS, WRT, Op
 from suite.timing import host_timed
 from suite.variant import Settings, Variant
 
@@ -121,8 +121,9 @@ class Backend(ABC):
         """Fill in the default mode and layout, and reject what this backend does not offer."""
         if op.kind not in self.layouts:
             raise Unsupported(f"{self.name} has no {op.kind} op; it runs {', '.join(self.layouts)}")
-        if variant.pass_ not in op.passes:
-            raise Unsupported(getattr(op, "no_pass_reason", f"{op.kind} has no pass {variant.pass_!r}"))
+        refusal = op.refusal(variant.pass_, variant.dtype)  # a pass the op has not; int8 where it has none
+        if refusal:
+            raise Unsupported(refusal)
         mode = variant.mode or self.modes[0]
         layouts = self.layouts[op.kind]
         layout = variant.layout or layouts[0]
@@ -149,6 +150,8 @@ class Backend(ABC):
             return {name: self.to_numpy(part, name, op, variant) for name, part in zip(names, parts, strict=True)}
 
         details = {"mode": variant.mode, "layout": variant.layout, **details}
+        if variant.dtype == "int8":  # opbench times the shape as given, never padded to a kernel's multiple
+            details["int8_padding"] = INT8_PADDING
         run_one, timer = self.single_call_timer(step)
         return Prepared(self.block_runner(step), first_call_s, outputs, details, run_one, timer)
 

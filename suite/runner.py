@@ -84,9 +84,10 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
          passes: Iterable[str], modes: Iterable[str] = ("default",), layouts: Iterable[str] = ("default",),
          math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None,
          l2: str = "warm") -> list[Task]:
-    """Every combination, ordered so one worker runs a backend's tasks case by case."""
+    """Every combination, ordered so one worker runs a backend's tasks case by case. A case's own ``dtypes`` (the
+    main job's int8 GEMM) are added to the run's, with only the passes the op has in them (int8: the forward)."""
     tasks = []
-    cases, modes, layouts = list(cases), list(modes), list(layouts)
+    cases, modes, layouts, dtypes, passes = list(cases), list(modes), list(layouts), list(dtypes), list(passes)
     for name in backend_names:
         cls = backends.backend_class(name)
         for device in devices:
@@ -94,9 +95,10 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
             for case in cases:
                 for mode in _pick(modes, cls.modes):
                     for layout in _pick(layouts, cls.layouts.get(case.op.kind, ("",))):  # "": resolve() refuses
-                        for dtype in dtypes:
+                        for dtype in dict.fromkeys([*dtypes, *case.dtypes]):
+                            own = dtype not in dtypes  # the case's own dtype: no refusal records planned
                             tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
-                                      for p in passes]
+                                      for p in passes if not (own and case.op.refusal(p, dtype))]
     return tasks
 
 
