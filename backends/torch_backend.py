@@ -6,11 +6,13 @@ for those inputs (``torch._fused_sdp_choice``: flash, memory-efficient, cuDNN or
 (eager mode; torch.compile may substitute its own kernel). A sparse GEMM is ``torch.mm`` on A converted (before
 timing) to a sparse CSR or COO tensor (layouts "CSR" and "COO": run both, the report takes the faster and names
 it). int8 GEMM is ``torch._int_mm`` (int8 × int8 → int32); torch has no public int8 × int8 → int32 convolution
-(its quantized conv requantizes to 8 bits), so int8 conv is unsupported. A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``,
-``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward call with their flat weights, here given the case's
-weights and biases (one layer, batch first) and a zero initial state made once outside the timed region. The kernel
-torch picks is recorded as ``implementation`` (cuDNN, oneDNN or its generic loop); for cuDNN the weights are first
-flattened into one buffer, as nn.LSTM keeps them (``flatten_parameters``).
+(its quantized conv requantizes to 8 bits), so int8 conv is unsupported.
+
+A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``, ``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward
+call with their flat weights, here given the case's weights and biases (one layer, batch first) and a zero initial
+state made once outside the timed region. The kernel torch picks is recorded as ``implementation`` (cuDNN, oneDNN or
+its generic loop); for cuDNN the weights are first flattened into one buffer, as nn.LSTM keeps them
+(``flatten_parameters``).
 
 Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
 the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the

@@ -45,10 +45,8 @@ def sparse_pattern(m: int, k: int, sparsity: float, seed: int) -> np.ndarray:
     every N). Cached (read-only): every variant of a case uses one pattern."""
     nnz = Spmm(m, 1, k, sparsity).nnz
     keys = np.random.default_rng([seed, zlib.crc32(f"spmm {m}x{k} {sparsity!r}".encode())]).random(m * k)
-    if nnz == m * k:
-        positions = np.arange(m * k)
-    else:  # the positions of the nnz smallest keys
-        positions = np.sort(np.argpartition(keys, nnz)[:nnz])
+    # the positions of the nnz smallest keys
+    positions = np.arange(m * k) if nnz == m * k else np.sort(np.argpartition(keys, nnz)[:nnz])
     positions.flags.writeable = False
     return positions
 

@@ -147,7 +147,8 @@ def test_deepbench_matches_csv_exactly(deepbench, kind):
         assert got[key].provenance.source.startswith("DeepBench")
 
 
-SPARSE_SETS = {"inference_server_set": "deepbench-inference-server", "inference_device_set": "deepbench-inference-device"}
+SPARSE_SETS = {"inference_server_set": "deepbench-inference-server",
+               "inference_device_set": "deepbench-inference-device"}
 
 
 @needs_csv
