@@ -175,11 +175,11 @@ def test_deepbench_sparse_matches_csv_exactly(catalog):
 
 
 def test_sparse_subset(catalog):
-    """32 spmm cases (24 DeepBench shapes and 8 sweep points), every sparse shape with its dense GEMM, the sweeps at
+    """34 spmm cases (24 DeepBench shapes and 10 sweep points), every sparse shape with its dense GEMM, the sweeps at
     six sparsities."""
     sparse = catalog.subset("sparse")
     spmm = [c for c in sparse if c.op.kind == "spmm"]
-    assert len(spmm) == 32
+    assert len(spmm) == 34
     dense = {c.op for c in sparse if c.op.kind == "gemm"}
     assert {c.op.dense() for c in spmm} == dense
     sweeps: dict[tuple, list[float]] = {}
@@ -187,22 +187,25 @@ def test_sparse_subset(catalog):
         if "sparsity-sweep" in c.tags:
             sweeps.setdefault((c.op.m, c.op.n, c.op.k), []).append(c.op.sparsity)
     assert {shape: sorted(s) for shape, s in sweeps.items()} == {
-        shape: [0.5, 0.7, 0.8, 0.9, 0.95, 0.99] for shape in ((7680, 1500, 2560), (7680, 1, 2560))}
+        shape: [0.5, 0.7, 0.8, 0.9, 0.95, 0.99] for shape in ((7680, 1500, 2560), (1920, 1, 640))}
     int8 = catalog.subset("int8")
     assert {c.op.kind for c in int8} == {"gemm", "conv2d"}
     assert all({"deepbench-inference-server", "deepbench-inference-device"} & set(c.tags) for c in int8)
 
 
 def test_quick_inference_cases(catalog):
-    """The main job's inference cases: one DeepBench sparse GEMM with the sweep at its shape, its dense GEMM, which
-    also runs in int8 (forward only)."""
+    """The main job's inference cases: one DeepBench sparse GEMM and its dense GEMM, which also runs in int8
+    (forward only); the sweep at DeepBench's 7680×1×2560 scaled by 1/4 in M and K, with its dense GEMM."""
     quick = catalog.subset("quick")
     spmm = [c for c in quick if c.op.kind == "spmm"]
-    assert {(c.op.m, c.op.n, c.op.k) for c in spmm} == {(7680, 1, 2560)}
-    assert sorted(c.op.sparsity for c in spmm) == [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
-    assert any("deepbench" in c.tags for c in spmm)
+    [deepbench] = [c for c in spmm if "deepbench" in c.tags]
+    assert (deepbench.op.m, deepbench.op.n, deepbench.op.k) == (7680, 1, 2560)
+    sweep = [c.op for c in spmm if "sparsity-sweep" in c.tags]
+    assert {(op.m, op.n, op.k) for op in sweep} == {(7680 // 4, 1, 2560 // 4)}
+    assert sorted(op.sparsity for op in sweep) == [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert {c.op for c in quick if c.op.kind == "gemm"} >= {op.dense() for op in (deepbench.op, *sweep)}
     int8 = [c for c in quick if "int8" in c.dtypes]
-    assert [c.op for c in int8] == [spmm[0].op.dense()]
+    assert [c.op for c in int8] == [deepbench.op.dense()]
 
 
 def test_deepbench_non_square_filter_not_swapped(by_id):
