@@ -645,7 +645,7 @@ def sparse_blocks(a: Analysis) -> list[dict[str, Any]]:
                 [cell(x.backend, num=False), cell(x.shape, num=False),
                  cell(", ".join(f"{v:g}" for v in x.sparsities), num=False), cell(sparsity_text(x.crossover)),
                  cell(sparsity_text(x.below) if np.isfinite(x.below) else "–")]
-                for x in cross.itertuples()], caption=(
+                for b in ordered(a, cross["backend"]) for x in cross[cross["backend"].eq(b)].itertuples()], caption=(
                     "Crossover: the lowest measured sparsity from which on the sparse kernel is faster than the dense "
                     "GEMM at every higher sparsity measured ('not reached': not even at the highest).")))
         blocks.append(block(head, tables, notes, where))

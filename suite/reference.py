@@ -41,7 +41,7 @@ def to_int8(array: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def sparse_pattern(m: int, k: int, sparsity: float, seed: int) -> np.ndarray:
     """The flat positions (row-major, ascending) of a sparse M×K operand's nonzeros: exactly round((1 - sparsity)·M·K)
-    of them, uniformly at random without replacement, from the seed and (M, K, sparsity) alone (the same weights for
+    of them, uniformly at random without replacement, from the seed and (M, K, sparsity) alone (the same pattern for
     every N). Cached (read-only): every variant of a case uses one pattern."""
     nnz = Spmm(m, 1, k, sparsity).nnz
     keys = np.random.default_rng([seed, zlib.crc32(f"spmm {m}x{k} {sparsity!r}".encode())]).random(m * k)
