@@ -57,6 +57,9 @@ class Backend(ABC):
     name: ClassVar[str]
     modes: ClassVar[tuple[str, ...]]  # the first is the default
     layouts: ClassVar[dict[str, tuple[str, ...]]]  # op kind -> layouts, the first is the default
+    # Runs int8: its tensor() takes int8 inputs as suite.reference.to_int8 makes them, its step() sums in int32 and
+    # returns int32. A backend that does not say so gets int8 refused, never measured in float against the integers.
+    int8: ClassVar[bool] = False
 
     # --- what each framework provides -------------------------------------------------------------
     @abstractmethod
@@ -124,6 +127,9 @@ class Backend(ABC):
         refusal = op.refusal(variant.pass_, variant.dtype)  # a pass the op has not; int8 where it has none
         if refusal:
             raise Unsupported(refusal)
+        if variant.dtype == "int8" and not self.int8:
+            raise Unsupported(f"{self.name} does not run int8 (int8 × int8 summed in int32): its backend does not "
+                              "declare it (Backend.int8)")
         mode = variant.mode or self.modes[0]
         layouts = self.layouts[op.kind]
         layout = variant.layout or layouts[0]

@@ -67,6 +67,7 @@ def jax_cuda_install(version: str, driver_cuda: tuple[int, int] | None) -> str:
 class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
+    int8 = True  # GEMM and conv (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
                "rnn": ("BTI",),
                "spmm": ("BCOO", "BCSR")}

@@ -71,6 +71,7 @@ def padding_form(op: Conv2d) -> str:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     modes = ("function", "eager", "xla")
+    int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
                "rnn": ("BTI",), "spmm": ("COO",)}
 

@@ -49,6 +49,7 @@ def int_mm_refusal(op: Gemm, device: str) -> str:
 class TorchBackend(Backend):
     name = "torch"
     modes = ("eager", "compile")
+    int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
                "attention": ("BHLD",), "rnn": ("BTI",), "spmm": ("CSR", "COO")}
 
