@@ -23,7 +23,7 @@ SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
 WHOLE_CATALOG = "all"  # the subset every catalog has, without naming it in subsets.yaml: every case of its folders
 SUBSETS_FILE = "subsets.yaml"
 
-ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags", "dtypes"}
+ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags", "dtypes", "passes"}
 PROVENANCE_KEYS = {"network", "layer", "source", "derivation"}
 REQUIRED_PROVENANCE = ("network", "layer", "source")
 INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
@@ -57,6 +57,7 @@ class Case:
     tags: tuple[str, ...] = ()
     file: str = field(default="", compare=False)
     dtypes: tuple[str, ...] = ()  # measured in these too, whatever the run's --dtype (the main job's int8 GEMM)
+    passes: tuple[str, ...] = ()  # measured in these passes only (an inference baseline: forward); () every pass
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -295,7 +296,21 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
         raise err(f"must be a list of non-empty strings, got {raw.get('tags')!r}", "tags")
     tags = list(defaults.get("tags") or []) + list(raw.get("tags") or [])
     return Case(id=raw["id"], op=op, provenance=Provenance(**prov), count=count,
-                tags=tuple(dict.fromkeys(tags)), file=str(file), dtypes=_dtypes(raw.get("dtypes"), op, err))
+                tags=tuple(dict.fromkeys(tags)), file=str(file), dtypes=_dtypes(raw.get("dtypes"), op, err),
+                passes=_passes(raw.get("passes"), op, err))
+
+
+def _passes(value: Any, op: Op, err) -> tuple[str, ...]:
+    """An entry's own passes: each one the op has."""
+    if value is None:
+        return ()
+    if not _is_tags(value) or not value:
+        raise err(f"must be a non-empty list of passes ({', '.join(op.passes)}), got {value!r}", "passes")
+    for pass_ in value:
+        if pass_ not in op.passes:
+            raise err(f"{op.kind} has no pass {pass_!r}{did_you_mean(pass_, op.passes)}; its passes: "
+                      f"{', '.join(op.passes)}", "passes")
+    return tuple(dict.fromkeys(value))
 
 
 def _dtypes(value: Any, op: Op, err) -> tuple[str, ...]:

@@ -85,7 +85,8 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
          math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None,
          l2: str = "warm") -> list[Task]:
     """Every combination, ordered so one worker runs a backend's tasks case by case. A case's own ``dtypes`` (the
-    main job's int8 GEMM) are added to the run's, with only the passes the op has in them (int8: the forward)."""
+    main job's int8 GEMM) are added to the run's, with only the passes the op has in them (int8: the forward); a case
+    with its own ``passes`` (an inference baseline) is measured in those of the run's passes only."""
     tasks = []
     cases, modes, layouts, dtypes, passes = list(cases), list(modes), list(layouts), list(dtypes), list(passes)
     for name in backend_names:
@@ -98,7 +99,8 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
                         for dtype in dict.fromkeys([*dtypes, *case.dtypes]):
                             own = dtype not in dtypes  # the case's own dtype: no refusal records planned
                             tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
-                                      for p in passes if not (own and case.op.refusal(p, dtype))]
+                                      for p in passes if not (own and case.op.refusal(p, dtype))
+                                      and (not case.passes or p in case.passes)]
     return tasks
 
 

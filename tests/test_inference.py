@@ -147,6 +147,9 @@ def write(tmp_path: Path, *entries: dict[str, Any]) -> Path:
     (entry("attention", {"batch": 1, "heads": 2, "q_len": 4, "kv_len": 4, "head_dim": 8}, dtypes=["int8"]), "dtypes",
      "attention has no int8 form in opbench"),
     (entry("gemm", {"m": 8, "n": 2, "k": 8}, dtypes="int8"), "dtypes", "must be a list of dtypes"),
+    (entry("spmm", {"m": 8, "n": 2, "k": 8, "sparsity": 0.5}, passes=["backward"]), "passes",
+     "spmm has no pass 'backward'; its passes: forward"),
+    (entry("gemm", {"m": 8, "n": 2, "k": 8}, passes=[]), "passes", "must be a non-empty list of passes"),
 ])
 def test_the_catalog_refuses_a_bad_sparsity_or_dtype_naming_the_field(tmp_path: Path, raw: dict, field: str,
                                                                       words: str) -> None:
@@ -179,6 +182,9 @@ def test_a_case_measures_its_own_dtypes_in_the_passes_they_have_and_all_means_th
     assert sorted((t.variant.dtype, t.variant.pass_) for t in tasks) == [
         ("fp32", "backward"), ("fp32", "backward_data"), ("fp32", "backward_weight"), ("fp32", "forward"),
         ("int8", "forward")]
+    baseline = Case("d", Gemm(8, 8, 8), Provenance("Net", "fc", "t"), dtypes=("int8",), passes=("forward",))
+    tasks = plan([baseline], ["torch"], ["cpu"], ["fp32"], ["forward", "backward"])
+    assert [(t.variant.dtype, t.variant.pass_) for t in tasks] == [("fp32", "forward"), ("int8", "forward")]
     # asked for by the run, int8 is planned in every pass asked for: the backward ones are recorded as refused
     asked = plan([case], ["torch"], ["cpu"], ["int8"], ["forward", "backward"])
     assert [(t.variant.dtype, t.variant.pass_) for t in asked] == [("int8", "forward"), ("int8", "backward")]
