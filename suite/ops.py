@@ -30,8 +30,8 @@ DTYPES = tuple(DTYPE_BYTES)
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")  # what `--dtype all` means: int8 is asked for by name
 # int8: int8 × int8 products summed in int32 (DeepBench's inference minimum), forward only, on the kinds that set
 # ``OpKind.int8``; its check against the integer reference is exact. opbench times the shape as given: it never
-# pads a dimension to a kernel's multiple (DeepBench pads int8 dims to multiples of 4); each int8 measurement
-# records that as details["int8_padding"].
+# pads a dimension to a kernel's multiple (DeepBench pads int8 GEMM's M and conv's C, H, W to multiples of 4); each
+# int8 measurement records that as details["int8_padding"].
 INT8_PADDING = "none"
 INT8_FORWARD_ONLY = ("int8 is an inference dtype (int8 × int8 products summed in int32): it has no gradient, so "
                      "only the forward pass")
