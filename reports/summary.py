@@ -588,6 +588,11 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
     return blocks
 
 
+def ratio_text(x: float) -> str:
+    """A time ratio for a sentence: two significant digits below 10 (0.087, 2.8), whole above (148)."""
+    return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+
+
 def sparsity_text(x: float) -> str:
     """0.95 → '0.95'; NaN → 'not reached'."""
     return f"{x:g}" if np.isfinite(x) else "not reached"
@@ -619,7 +624,7 @@ def sparse_blocks(a: Analysis) -> list[dict[str, Any]]:
         backends = ordered(a, group["backend"])
         c = a.crossovers
         cross = c[(c[CONFIG].astype(str) == pd.Series(key, index=CONFIG).astype(str)).all(axis=1)] if len(c) else c
-        head = (f"{on(key[1])}, a sparse GEMM takes {span(group['ratio'], '{:.2g}')} the time of the dense GEMM of "
+        head = (f"{on(key[1])}, a sparse GEMM takes {span(group['ratio'], ratio_text)} the time of the dense GEMM of "
                 f"its shape ({group['case'].nunique()} cases, forward, each framework's fastest variant).")
         if len(cross):
             head += " It beats the dense GEMM from sparsity " + "; ".join(
