@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from suite.ops import OUTPUTS, WRT, Op
+from suite.ops import INT8_PADDING, OUTPUTS, WRT, Op
 from suite.timing import host_timed
 from suite.variant import Settings, Variant
 
@@ -57,6 +57,9 @@ class Backend(ABC):
     name: ClassVar[str]
     modes: ClassVar[tuple[str, ...]]  # the first is the default
     layouts: ClassVar[dict[str, tuple[str, ...]]]  # op kind -> layouts, the first is the default
+    # Runs int8: its tensor() takes int8 inputs as suite.reference.to_int8 makes them, its step() sums in int32 and
+    # returns int32. A backend that does not say so gets int8 refused, never measured in float against the integers.
+    int8: ClassVar[bool] = False
 
     # --- what each framework provides -------------------------------------------------------------
     @abstractmethod
@@ -121,9 +124,12 @@ class Backend(ABC):
         """Fill in the default mode and layout, and reject what this backend does not offer."""
         if op.kind not in self.layouts:
             raise Unsupported(f"{self.name} has no {op.kind} op; it runs {', '.join(self.layouts)}")
-        if variant.pass_ not in op.passes:
-            raise Unsupported(op.no_pass_reason or f"{op.kind} has no pass {variant.pass_!r}; it has "
-                              f"{', '.join(op.passes)}")
+        refusal = op.refusal(variant.pass_, variant.dtype)  # a pass the op has not; int8 where it has none
+        if refusal:
+            raise Unsupported(refusal)
+        if variant.dtype == "int8" and not self.int8:
+            raise Unsupported(f"{self.name} does not run int8 (int8 × int8 summed in int32): its backend does not "
+                              "declare it (Backend.int8)")
         mode = variant.mode or self.modes[0]
         layouts = self.layouts[op.kind]
         layout = variant.layout or layouts[0]
@@ -162,6 +168,8 @@ class Backend(ABC):
             return convert(out)
 
         details = {"mode": variant.mode, "layout": variant.layout, **details}
+        if variant.dtype == "int8":  # opbench times the shape as given, never padded to a kernel's multiple
+            details["int8_padding"] = INT8_PADDING
         run_one, timer = self.single_call_timer(step)
         return Prepared(self.block_runner(step), first_call_s, outputs, details, run_one, timer)
 

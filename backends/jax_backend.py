@@ -9,6 +9,10 @@ the usual way to write the layer in JAX, as cuDNN and torch's CPU kernels also h
 ``implementation`` "lax.scan". JAX's only cuDNN layer, ``jax.experimental.rnn.lstm``, is experimental, LSTM- and
 float32-only, and its backward computes dx and dW together (no dx alone): not used, so JAX runs lax.scan everywhere.
 
+A sparse GEMM is ``A @ B`` under jit with A a ``jax.experimental.sparse`` BCOO or BCSR matrix (layouts "BCOO",
+"BCSR"), built from the dense A before timing with exactly nnz stored entries. int8 GEMM and conv are
+``lax.dot_general`` and ``lax.conv_general_dilated`` on int8 operands with ``preferred_element_type=int32``.
+
 Backward is ``jax.vjp`` inside the jitted function, w.r.t. x, w or both (attention: q, k, v), so the forward's
 output is dead code that XLA removes. Each step is compiled explicitly (``jit(f).lower(*args).compile()``) and
 the compile time is recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the
@@ -33,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
-from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
+from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn, Spmm
+from suite.reference import to_int8
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
 # option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
@@ -62,8 +67,10 @@ def jax_cuda_install(version: str, driver_cuda: tuple[int, int] | None) -> str:
 class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
+    int8 = True  # GEMM and conv (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",)}
+               "rnn": ("BTI",),
+               "spmm": ("BCOO", "BCSR")}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -186,8 +193,28 @@ class JaxBackend(Backend):
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
         perm = self._perm(role, op, variant)
         native = np.ascontiguousarray(array if perm is None else array.transpose(perm))
+        if variant.dtype == "int8":  # the integers suite.reference multiplies
+            return self.jax.block_until_ready(self.jax.device_put(to_int8(native), self.device))
+        if isinstance(op, Spmm) and role == "x":
+            return self._sparse(native, variant)
         # The cast runs on the device (round to nearest even, as suite.reference.round_to assumes).
         return self.jax.block_until_ready(self.jax.device_put(native, self.device).astype(self._dtype(variant)))
+
+    def _sparse(self, dense: np.ndarray, variant: Variant) -> Any:
+        """A in the layout's sparse format (BCOO or BCSR), every nonzero stored, its indices found on the host
+        (``fromdense`` on the device took seconds at DeepBench's sizes)."""
+        from jax.experimental import sparse
+
+        jnp = self.jax.numpy
+        rows, cols = np.nonzero(dense)
+        values = self.jax.device_put(dense[rows, cols], self.device).astype(self._dtype(variant))
+        if variant.layout == "BCOO":
+            indices = np.stack([rows, cols], axis=1).astype(np.int32)
+            matrix = sparse.BCOO((values, self.jax.device_put(indices, self.device)), shape=dense.shape)
+        else:  # BCSR: column indices and row pointers
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=dense.shape[0]))]).astype(np.int32)
+            matrix = sparse.BCSR((values, jnp.asarray(cols.astype(np.int32)), jnp.asarray(indptr)), shape=dense.shape)
+        return self.jax.block_until_ready(matrix)
 
     def _forward(self, op: Op, variant: Variant) -> Callable[..., Any]:
         lax = self.jax.lax
@@ -196,8 +223,15 @@ class JaxBackend(Backend):
                 return self.jax.nn.dot_product_attention(q, k, v, is_causal=op.causal)
 
             return attention
+        if isinstance(op, Spmm):
+            def spmm(a, b):
+                return a @ b
+
+            return spmm
         # Explicit precision from the configured math mode: "float32" -> HIGHEST, "tensorfloat32" -> HIGH.
         precision = lax.Precision(self.jax.config.jax_default_matmul_precision)
+        # int8: int32 accumulation and output
+        wide = {"preferred_element_type": self.jax.numpy.int32} if variant.dtype == "int8" else {}
         if isinstance(op, Rnn):
             return self._rnn(op, precision)
         if isinstance(op, Conv2d):
@@ -207,7 +241,7 @@ class JaxBackend(Backend):
                 return lax.conv_general_dilated(
                     x, w, op.stride, [(top, bottom), (left, right)], rhs_dilation=op.dilation,
                     dimension_numbers=_DIMENSIONS[variant.layout], feature_group_count=op.groups,
-                    precision=precision)
+                    precision=precision, **wide)
 
             return conv
         # Contract A's K dim with B's K dim wherever the stored layout puts them (no transpose op); a batched GEMM
@@ -217,7 +251,7 @@ class JaxBackend(Backend):
         batch = ((0,), (0,)) if lead else ((), ())
 
         def gemm(x, w):
-            return lax.dot_general(x, w, (contract, batch), precision=precision)
+            return lax.dot_general(x, w, (contract, batch), precision=precision, **wide)
 
         return gemm
 
@@ -270,7 +304,7 @@ class JaxBackend(Backend):
             grads = jax.vjp(of_wrt, *(given[name] for name in wrt))[1](dy)
             return grads if len(grads) > 1 else grads[0]
 
-        operands = (*(args[name] for name in names), args["dy"])
+        operands = (*(args[name] for name in names), args.get("dy"))
         start = time.perf_counter()
         try:
             compiled = jax.jit(run).lower(*operands).compile()
@@ -285,6 +319,8 @@ class JaxBackend(Backend):
             details["implementation"] = "cudnn" if "cudnn$fmha" in compiled.as_text() else "xla"
         if isinstance(op, Rnn):
             details["implementation"] = "lax.scan"
+        if isinstance(op, Spmm):
+            details["implementation"] = f"jax.experimental.sparse {variant.layout} @ dense"
         return (lambda: compiled(*operands)), details
 
     def sync(self, out: Any) -> None:

@@ -12,7 +12,11 @@ Attention is the composition Keras' MultiHeadAttention core runs (``_compute_att
 batch×length×heads×head_dim layout ("BLHD"): the query scaled by 1/√D, ``einsum("aecd,abcd->acbe", k, q)``, softmax
 (masked above the diagonal when causal), ``einsum("acbe,aecd->abcd", p, v)``; with fewer KV heads, K and V are
 repeated over each head group first, as Keras' GroupedQueryAttention does. TensorFlow has no fused attention op.
-Batched GEMM is ``tf.linalg.matmul`` on 3-D operands with the transpose flags.
+Batched GEMM is ``tf.linalg.matmul`` on 3-D operands with the transpose flags. A sparse GEMM is
+``tf.sparse.sparse_dense_matmul`` with A as a ``tf.SparseTensor`` (COO; layout "COO"), built before timing. int8
+GEMM is ``tf.linalg.matmul(..., output_type=tf.int32)`` on int8 operands (BatchMatMulV3); TensorFlow's Conv2D takes
+no int8 and its quantized conv (``tf.nn.quantized_conv2d``) takes quint8 with float ranges, so int8 conv is
+unsupported.
 A recurrent layer is Keras' own layer (``keras.layers.SimpleRNN``/``LSTM``/``GRU(reset_after=True)``, with bias,
 return_sequences) called through ``Layer.stateless_call`` with the case's weights as tensors, so the tape
 differentiates them like any operand. Keras stores ``kernel`` as input×G·hidden (torch's W_ihᵀ) and orders GRU gates
@@ -38,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
-from suite.ops import Attention, Conv2d, Op, Rnn
+from suite.ops import Attention, Conv2d, Gemm, Op, Rnn, Spmm
+from suite.reference import to_int8
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
 _NHWC = (0, 2, 3, 1)  # NCHW -> NHWC, for x/dx and y/dy
@@ -66,8 +71,9 @@ def padding_form(op: Conv2d) -> str:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     modes = ("function", "eager", "xla")
+    int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",)}
+               "rnn": ("BTI",), "spmm": ("COO",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -181,7 +187,7 @@ class TensorFlowBackend(Backend):
         role = _ROLE.get(role, role)
         if op.kind == "attention":  # every operand and gradient: B, H, L, D -> B, L, H, D
             return (0, 2, 1, 3)
-        if op.kind in ("gemm", "bgemm", "rnn") or (variant.layout == "NCHW" and role != "w"):
+        if op.kind in ("gemm", "bgemm", "rnn", "spmm") or (variant.layout == "NCHW" and role != "w"):
             return None
         if role == "w" and op.depthwise:  # depthwise_conv2d's filter is R, S, C, K/C
             return (2, 3, 0, 1)
@@ -213,7 +219,10 @@ class TensorFlowBackend(Backend):
             array = array.reshape(op.c, op.k // op.c, op.r, op.s)
         native = np.ascontiguousarray(array if perm is None else array.transpose(perm))
         with tf.device("/GPU:0" if self.settings.device == "gpu" else "/CPU:0"):
-            return tf.identity(tf.cast(tf.constant(native), self._dtype(variant)))
+            if variant.dtype == "int8":  # the integers suite.reference multiplies
+                return tf.identity(tf.constant(to_int8(native)))
+            tensor = tf.identity(tf.cast(tf.constant(native), self._dtype(variant)))
+            return tf.sparse.from_dense(tensor) if isinstance(op, Spmm) and role == "x" else tensor
 
     def _conv(self, op: Conv2d, variant: Variant) -> tuple[dict[str, Any], dict[str, Any]]:
         """pass -> (x, w, dy) -> output(s), through the forward and backprop ops themselves; and the details."""
@@ -313,9 +322,13 @@ class TensorFlowBackend(Backend):
         if isinstance(op, Rnn):  # the layer's operands: x and its three variables (not differentiated: the bias)
             names, args = ("x", "w_ih", "w_hh", "bias"), {**args, "bias": self._keras_bias(op, args["b_ih"],
                                                                                           args["b_hh"])}
-        operands = (*(args[name] for name in names), args["dy"])
+        operands = (*(args[name] for name in names), args.get("dy"))
         errors = self.kernel_errors
         details: dict[str, Any] = {}
+        if variant.dtype == "int8" and not isinstance(op, Gemm):
+            raise Unsupported(f"TensorFlow has no public int8 × int8 → int32 {op.kind} kernel: Conv2D takes half, "
+                              "bfloat16, float, double or int32, and tf.nn.quantized_conv2d takes quint8 with float "
+                              "ranges")
         if isinstance(op, Conv2d):
             passes, details = self._conv(op, variant)
             body = passes[variant.pass_]
@@ -326,9 +339,15 @@ class TensorFlowBackend(Backend):
             elif isinstance(op, Rnn):
                 forward, implementation = self._rnn(op, variant)
                 details = {"implementation": implementation}
+            elif isinstance(op, Spmm):
+                forward = tf.sparse.sparse_dense_matmul
+                details = {"implementation": "tf.sparse.sparse_dense_matmul, A a COO SparseTensor"}
             else:
+                out_type = {"output_type": tf.int32} if variant.dtype == "int8" else {}  # int32 accumulation
+
                 def forward(x, w):
-                    return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b)
+                    return tf.linalg.matmul(x, w, transpose_a=op.transpose_a, transpose_b=op.transpose_b,
+                                            **out_type)
 
             def body(*operands):
                 *inputs, dy = operands

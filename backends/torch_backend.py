@@ -3,11 +3,16 @@
 (Batched) GEMM is ``torch.matmul``; attention is ``torch.nn.functional.scaled_dot_product_attention`` on
 batch×heads×length×head_dim tensors (``enable_gqa`` when KV heads are fewer), and the kernel torch's dispatcher picks
 for those inputs (``torch._fused_sdp_choice``: flash, memory-efficient, cuDNN or math) is recorded as ``sdpa_backend``
-(eager mode; torch.compile may substitute its own kernel). A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``,
-``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward call with their flat weights, here given the case's
-weights and biases (one layer, batch first) and a zero initial state made once outside the timed region. The kernel
-torch picks is recorded as ``implementation`` (cuDNN, oneDNN or its generic loop); for cuDNN the weights are first
-flattened into one buffer, as nn.LSTM keeps them (``flatten_parameters``).
+(eager mode; torch.compile may substitute its own kernel). A sparse GEMM is ``torch.mm`` on A converted (before
+timing) to a sparse CSR or COO tensor (layouts "CSR" and "COO": run both, the report takes the faster and names
+it). int8 GEMM is ``torch._int_mm`` (int8 × int8 → int32); torch has no public int8 × int8 → int32 convolution
+(its quantized conv requantizes to 8 bits), so int8 conv is unsupported.
+
+A recurrent layer is ``torch.rnn_relu``, ``rnn_tanh``, ``lstm`` or ``gru``: the functions torch.nn.RNN/LSTM/GRU.forward
+call with their flat weights, here given the case's weights and biases (one layer, batch first) and a zero initial
+state made once outside the timed region. The kernel torch picks is recorded as ``implementation`` (cuDNN, oneDNN or
+its generic loop); for cuDNN the weights are first flattened into one buffer, as nn.LSTM keeps them
+(``flatten_parameters``).
 
 Backward runs as training runs it: the forward is computed once outside the timed region, then each call replays
 the autograd graph with ``torch.autograd.grad(y, wrt, dy, retain_graph=True)``. Autograd computes only the
@@ -25,14 +30,30 @@ import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
 from suite.models import LEARNING_RATE, Model
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn, Spmm
+from suite.reference import to_int8
+
+# torch's CUDA _int_mm (cuBLASLt int8): A must have more than 16 rows, K and N must be multiples of 8 (checks in
+# aten/src/ATen/native/cuda/Blas.cpp); opbench does not pad, so another shape is unsupported there.
+INT_MM_CUDA_MIN_M, INT_MM_CUDA_MULTIPLE = 16, 8
+
+
+def int_mm_refusal(op: Gemm, device: str) -> str:
+    """Why torch._int_mm cannot run this GEMM's shape on ``device`` ('' when it can)."""
+    if device != "gpu" or (op.m > INT_MM_CUDA_MIN_M and not op.k % INT_MM_CUDA_MULTIPLE
+                           and not op.n % INT_MM_CUDA_MULTIPLE):
+        return ""
+    return (f"torch._int_mm on CUDA needs M > {INT_MM_CUDA_MIN_M} and K, N multiples of {INT_MM_CUDA_MULTIPLE}, got "
+            f"M={op.m} N={op.n} K={op.k}; opbench does not pad int8 dimensions (DeepBench pads to multiples of 4)")
 
 
 class TorchBackend(Backend):
     name = "torch"
     modes = ("eager", "compile")
+    int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
-               "attention": ("BHLD",), "rnn": ("BTI",), "model": ("nchw", "channels_last")}
+               "attention": ("BHLD",), "rnn": ("BTI",), "model": ("nchw", "channels_last"),
+               "spmm": ("CSR", "COO")}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -108,17 +129,34 @@ class TorchBackend(Backend):
         if isinstance(op, Model):  # the canonical arrays are loaded into the network in step()
             return array
         torch = self.torch
+        if variant.dtype == "int8":  # the integers suite.reference multiplies; nothing to differentiate
+            return torch.tensor(to_int8(array), device=self.device, dtype=torch.int8)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[variant.dtype]
         # A copy in torch's own (64-byte aligned) memory, as a network's tensors are: a tensor sharing NumPy's
         # 16-byte aligned buffer made the batch-1 dense layer 1024→512 1.25× slower (misaligned weight rows).
         tensor = torch.tensor(array, device=self.device, dtype=dtype)
         if variant.layout == "channels_last" and tensor.dim() == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
+        if isinstance(op, Spmm) and role == "x":  # A in the layout's sparse format, built before timing
+            with warnings.catch_warnings():  # "sparse CSR tensor support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                return tensor.to_sparse_csr() if variant.layout == "CSR" else tensor.to_sparse().coalesce()
         return tensor.requires_grad_(role in op.wrt(variant.pass_))
 
     def _forward(self, op: Op, variant: Variant):
         """The framework call as a function of its operands, the op's other arguments bound (no Python frame)."""
         torch = self.torch
+        if variant.dtype == "int8":
+            if not isinstance(op, Gemm):
+                raise Unsupported(f"torch has no public int8 × int8 → int32 {op.kind} kernel: its quantized ops "
+                                  "(torch.ops.quantized) requantize their output to 8 bits, which no exact int32 check "
+                                  "can compare")
+            refusal = int_mm_refusal(op, self.settings.device)
+            if refusal:
+                raise Unsupported(refusal)
+            return torch._int_mm
+        if isinstance(op, Spmm):
+            return torch.mm
         if isinstance(op, Attention):
             return functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=op.causal,
                                      enable_gqa=op.kv_heads != op.heads)
@@ -194,7 +232,7 @@ class TorchBackend(Backend):
         if isinstance(op, Model):
             return self._model_step(op, variant, args)
         forward = self._forward(op, variant)
-        inputs, dy = [args[name] for name in op.inputs], args["dy"]
+        inputs, dy = [args[name] for name in op.inputs], args.get("dy")
         if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
             inputs = [x.mT if flag else x for x, flag in zip(inputs, (op.transpose_a, op.transpose_b), strict=True)]
         details: dict[str, Any] = {}
@@ -204,6 +242,18 @@ class TorchBackend(Backend):
             details = {"implementation": self._rnn_implementation(op, variant, forward, inputs)}
             if details["implementation"] == "cudnn":  # once, before timing
                 self._flatten_rnn_weights(op, inputs[1:])
+        if isinstance(op, Spmm):
+            details = {"implementation": f"torch.mm, A sparse {variant.layout}"}
+            if variant.mode == "compile":  # dynamo refuses sparse tensors: its fake tensors have no sparse layouts
+                raise Unsupported("torch.compile does not support sparse tensors (dynamo: 'Attempted to wrap sparse "
+                                  "Tensor'); sparse GEMM runs in eager mode")
+            try:  # a sparse kernel missing for this dtype on this device raises on the first call: say so
+                forward(*inputs)
+            except (NotImplementedError, RuntimeError) as error:
+                if "not implemented" not in str(error).lower():
+                    raise
+                raise Unsupported(f"torch has no sparse {variant.layout} × dense kernel in {variant.dtype} on "
+                                  f"{self.settings.device}: {str(error).splitlines()[0]}") from None
         if variant.mode == "compile":
             # Every case of a kind compiles the same function; dynamo caches per code object and stops recompiling
             # after a few shapes, so start each case from an empty cache.

@@ -67,12 +67,13 @@ def pool(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration × case × pass × framework × variant over the successful measurements: the runs'
     per-call samples joined, median and 95% order-statistic CI recomputed, ``runs`` how many were pooled."""
     if frame.empty:
-        return frame.assign(runs=pd.Series(dtype=int))
+        return frame.assign(runs=pd.Series(dtype=int), run_ids=pd.Series(dtype=object))
     ok = frame[frame["status"].eq("ok") & frame["median_s"].gt(0)]
     rows = []
     for _, group in ok.groupby(VARIANT_KEY, dropna=False, sort=False):
         row = group.iloc[0].to_dict()
         row["runs"] = group["run_id"].nunique()
+        row["run_ids"] = tuple(group["run_id"].unique())
         if len(group) > 1:
             samples = np.concatenate(group["samples"].to_list())
             low, high = median_ci(samples)
@@ -80,7 +81,7 @@ def pool(frame: pd.DataFrame) -> pd.DataFrame:
                        min_s=float(samples.min()), first_call_s=float(group["first_call_s"].median()),
                        flags=tuple(dict.fromkeys(f for flags in group["flags"] for f in flags)))
         rows.append(row)
-    pooled = pd.DataFrame(rows, columns=[*frame.columns, "runs"])
+    pooled = pd.DataFrame(rows, columns=[*frame.columns, "runs", "run_ids"])
     if pooled.empty:
         return pooled
     joined = pooled["runs"].gt(1)  # pooled samples have their own median, hence their own rates
@@ -578,6 +579,98 @@ def conv_vs_dense(pooled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+# ------------------------------------------------------------------------------------------------ inference
+SPARSE_COLUMNS = [*CONFIG, "case", "dense_case", "backend", "variant", "dense_variant", "shape", "sparsity", "ratio",
+                  "low", "high", "verdict", "flop_ratio"]
+
+
+def sparse_vs_dense(pooled: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Forward time of each op that names a dense counterpart (``OpKind.dense()``: a sparse GEMM's GEMM) over that
+    dense op's time, per case and framework (each side its fastest variant), with a bootstrap CI of the ratio of
+    medians; only a dense measurement of the same run counts (same machine, settings, backend). Also the cases
+    left without one, in words."""
+    fwd = pooled[pooled["best"] & pooled["pass"].eq("forward")] if not pooled.empty else pooled
+    rows, unmatched = [], []
+    where = fwd[[*CONFIG, "backend"]].astype(str).agg("|".join, axis=1) if not fwd.empty else pd.Series(dtype=str)
+    for index, row in fwd.iterrows():
+        dense = row["spec"].dense() if row["spec"] is not None else None
+        if dense is None:
+            continue
+        same = fwd[where.eq(where[index])]
+        twins = same[same["spec"].map(lambda op, dense=dense: op == dense)
+                     & same["run_ids"].map(lambda runs, mine=set(row["run_ids"]): bool(mine & set(runs)))]
+        if twins.empty:
+            unmatched.append(f"{row['case']} ({row['backend']}, {row['dtype']})")
+            continue
+        twin = twins.iloc[0]
+        point, low, high = ratio_ci(row["samples"], twin["samples"])
+        rows.append({**{k: row[k] for k in CONFIG}, "case": row["case"], "dense_case": twin["case"],
+                     "backend": row["backend"], "variant": row["variant"], "dense_variant": twin["variant"],
+                     "shape": dense.describe(), "sparsity": float(getattr(row["spec"], "sparsity", math.nan)),
+                     "ratio": point, "low": low, "high": high,
+                     "verdict": verdict(low, high, above="slower", below="faster"),
+                     "flop_ratio": row["spec"].flops() / dense.flops()})
+    return pd.DataFrame(rows, columns=SPARSE_COLUMNS), unmatched
+
+
+def crossovers(ratios: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, framework and dense shape measured at two sparsities or more: the crossover sparsity, the
+    lowest measured one from which on the sparse kernel is faster than the dense GEMM at every higher one (its
+    sparse/dense CI wholly below 1 - SAME_BAND); NaN when not reached. ``below`` is the measured sparsity under it."""
+    keys = [*CONFIG, "backend", "shape"]
+    columns = [*keys, "sparsities", "crossover", "below"]
+    rows = []
+    for key, group in (ratios.groupby(keys, dropna=False, sort=True) if not ratios.empty else []):
+        group = group.sort_values("sparsity")
+        if group["sparsity"].nunique() < 2:
+            continue
+        faster = group["verdict"].eq("faster").to_numpy()
+        levels = group["sparsity"].to_numpy()
+        start = len(faster)
+        while start > 0 and faster[start - 1]:
+            start -= 1
+        rows.append({**dict(zip(keys, key, strict=True)), "sparsities": tuple(float(x) for x in levels),
+                     "crossover": float(levels[start]) if start < len(levels) else math.nan,
+                     "below": float(levels[start - 1]) if start > 0 else math.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+INT8_PAIRS = (("int8", "fp32"), ("int8", "bf16"), ("bf16", "fp32"))  # (faster dtype, against): speedup of the first
+
+
+def dtype_speedups(pooled: pd.DataFrame) -> pd.DataFrame:
+    """On the cases measured in int8 (forward): time(against) / time(dtype) per case, framework and pair of
+    ``INT8_PAIRS`` (int8 over fp32 and bf16, bf16 over fp32), each dtype its framework's fastest variant, with a
+    bootstrap CI; the configuration without its dtype."""
+    keys = [c for c in CONFIG if c != "dtype"]
+    columns = [*keys, "case", "backend", "dtype", "against", "speedup", "low", "high", "verdict"]
+    fwd = pooled[pooled["best"] & pooled["pass"].eq("forward")] if not pooled.empty else pooled
+    rows = []
+    int8_cases = set(fwd.loc[fwd["dtype"].eq("int8"), "case"]) if not fwd.empty else set()
+    for key, group in (fwd[fwd["case"].isin(int8_cases)].groupby([*keys, "case", "backend"], dropna=False)
+                       if int8_cases else []):
+        by_dtype = group.set_index("dtype")
+        for dtype, against in INT8_PAIRS:
+            if dtype in by_dtype.index and against in by_dtype.index:
+                point, low, high = ratio_ci(by_dtype.loc[against, "samples"], by_dtype.loc[dtype, "samples"])
+                rows.append({**dict(zip([*keys, "case", "backend"], key, strict=True)), "dtype": dtype,
+                             "against": against, "speedup": point, "low": low, "high": high,
+                             "verdict": verdict(low, high)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def dtype_summary(speedups: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration (without dtype), framework and pair of ``INT8_PAIRS``: the geomean speedup over cases with a
+    95% bootstrap CI over cases, and the cases."""
+    keys = [*[c for c in CONFIG if c != "dtype"], "backend", "dtype", "against"]
+    rows = []
+    for key, group in (speedups.groupby(keys, dropna=False, sort=False) if not speedups.empty else []):
+        point, low, high = geomean_ci(group["speedup"])
+        rows.append({**dict(zip(keys, key, strict=True)), "geomean": point, "low": low, "high": high,
+                     "cases": group["case"].nunique()})
+    return pd.DataFrame(rows, columns=[*keys, "geomean", "low", "high", "cases"])
+
+
 # ------------------------------------------------------------------------------------------------ peaks, quality
 def peaks(pooled: pd.DataFrame) -> pd.DataFrame:
     """Per machine, device, dtype and math: the theoretical peak (label, basis, whether from a nominal clock), the
@@ -647,6 +740,11 @@ class Analysis:
     scaling_points: pd.DataFrame = field(default_factory=pd.DataFrame)
     scaling: pd.DataFrame = field(default_factory=pd.DataFrame)
     conv_dense: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sparse: pd.DataFrame = field(default_factory=pd.DataFrame)  # sparse / dense time per case and framework
+    sparse_unmatched: list[str] = field(default_factory=list)  # sparse cases without a dense twin in their run
+    crossovers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dtype_speedups: pd.DataFrame = field(default_factory=pd.DataFrame)  # int8 / bf16 / fp32 on the int8 cases
+    dtype_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # their geomeans per framework
     peaks: pd.DataFrame = field(default_factory=pd.DataFrame)
     quality: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -666,6 +764,8 @@ def analyze(results: ResultSet, baseline: str = "torch", order: Iterable[str] = 
     points = scaling_points(pooled)
     kinds = other_kinds(frame)
     present = frame["backend"].unique() if not frame.empty else ()
+    sparse, unmatched = sparse_vs_dense(pooled)
+    speedups = dtype_speedups(pooled)
     return Analysis(results=results, baseline=baseline, palette=Palette.of(present, order),
                     measurements=frame, pooled=pooled,
                     speedups=speedup_summary(pooled), variants=variants(pooled),
@@ -675,7 +775,9 @@ def analyze(results: ResultSet, baseline: str = "torch", order: Iterable[str] = 
                     kind_ratios=ratio_summary(ratios[ratios["kind"].isin(kinds)], by=("kind",)),
                     networks=networks, partial_networks=partial, network_sets=sets, steps=steps,
                     step_ranking=step_ranking(steps), scaling_points=points, scaling=scaling_fits(points),
-                    conv_dense=conv_vs_dense(pooled), peaks=peaks(pooled), quality=quality(frame), notes=notes)
+                    conv_dense=conv_vs_dense(pooled), sparse=sparse, sparse_unmatched=unmatched,
+                    crossovers=crossovers(sparse), dtype_speedups=speedups, dtype_summary=dtype_summary(speedups),
+                    peaks=peaks(pooled), quality=quality(frame), notes=notes)
 
 
 def build(paths: Iterable[str | Path], baseline: str = "torch", order: Iterable[str] = (),

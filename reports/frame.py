@@ -63,8 +63,9 @@ def _row(m: Measurement, machine: str) -> dict[str, Any]:
         "input_elements": op.input_elements if op else math.nan, "spec": op,
         "samples": np.asarray(m.per_call, dtype=float), "default_variant": m.default_variant,
         "first_layer": FIRST_LAYER_TAG in m.tags, "version": m.version, "kernel": kernel(dict(m.details)),
-        # a pass the op does not have (attention's backward_data) is recorded as refused: not applicable, not a gap
-        "applies": op is None or key.pass_ in op.passes, "throttle_reasons": m.throttle_reasons,
+        # a pass the op does not have (attention's backward_data), int8 where the op has none or for a backward, is
+        # recorded as refused: not applicable, not a gap
+        "applies": op is None or not op.refusal(key.pass_, key.dtype), "throttle_reasons": m.throttle_reasons,
         "tflops": m.tflops, "gbps": m.gbps,
         # the rate at either end of the time's CI (the slower end first)
         "tflops_low": m.flops / stats.ci_high / 1e12 if ok and stats else math.nan,

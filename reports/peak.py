@@ -113,7 +113,12 @@ def cpu_peak(cpu: CpuInfo, dtype: str) -> Peak:
 
 
 def theoretical(environment: Environment, device: str, dtype: str, math: str = "strict") -> Peak:
-    """The theoretical peak of the device a measurement ran on, from a results header's environment."""
+    """The theoretical peak of the device a measurement ran on, from a results header's environment (none for int8:
+    integer operations per cycle depend on VNNI, AMX or the tensor cores' generation, which this table lacks)."""
+    if dtype == "int8":
+        return Peak(None, None, THEORETICAL_GPU if device == "gpu" else THEORETICAL_CPU,
+                    "no theoretical int8 figure: integer throughput depends on VNNI, AMX or the tensor cores, not "
+                    "tabulated here")
     if device == "gpu":
         if not environment.gpus:
             return Peak(None, None, THEORETICAL_GPU, "the header lists no GPU")

@@ -762,6 +762,122 @@ def kind_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
     return blocks
 
 
+def ratio_text(x: float) -> str:
+    """A time ratio for a sentence: two significant digits below 10 (0.087, 2.8), whole above (148)."""
+    return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+
+
+def sparsity_text(x: float) -> str:
+    """0.95 → '0.95'; NaN → 'not reached'."""
+    return f"{x:g}" if np.isfinite(x) else "not reached"
+
+
+def has_inference(a: Analysis) -> bool:
+    """The results hold an op timed against a dense twin (a sparse GEMM) or an int8 measurement."""
+    frame = a.measurements
+    return bool(len(frame)) and bool(frame["spec"].map(lambda op: op is not None and op.dense() is not None).any()
+                                     or frame["dtype"].eq("int8").any())
+
+
+def inference(a: Analysis) -> list[dict[str, Any]]:
+    """Sparse GEMM against the dense GEMM of its shape (per case and framework, with CIs, and the crossover
+    sparsity of each sweep), and what int8 buys over bf16 and fp32 on the cases measured in int8."""
+    return [*sparse_blocks(a), *int8_blocks(a)]
+
+
+def sparse_blocks(a: Analysis) -> list[dict[str, Any]]:
+    r = a.sparse
+    notes = ([f"No dense GEMM of the same shape in the same run for {len(a.sparse_unmatched)} sparse measurements, "
+              f"left out: {', '.join(a.sparse_unmatched[:6])}{' …' if len(a.sparse_unmatched) > 6 else ''}."]
+             if a.sparse_unmatched else [])
+    if r.empty:
+        return [block("No sparse GEMM with its dense GEMM measured in the same run in these results (run the "
+                      "`sparse` subset, which holds both).", notes=notes, missing=True)] if notes else []
+    blocks = []
+    for key, where, group in groups(r, CONFIG, a.pooled):
+        backends = ordered(a, group["backend"])
+        c = a.crossovers
+        cross = c[(c[CONFIG].astype(str) == pd.Series(key, index=CONFIG).astype(str)).all(axis=1)] if len(c) else c
+        head = (f"{on(key[1])}, a sparse GEMM takes {span(group['ratio'], ratio_text)} the time of the dense GEMM of "
+                f"its shape ({group['case'].nunique()} cases, forward, each framework's fastest variant).")
+        if len(cross):
+            head += " It beats the dense GEMM from sparsity " + "; ".join(
+                f"{b} {', '.join(sparsity_text(x) for x in cross.loc[cross['backend'].eq(b), 'crossover'])}"
+                for b in ordered(a, cross["backend"])) + "."
+        rows = []
+        for case, cg in group.sort_values(["shape", "sparsity"]).groupby("case", sort=False):
+            first, by = cg.iloc[0], cg.set_index("backend")
+            rows.append([cell(case, num=False), cell(first["shape"], num=False), cell(f"{first['sparsity']:g}"),
+                         cell(f"{first['flop_ratio']:.2g}×")] + [
+                cell(f"{by.loc[b, 'ratio']:.2f}×", f"{ci_text(by.loc[b, 'low'], by.loc[b, 'high'])} · "
+                     f"{by.loc[b, 'variant']}", bold=by.loc[b, "verdict"] == "faster") if b in by.index else cell("–")
+                for b in backends])
+        tables = [table(["case", "dense shape", "sparsity", "FLOP ratio"] + [f"{b}: sparse / dense time"
+                                                                            for b in backends], rows, stacked=True,
+                        caption=("Forward: time(sparse GEMM) / time(dense GEMM of the same shape, same run), each "
+                                 "framework's fastest variant (the sparse format is its layout), 95% bootstrap CI; "
+                                 f"bold: the sparse kernel is faster (CI below 1 - {100 * SAME_BAND:.0f}%). FLOP "
+                                 "ratio: the useful 2·nnz·N over the dense 2·M·N·K."))]
+        if len(cross):
+            tables.append(table(["framework", "dense shape", "sparsities measured", "crossover sparsity",
+                                 "last one not faster"], [
+                [cell(x.backend, num=False), cell(x.shape, num=False),
+                 cell(", ".join(f"{v:g}" for v in x.sparsities), num=False), cell(sparsity_text(x.crossover)),
+                 cell(sparsity_text(x.below) if np.isfinite(x.below) else "–")]
+                for b in ordered(a, cross["backend"]) for x in cross[cross["backend"].eq(b)].itertuples()], caption=(
+                    "Crossover: the lowest measured sparsity from which on the sparse kernel is faster than the dense "
+                    "GEMM at every higher sparsity measured ('not reached': not even at the highest).")))
+        blocks.append(block(head, tables, notes, where))
+    return blocks
+
+
+def int8_blocks(a: Analysis) -> list[dict[str, Any]]:
+    d = a.dtype_summary
+    frame = a.measurements
+    int8 = frame[frame["dtype"].eq("int8") & frame["applies"]] if len(frame) else frame
+    notes = []
+    refused = int8[int8["status"].eq("unsupported")]
+    for backend in ordered(a, refused["backend"]):
+        mine = refused[refused["backend"].eq(backend)]
+        notes.append(f"{backend}: int8 unsupported in {len(mine)} measurement{'s' if len(mine) != 1 else ''} ("
+                     + "; ".join(mine["reason"].dropna().unique()[:2]) + ").")
+    if len(int8):
+        notes.append("int8 multiplies int8 operands and sums in int32; its check against the integer reference is "
+                     "exact, and opbench times each shape as given, never padded (recorded per measurement as "
+                     "int8_padding).")
+    if d.empty:
+        return [block("No case measured both in int8 and in fp32 or bf16 by one framework in these results (run the "
+                      "`int8` subset with --dtype int8,bf16,fp32 --pass forward).", notes=notes, missing=True)] \
+            if len(int8) else []
+    keys = [c for c in CONFIG if c != "dtype"]
+    several = len(d.groupby(keys, dropna=False)) > 1
+    blocks = []
+    for key, group in d.groupby(keys, dropna=False, sort=True):
+        config = dict(zip(keys, key, strict=True))
+        pairs = list(dict.fromkeys(zip(group["dtype"], group["against"], strict=True)))
+        by = group.set_index(["backend", "dtype", "against"])
+        rows = [[cell(b, num=False)] + [speedup_cell(by.loc[(b, x, y)]) if (b, x, y) in by.index else cell("–")
+                                         for x, y in pairs] for b in ordered(a, group["backend"])]
+        x, y = pairs[0]
+        lead = group[group["dtype"].eq(x) & group["against"].eq(y)]
+        head = (f"{on(config['device'])}, {x} against {y} (forward, geomean over the cases measured in int8): "
+                + ", ".join(f"{r.backend} {speedup_text(r.geomean)}" for r in lead.itertuples()) + ".")
+        where = config_title(tuple(config.get(c, "int8 · bf16 · fp32") for c in CONFIG)) if several else ""
+        blocks.append(block(head, [table(["framework"] + [f"{x} vs {y}" for x, y in pairs], rows, stacked=True,
+                                         caption=("Forward, on the cases measured in int8: time(second dtype) / "
+                                                  "time(first), each dtype the framework's fastest variant; geometric "
+                                                  "mean over cases (95% bootstrap CI from 3 cases on)."))],
+                            notes, where))
+    return blocks
+
+
+def speedup_cell(row: pd.Series) -> dict[str, Any]:
+    """A geomean speedup with its CI and case count."""
+    cases = int(row["cases"])
+    return cell(speedup_text(row["geomean"]),
+                f"{speedup_ci_text(row['low'], row['high'])} · {cases} case{'s' if cases != 1 else ''}")
+
+
 def cache_state(a: Analysis) -> str:
     """Which L2 state the GPU numbers are in (warm: operands may stay in L2 between calls; cold: cleared before every
     call); '' without GPU results."""
@@ -800,4 +916,10 @@ def answers(a: Analysis) -> list[dict[str, Any]]:
     at = next(i for i, q in enumerate(out) if q["id"] == "steps") + 1
     out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
                    "blocks": kind_section(a, kind), "figure": KIND_FIGURE.format(kind)} for kind in a.kinds]
+    if has_inference(a):  # after the op kinds' sections, before the peaks
+        at = next(i for i, q in enumerate(out) if q["id"] == "peak")
+        out[at:at] = [{"id": "inference", "question": INFERENCE_QUESTION, "blocks": inference(a), "figure": None}]
     return out
+
+
+INFERENCE_QUESTION = "Inference: sparse and int8"

@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from suite.ops import OP_KINDS, InvalidDims, Op
+from suite.ops import DTYPES, OP_KINDS, InvalidDims, Op
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "shapes"
 WHOLE_CATALOG = "all"  # the subset every catalog has, without naming it in subsets.yaml: every case of its folders
 SUBSETS_FILE = "subsets.yaml"
 
-ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags"}
+ENTRY_KEYS = {"id", "op", "dims", "provenance", "count", "tags", "dtypes", "passes"}
 PROVENANCE_KEYS = {"network", "layer", "source", "derivation"}
 REQUIRED_PROVENANCE = ("network", "layer", "source")
 INT64_MAX = 2**63 - 1  # the largest index (and element count) a framework's tensors take
@@ -56,6 +56,8 @@ class Case:
     count: int = 1
     tags: tuple[str, ...] = ()
     file: str = field(default="", compare=False)
+    dtypes: tuple[str, ...] = ()  # measured in these too, whatever the run's --dtype (the main job's int8 GEMM)
+    passes: tuple[str, ...] = ()  # measured in these passes only (an inference baseline: forward); () every pass
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -210,9 +212,9 @@ def _padding(value: Any, err) -> tuple[int, int, int, int]:
 def dim_forms(kind: str) -> dict[str, tuple[str, bool]]:
     """Each dimension of an op kind with its form and whether the catalog must give it, read off the op's dataclass
     fields (one definition of the dims): "int" (>= 1), "int?" (>= 1 or left to default), "flag", "choice" (one of the
-    kind's ``choices``), "pair" (an int or [height, width], >= 1) or "padding"."""
+    kind's ``choices``), "pair" (an int or [height, width], >= 1), "padding" or "fraction" (a number in (0, 1))."""
     forms = {"int": "int", "int | None": "int?", "bool": "flag", "str": "choice", "tuple[int, int]": "pair",
-             "tuple[int, int, int, int]": "padding"}
+             "tuple[int, int, int, int]": "padding", "float": "fraction"}
     return {f.name: (forms[str(f.type)], f.default is MISSING) for f in dataclass_fields(OP_KINDS[kind])}
 
 
@@ -241,6 +243,11 @@ def build_op(kind: str, dims: Mapping[str, Any], err) -> Op:
             raise err(f"must be true or false, got {dims[name]!r}", where)
         elif form == "pair":
             spec[name] = _pair(dims[name], err, where, 1)
+        elif form == "fraction":
+            value = dims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise err(f"must be a number strictly between 0 and 1, got {value!r}", where)
+            spec[name] = float(value)
         elif form == "padding":
             spec[name] = _padding(dims[name], err)
     try:
@@ -289,7 +296,36 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
         raise err(f"must be a list of non-empty strings, got {raw.get('tags')!r}", "tags")
     tags = list(defaults.get("tags") or []) + list(raw.get("tags") or [])
     return Case(id=raw["id"], op=op, provenance=Provenance(**prov), count=count,
-                tags=tuple(dict.fromkeys(tags)), file=str(file))
+                tags=tuple(dict.fromkeys(tags)), file=str(file), dtypes=_dtypes(raw.get("dtypes"), op, err),
+                passes=_passes(raw.get("passes"), op, err))
+
+
+def _passes(value: Any, op: Op, err) -> tuple[str, ...]:
+    """An entry's own passes: each one the op has."""
+    if value is None:
+        return ()
+    if not _is_tags(value) or not value:
+        raise err(f"must be a non-empty list of passes ({', '.join(op.passes)}), got {value!r}", "passes")
+    for pass_ in value:
+        if pass_ not in op.passes:
+            raise err(f"{op.kind} has no pass {pass_!r}{did_you_mean(pass_, op.passes)}; its passes: "
+                      f"{', '.join(op.passes)}", "passes")
+    return tuple(dict.fromkeys(value))
+
+
+def _dtypes(value: Any, op: Op, err) -> tuple[str, ...]:
+    """An entry's own dtypes: known names, each one the op has (int8 only where the kind has an int8 form)."""
+    if value is None:
+        return ()
+    if not _is_tags(value):
+        raise err(f"must be a list of dtypes ({', '.join(DTYPES)}), got {value!r}", "dtypes")
+    for dtype in value:
+        if dtype not in DTYPES:
+            raise err(f"unknown dtype {dtype!r}{did_you_mean(dtype, DTYPES)}; known: {', '.join(DTYPES)}", "dtypes")
+        refusal = op.refusal("forward", dtype)
+        if refusal:
+            raise err(refusal, "dtypes")
+    return tuple(dict.fromkeys(value))
 
 
 def _is_tags(value: Any) -> bool:

@@ -26,7 +26,7 @@ from suite import missing_module, setup_advice, show
 from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.compare import CompareError
 from suite.environment import usable_cpus
-from suite.ops import DTYPES, OP_KINDS, PASSES
+from suite.ops import DTYPES, FLOAT_DTYPES, INT8_FORWARD_ONLY, OP_KINDS, PASSES
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
 from suite.stats import CONTENDED_SHARE, format_seconds
 from suite.timing import TimingConfig
@@ -225,7 +225,8 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
     what.add_argument("--backend", default="available",
                       help=f"comma list of {', '.join(backends.REGISTRY)}, or 'available' (default)")
     what.add_argument("--device", default="cpu", help="cpu or gpu (comma list)")
-    what.add_argument("--dtype", default="fp32", help=f"comma list of {', '.join(DTYPES)}, or all")
+    what.add_argument("--dtype", default="fp32", help=f"comma list of {', '.join(DTYPES)}, or all (the float ones: "
+                      "int8, forward only, is asked for by name)")
     if command != "peak":
         what.add_argument("--pass", dest="passes", default="all",
                           help=f"comma list of {', '.join(PASSES)}, or all")
@@ -336,13 +337,16 @@ def build_plan(args: argparse.Namespace):
     if l2 == "cold" and "cpu" in devices:
         raise UsageError("--l2 cold is for GPUs: on a CPU each framework thread keeps operands in its own core's "
                          "cache, which one buffer write does not clear; use --device gpu, or --l2 warm")
+    dtypes = list(FLOAT_DTYPES) if args.dtype == "all" else _choices(args.dtype, DTYPES, "dtype")
     passes = _choices(args.passes, PASSES, "pass")
+    if "forward" not in passes and all(dtype == "int8" for dtype in dtypes):
+        raise UsageError(f"--dtype int8 with --pass {args.passes}: {INT8_FORWARD_ONLY} (--pass forward)")
     if not any(p in case.op.passes for case in cases for p in passes):  # a pass an op lacks is not planned
         kinds = ", ".join(f"{kind}: {', '.join(OP_KINDS[kind].passes)}" for kind in dict.fromkeys(c.op.kind
                                                                                                   for c in cases))
         raise UsageError(f"no selected case has --pass {args.passes} (passes by op kind: {kinds})")
-    tasks = plan(cases, names, devices, _choices(args.dtype, DTYPES, "dtype"), passes,
-                 modes, layouts, args.math, args.threads, _parse_options(args.option), l2)
+    tasks = plan(cases, names, devices, dtypes, passes, modes, layouts, args.math, args.threads,
+                 _parse_options(args.option), l2)
     part = _parse_shard(args.shard)
     return shard(tasks, *part) if part else tasks
 

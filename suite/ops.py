@@ -1,5 +1,5 @@
-"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d, attention and recurrent
-layers, per pass.
+"""Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d, attention, recurrent
+layers and sparse GEMM, per pass; the dtypes and which op and pass each one applies to.
 
 FLOPs count the useful multiply-adds of the direct algorithm (2 per MAC), as DeepBench and CUTLASS do;
 a Winograd or FFT kernel may do fewer and so appear to beat peak. Minimum bytes count every distinct tensor a
@@ -28,8 +28,16 @@ OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx"
 PASS_LABELS: dict[str, str] = {"forward": "forward", "backward_data": "dX", "backward_weight": "dW",
                                "backward": "dX+dW", "step": "training step"}
 
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 DTYPES = tuple(DTYPE_BYTES)
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")  # what `--dtype all` means: int8 is asked for by name
+# int8: int8 × int8 products summed in int32 (DeepBench's inference minimum), forward only, on the kinds that set
+# ``OpKind.int8``; its check against the integer reference is exact. opbench times the shape as given: it never
+# pads a dimension to a kernel's multiple (DeepBench pads int8 GEMM's M and conv's C, H, W to multiples of 4); each
+# int8 measurement records that as details["int8_padding"].
+INT8_PADDING = "none"
+INT8_FORWARD_ONLY = ("int8 is an inference dtype (int8 × int8 products summed in int32): it has no gradient, so "
+                     "only the forward pass")
 
 
 def _check_pass(pass_: str) -> None:
@@ -62,6 +70,23 @@ class OpKind:
     main: ClassVar[bool] = False  # a kind of the seed questions (GEMM, conv); every other kind gets its own section
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # text dims (e.g. an RNN's cell): their allowed values
     no_pass_reason: ClassVar[str] = ""
+    int8: ClassVar[bool] = False  # has an int8 form (int8 operands, int32 accumulation, int32 output)
+
+    def refusal(self, pass_: str, dtype: str) -> str:
+        """Why this op cannot run ``pass_`` in ``dtype`` by design (a pass it has not, int8 where it has none or for
+        a backward pass); '' when it can. Such a record is "not applicable", never a gap."""
+        if pass_ not in self.passes:
+            return self.no_pass_reason or f"{self.kind} has no pass {pass_!r}"
+        if dtype == "int8" and not self.int8:
+            kinds = ", ".join(kind for kind, cls in OP_KINDS.items() if cls.int8)
+            return f"{self.kind} has no int8 form in opbench: int8 (int8 × int8 → int32) is measured for {kinds}"
+        if dtype == "int8" and pass_ != "forward":
+            return INT8_FORWARD_ONLY
+        return ""
+
+    def dense(self) -> OpKind | None:
+        """The dense op of the same shape that the report times this op against (a sparse GEMM's GEMM); None."""
+        return None
 
     @property
     def variety(self) -> str:
@@ -101,6 +126,7 @@ class Gemm(_Operands):
     kind = "gemm"
     varieties = {"gemm": ("GEMMs", "o")}
     main = True
+    int8 = True
 
     def __post_init__(self) -> None:
         for name in ("m", "n", "k"):
@@ -175,6 +201,7 @@ class Conv2d(_Operands):
     kind = "conv2d"
     varieties = {"conv2d": ("convs", "s"), "depthwise": ("depthwise convs", "D")}
     main = True
+    int8 = True
 
     def __post_init__(self) -> None:
         for name in ("n", "c", "h", "w", "k", "r", "s", "groups"):
@@ -549,6 +576,85 @@ class Rnn(OpKind):
         return f"{self.cell} {size} B{self.batch} T{self.timesteps}"
 
 
+@dataclass(frozen=True)
+class Spmm(OpKind):
+    """Sparse × dense GEMM, Y[M, N] = A[M, K] · B[K, N], for inference (forward only), as DeepBench's sparse set
+    has it: A is the sparse weight matrix, B the dense activations (N is the batch); no transposes (DeepBench's rows
+    have none). ``sparsity`` is the fraction of A's entries that are zero, in (0, 1): exactly ``nnz`` =
+    round((1 - sparsity)·M·K) entries are nonzero, at positions drawn uniformly without replacement from the seed
+    and (M, K, sparsity) alone (``suite.reference.sparse_pattern``; each measurement records the seed, nnz and a
+    digest of the positions), so every N of one weight matrix sees the same pattern.
+
+    Operands as for GEMM: ``x`` is A (dense, its zeros in place; each backend builds its sparse format from it
+    before timing), ``w`` is B. FLOPs are the useful work, 2·nnz·N (a dense GEMM of the shape does 2·M·N·K);
+    minimum bytes read A's values with one 4-byte index each, B, and write Y. The report times each case against
+    its ``dense()`` GEMM measured in the same run.
+    """
+
+    m: int
+    n: int
+    k: int
+    sparsity: float
+
+    kind = "spmm"
+    varieties = {"spmm": ("sparse GEMMs", "X")}
+    passes: ClassVar[tuple[Pass, ...]] = ("forward",)
+    pass_labels = {"forward": "forward"}
+    no_pass_reason: ClassVar[str] = ("sparse GEMM is measured for inference, as DeepBench's sparse set is: forward "
+                                     "only")
+
+    def __post_init__(self) -> None:
+        for name in ("m", "n", "k"):
+            if getattr(self, name) < 1:
+                raise InvalidDims(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.sparsity, bool) or not 0 < self.sparsity < 1:
+            raise InvalidDims("sparsity", f"sparsity must lie strictly between 0 and 1 (the fraction of A's entries "
+                                          f"that are zero), got {self.sparsity!r}")
+        if self.nnz < 1:
+            raise InvalidDims("sparsity", f"sparsity {self.sparsity} leaves no nonzero entry in a {self.m}×{self.k} "
+                                          "matrix")
+
+    @property
+    def nnz(self) -> int:
+        """Nonzero entries of A."""
+        return round((1 - self.sparsity) * self.m * self.k)
+
+    def dense(self) -> Gemm:
+        return Gemm(self.m, self.n, self.k)
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        return {"x": (self.m, self.k), "w": (self.k, self.n)}
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return (self.m, self.n)
+
+    @property
+    def input_elements(self) -> int:
+        return self.m * self.k
+
+    def flops(self, pass_: Pass = "forward") -> int:
+        self._check(pass_)
+        return 2 * self.nnz * self.n
+
+    def min_bytes(self, pass_: Pass, itemsize: int) -> int:
+        self._check(pass_)
+        return itemsize * (self.nnz + self.k * self.n + self.m * self.n) + 4 * self.nnz
+
+    def _check(self, pass_: str) -> None:
+        _check_pass(pass_)
+        if pass_ not in self.passes:
+            raise ValueError(self.no_pass_reason)
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        self._check(pass_)
+        return ("y",)
+
+    def describe(self) -> str:
+        return f"{self.m}×{self.n}×{self.k} {100 * self.sparsity:g}% sparse"
+
+
 Op = OpKind  # every op is an OpKind; the kinds are registered in OP_KINDS
 OP_KINDS: dict[str, type[OpKind]] = {}
 
@@ -559,7 +665,7 @@ def register_op(cls: type[OpKind]) -> type[OpKind]:
     return cls
 
 
-for _cls in (Gemm, Conv2d, BatchedGemm, Attention, Rnn):
+for _cls in (Gemm, Conv2d, BatchedGemm, Attention, Rnn, Spmm):
     register_op(_cls)
 
 

@@ -3,7 +3,10 @@
 Inputs are random normal (zeros make GPUs run faster at lower power, DeepBench issue #104), float32, in logical
 layout: (batched) GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS,
 attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as batch×time×input and its weights and
-biases as torch stores them (gates × hidden rows).
+biases as torch stores them (gates × hidden rows), a sparse GEMM's A dense with its zeros in place.
+
+int8 inputs are the same arrays mapped to integers by ``to_int8`` (every backend converts with it), and the
+reference is the exact integer product: the check's tolerance for int8 is zero.
 """
 
 from __future__ import annotations
@@ -18,16 +21,52 @@ from scipy.special import softmax
 
 from suite import model_reference
 from suite.models import Model, initial_weights, synthetic_batch
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
+from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn, Spmm
 
-# Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
-TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
+# Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits;
+# int8 sums integers in int32, exactly).
+TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2, "int8": 0.0}
+# int8 inputs: round(16·x) clipped to ±63 for the seeded normal x. Seven bits, as fbgemm's reduce_range keeps them:
+# x86 int8 kernels without VNNI add pairs of u8·s8 products in int16 (vpmaddubsw), which saturates on full-range
+# values and would make an exact check fail by design of the kernel, not of the framework.
+INT8_SCALE, INT8_LIMIT = 16.0, 63
 # Above this forward FLOPs, check on a reduced batch (the float64 reference of a ResNet-50 layer at batch 8 takes
 # seconds, once per framework variant; batch 1 has the same per-sample geometry).
 CHECK_FLOP_LIMIT = 2.5e8
 # A whole model is checked at this batch and size (image side, sequence length): every layer kind and every stage's
 # geometry (ResNet-50 still reaches layer4 at 2×2), a float64 step in seconds.
 MODEL_CHECK = {"resnet50": (2, 64), "bert_base": (2, 32)}
+
+
+def to_int8(array: np.ndarray) -> np.ndarray:
+    """A float32 input as the int8 array every backend measures int8 with (and the reference multiplies)."""
+    return np.clip(np.rint(array * INT8_SCALE), -INT8_LIMIT, INT8_LIMIT).astype(np.int8)
+
+
+@functools.lru_cache(maxsize=4)
+def sparse_pattern(m: int, k: int, sparsity: float, seed: int) -> np.ndarray:
+    """The flat positions (row-major, ascending) of a sparse M×K operand's nonzeros: exactly round((1 - sparsity)·M·K)
+    of them, uniformly at random without replacement, from the seed and (M, K, sparsity) alone (the same pattern for
+    every N). Cached (read-only): every variant of a case uses one pattern."""
+    nnz = Spmm(m, 1, k, sparsity).nnz
+    keys = np.random.default_rng([seed, zlib.crc32(f"spmm {m}x{k} {sparsity!r}".encode())]).random(m * k)
+    # the positions of the nnz smallest keys
+    positions = np.arange(m * k) if nnz == m * k else np.sort(np.argpartition(keys, nnz)[:nnz])
+    positions.flags.writeable = False
+    return positions
+
+
+def pattern_record(op: Spmm, seed: int) -> dict[str, object]:
+    """What a sparse measurement records of its pattern: how it was drawn, the seed, nnz and a CRC-32 of the
+    positions (two runs with the same digest timed the same matrix)."""
+    positions = sparse_pattern(op.m, op.k, op.sparsity, seed)
+    return {"rule": "uniform without replacement", "seed": seed, "nnz": int(positions.size),
+            "crc32": zlib.crc32(positions.astype("<i8").tobytes())}
+
+
+def input_record(op: Op, seed: int) -> dict[str, object]:
+    """Facts of the seeded inputs a measurement records beside its details (a sparse operand's pattern); {}."""
+    return {"pattern": pattern_record(op, seed)} if isinstance(op, Spmm) else {}
 
 
 def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
@@ -37,6 +76,11 @@ def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
         return {**initial_weights(op, seed), **synthetic_batch(op, seed)}
     rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode())])
     arrays = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in op.operands.items()}
+    if isinstance(op, Spmm):  # A keeps its values at the pattern's positions, zeros elsewhere
+        dense = np.zeros(op.m * op.k, dtype=np.float32)
+        positions = sparse_pattern(op.m, op.k, op.sparsity, seed)
+        dense[positions] = arrays["x"].reshape(-1)[positions]
+        arrays["x"] = dense.reshape(op.m, op.k)
     if isinstance(op, Rnn):  # weights ~ N(0, 1/fan-in), torch's init scale: gates neither saturate nor, for ReLU,
         for name in ("w_ih", "w_hh"):  # does the state grow without bound over the time steps
             arrays[name] *= np.float32(arrays[name].shape[1] ** -0.5)
@@ -56,6 +100,8 @@ def reduced(op: Op) -> Op:
     if isinstance(op, Gemm):
         rows = max(1, int(op.m * CHECK_FLOP_LIMIT / op.flops()))
         return dataclasses.replace(op, m=rows)
+    if isinstance(op, Spmm):  # fewer columns of B: the same sparse A
+        return dataclasses.replace(op, n=max(1, int(op.n * CHECK_FLOP_LIMIT / op.flops())))
     if isinstance(op, BatchedGemm):  # fewer products, then fewer rows of each
         small = dataclasses.replace(op, batch=max(1, int(op.batch * CHECK_FLOP_LIMIT / op.flops())))
         return dataclasses.replace(small, m=max(1, int(op.m * CHECK_FLOP_LIMIT / small.flops())))
@@ -80,6 +126,8 @@ def round_to(array: np.ndarray, dtype: str) -> np.ndarray:
     (a model's labels and tokens) as they are."""
     if np.issubdtype(array.dtype, np.integer):
         return array
+    if dtype == "int8":
+        return to_int8(array).astype(np.float64)
     if dtype == "fp16":
         return array.astype(np.float16).astype(np.float64)
     if dtype == "bf16":  # round to nearest even on the top 16 bits of the float32 pattern
@@ -101,6 +149,11 @@ def _gemm(op: Gemm | BatchedGemm, t: dict[str, np.ndarray], pass_: Pass) -> dict
     da, db = dy @ _t(b), _t(a) @ dy  # gradients of the logical A (M×K) and B (K×N)
     out = {"y": a @ b, "dx": _t(da) if op.transpose_a else da, "dw": _t(db) if op.transpose_b else db}
     return out
+
+
+def _spmm(op: Spmm, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """A (its zeros in place) times B: the dense product is the sparse one."""
+    return {"y": t["x"] @ t["w"]}
 
 
 def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
@@ -217,7 +270,8 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
 
 
 # op kind -> its float64 reference (every output of every pass); a new kind adds its own here.
-REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn}
+REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn,
+              "spmm": _spmm}
 REFERENCES["model"] = model_reference.model  # a whole network: suite/model_reference.py
 
 

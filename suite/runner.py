@@ -84,9 +84,11 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
          passes: Iterable[str], modes: Iterable[str] = ("default",), layouts: Iterable[str] = ("default",),
          math: str = "strict", threads: int | None = None, options: dict[str, str] | None = None,
          l2: str = "warm") -> list[Task]:
-    """Every combination, ordered so one worker runs a backend's tasks case by case."""
+    """Every combination, ordered so one worker runs a backend's tasks case by case. A case's own ``dtypes`` (the
+    main job's int8 GEMM) are added to the run's, with only the passes the op has in them (int8: the forward); a case
+    with its own ``passes`` (an inference baseline) is measured in those of the run's passes only."""
     tasks = []
-    cases, modes, layouts = list(cases), list(modes), list(layouts)
+    cases, modes, layouts, dtypes, passes = list(cases), list(modes), list(layouts), list(dtypes), list(passes)
     for name in backend_names:
         cls = backends.backend_class(name)
         for device in devices:
@@ -94,9 +96,14 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
             for case in cases:
                 for mode in _pick(modes, cls.modes):
                     for layout in _pick(layouts, cls.layouts.get(case.op.kind, ("",))):  # "": resolve() refuses
-                        for dtype in dtypes:  # a pass the op lacks is not planned (a GEMM has no step)
+                        for dtype in dict.fromkeys([*dtypes, *case.dtypes]):
+                            # a pass the op lacks is not planned (a GEMM has no step); the case's own dtype
+                            # plans no refusal records
+                            own = dtype not in dtypes
                             tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
-                                      for p in passes if p in case.op.passes]
+                                      for p in passes if p in case.op.passes
+                                      and not (own and case.op.refusal(p, dtype))
+                                      and (not case.passes or p in case.passes)]
     return tasks
 
 

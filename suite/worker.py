@@ -22,7 +22,7 @@ from typing import IO, Any
 from suite.environment import available_memory_bytes, cpu_busy_s, usable_cpus
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Op, op_from_dict
-from suite.reference import compare, expected, make_inputs, reduced
+from suite.reference import compare, expected, input_record, make_inputs, reduced
 from suite.stats import contended, summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
 from suite.variant import Settings, Variant
@@ -89,6 +89,9 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     started = time.perf_counter()
     prepared = None
     try:
+        refusal = op.refusal(variant.pass_, variant.dtype)  # by design (int8 backward): before making any input
+        if refusal:
+            raise Unsupported(refusal)
         free, source = memory_budget(backend.settings.device, backend.free_memory_bytes())
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if task.get("l2") == "cold" and timing is not None:  # the clearing buffer lives beside the operands
@@ -100,7 +103,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
             return result  # the finally below still adds wall_s
         inputs = make_inputs(op, seed)
         prepared = backend.prepare(op, variant, inputs)
-        result.update(first_call_s=prepared.first_call_s, details=prepared.details)
+        result.update(first_call_s=prepared.first_call_s, details={**prepared.details, **input_record(op, seed)})
         if check:
             small = reduced(op)
             if small == op:

@@ -189,3 +189,52 @@ def test_jax_cpu_completes_calls_in_order(configured):
             outputs = [step() for _ in range(8)]
             jax.block_until_ready(outputs[-1])
             assert all(out.is_ready() for out in outputs), "an earlier call finished after the last one"
+
+
+# Inference kinds (issue 21): which int8 kernels each framework has on a CPU (torch and TensorFlow have no public
+# int8 × int8 → int32 conv); a plugin without int8 refuses it with a reason.
+INT8_CONV_ON_CPU = {"torch": False, "tensorflow": False, "jax": True}
+SPMM = next(case.op for case in SMOKE if case.op.kind == "spmm")
+INT8_GEMM = next(case.op for case in SMOKE if case.op.kind == "gemm" and "int8" in case.dtypes)
+INT8_CONV = next(case.op for case in SMOKE if case.op.kind == "conv2d" and "int8" in case.dtypes)
+
+
+def test_sparse_gemm_in_every_format_matches_reference_and_records_its_pattern(configured):
+    backend, _ = configured
+    layouts = backend_class(backend.name).layouts.get("spmm")
+    if layouts is None:
+        with pytest.raises(Unsupported, match="no spmm op"):
+            check(backend, SPMM, Variant("forward"))
+        return
+    for layout in layouts:
+        details = check(backend, SPMM, Variant("forward", layout=layout))
+        assert details["layout"] == layout and layout in details["implementation"]
+
+
+def test_int8_gemm_is_exact_and_int8_conv_exact_or_unsupported_with_the_reason(configured):
+    backend, _ = configured
+    try:
+        details = check(backend, INT8_GEMM, Variant("forward", dtype="int8"))
+    except Unsupported as reason:
+        assert backend.name not in INT8_CONV_ON_CPU and str(reason), (backend.name, reason)
+        return
+    assert details["int8_padding"] == "none"
+    try:
+        check(backend, INT8_CONV, Variant("forward", dtype="int8"))
+        assert INT8_CONV_ON_CPU.get(backend.name, True), backend.name
+    except Unsupported as reason:
+        assert not INT8_CONV_ON_CPU.get(backend.name, False) and "int8" in str(reason), (backend.name, reason)
+    for op in (INT8_GEMM, INT8_CONV):
+        with pytest.raises(Unsupported, match="only the forward pass"):
+            backend.prepare(op, Variant("backward_data", dtype="int8"), make_inputs(op))
+
+
+def test_torch_int_mm_shapes_refused_on_cuda_are_named():  # framework-free: the check runs before any CUDA call
+    from backends.torch_backend import int_mm_refusal
+    from suite.ops import Gemm
+
+    assert int_mm_refusal(Gemm(7680, 1, 2560), "cpu") == ""
+    assert int_mm_refusal(Gemm(32, 16, 64), "gpu") == ""
+    for op in (Gemm(16, 16, 64), Gemm(32, 12, 64), Gemm(32, 16, 60), Gemm(7680, 1, 2560)):
+        reason = int_mm_refusal(op, "gpu")
+        assert "does not pad" in reason and f"M={op.m} N={op.n} K={op.k}" in reason

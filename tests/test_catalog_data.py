@@ -147,6 +147,67 @@ def test_deepbench_matches_csv_exactly(deepbench, kind):
         assert got[key].provenance.source.startswith("DeepBench")
 
 
+SPARSE_SETS = {"inference_server_set": "deepbench-inference-server",
+               "inference_device_set": "deepbench-inference-device"}
+
+
+@needs_csv
+def test_deepbench_sparse_matches_csv_exactly(catalog):
+    """Every row of deepbench_sparse_gemm.csv is one spmm entry (distinct shapes once), tagged with its sets and
+    naming its CSV lines; nothing else in the file is tagged deepbench."""
+    rows = _read_csv("deepbench_sparse_gemm.csv")
+    assert len(rows) == 32
+    expected: dict[tuple, set[str]] = {}
+    lines: dict[tuple, set[int]] = {}
+    for line, row in enumerate(rows, start=2):
+        assert row["a_t"] == row["b_t"] == "false"
+        key = (int(row["M"]), int(row["N"]), int(row["K"]), float(row["sparsity"]))
+        expected.setdefault(key, set()).add(SPARSE_SETS[row["set"]])
+        lines.setdefault(key, set()).add(line)
+    cases = [c for c in in_file(catalog, "deepbench_sparse.yaml") if "deepbench" in c.tags]
+    got = {(c.op.m, c.op.n, c.op.k, c.op.sparsity): c for c in cases}
+    assert len(got) == len(cases) == len(expected) == 24
+    assert all(c.op.kind == "spmm" for c in cases)
+    for key, sets in expected.items():
+        case = got[key]
+        assert {t for t in case.tags if t in SPARSE_SETS.values()} == sets, case.id
+        assert {int(n) for n in re.findall(r"line (\d+)", case.provenance.derivation)} == lines[key], case.id
+
+
+def test_sparse_subset(catalog):
+    """34 spmm cases (24 DeepBench shapes and 10 sweep points), every sparse shape with its dense GEMM, the sweeps at
+    six sparsities."""
+    sparse = catalog.subset("sparse")
+    spmm = [c for c in sparse if c.op.kind == "spmm"]
+    assert len(spmm) == 34
+    dense = {c.op for c in sparse if c.op.kind == "gemm"}
+    assert {c.op.dense() for c in spmm} == dense
+    sweeps: dict[tuple, list[float]] = {}
+    for c in spmm:
+        if "sparsity-sweep" in c.tags:
+            sweeps.setdefault((c.op.m, c.op.n, c.op.k), []).append(c.op.sparsity)
+    assert {shape: sorted(s) for shape, s in sweeps.items()} == {
+        shape: [0.5, 0.7, 0.8, 0.9, 0.95, 0.99] for shape in ((7680, 1500, 2560), (1920, 1, 640))}
+    int8 = catalog.subset("int8")
+    assert {c.op.kind for c in int8} == {"gemm", "conv2d"}
+    assert all({"deepbench-inference-server", "deepbench-inference-device"} & set(c.tags) for c in int8)
+
+
+def test_quick_inference_cases(catalog):
+    """The main job's inference cases: one DeepBench sparse GEMM and its dense GEMM, which also runs in int8
+    (forward only); the sweep at DeepBench's 7680×1×2560 scaled by 1/4 in M and K, with its dense GEMM."""
+    quick = catalog.subset("quick")
+    spmm = [c for c in quick if c.op.kind == "spmm"]
+    [deepbench] = [c for c in spmm if "deepbench" in c.tags]
+    assert (deepbench.op.m, deepbench.op.n, deepbench.op.k) == (7680, 1, 2560)
+    sweep = [c.op for c in spmm if "sparsity-sweep" in c.tags]
+    assert {(op.m, op.n, op.k) for op in sweep} == {(7680 // 4, 1, 2560 // 4)}
+    assert sorted(op.sparsity for op in sweep) == [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert {c.op for c in quick if c.op.kind == "gemm"} >= {op.dense() for op in (deepbench.op, *sweep)}
+    int8 = [c for c in quick if "int8" in c.dtypes]
+    assert [c.op for c in int8] == [deepbench.op.dense()]
+
+
 def test_deepbench_non_square_filter_not_swapped(by_id):
     # deepbench_conv.csv line 2: W=700 H=161 C=1 N=4 K=32 S_filter_w=20 R_filter_h=5, no pad, stride 2×2
     op = by_id["db-conv-161x700-c1-k32-n4-f5x20-s2-p0"].op
@@ -430,7 +491,7 @@ QUICK_BUDGET = 80e9
 
 def test_quick_fits_the_cpu_budget(catalog):
     quick = catalog.subset("quick")
-    assert 40 <= len(quick) <= 54, len(quick)
+    assert 40 <= len(quick) <= 60, len(quick)
     layers = [c for c in quick if c.op.kind != "model"]  # whole models are budgeted by their layer sets' FLOPs
     big = [c.id for c in layers if c.op.flops() > 5e9]
     assert big == ["sweep-gemm-2048"], big  # the one compute-bound GEMM point (and the measured peak)
@@ -450,7 +511,7 @@ def test_quick_holds_whole_networks(catalog, config):
 def test_quick_covers_what_it_should(catalog):
     quick = catalog.subset("quick")
     tags = Counter(t for c in quick for t in c.tags)
-    assert {c.op.kind for c in quick} == {"gemm", "conv2d", "bgemm", "attention", "rnn", "model"}  # every kind
+    assert {c.op.kind for c in quick} == {"gemm", "conv2d", "bgemm", "attention", "rnn", "model", "spmm"}  # every kind
     assert any(c.op.kind == "conv2d" and c.op.depthwise for c in quick)
     assert any(c.op.kind == "conv2d" and c.op.r != c.op.s for c in quick)  # a non-square filter
     assert any(c.op.kind == "gemm" and (c.op.transpose_a or c.op.transpose_b) for c in quick)

@@ -51,7 +51,7 @@ def test_main_job_end_to_end_on_smoke(tmp_path):
     for backend in BACKENDS:
         mine = [m for m in results.measurements if m.backend == backend]
         assert {(m.case, m.key.pass_) for m in mine} == {(c, p) for c in smoke for p in PASSES}, backend
-        variants = {(m.case, m.key.pass_, m.key.mode, m.key.layout, m.key.options) for m in mine}
+        variants = {(m.case, m.key.pass_, m.key.dtype, m.key.mode, m.key.layout, m.key.options) for m in mine}
         assert len(variants) == len(mine), f"{backend}: a measurement was repeated"
         for m in mine:
             assert m.status in ("ok", "unsupported"), (backend, m.case, m.key.pass_, m.reason)

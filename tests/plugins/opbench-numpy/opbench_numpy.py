@@ -32,6 +32,7 @@ from suite.ops import BatchedGemm, Conv2d, Gemm, Op
 UNSUPPORTED_DTYPES = {
     "fp16": "NumPy's float16 matmul does not use BLAS (it runs in generic loops), so it would not time a kernel",
     "bf16": "NumPy has no bfloat16 type",
+    "int8": "NumPy multiplies integers in generic loops, not BLAS, so it would not time a kernel",
 }
 
 
