@@ -3,7 +3,8 @@
 Inputs are random normal (zeros make GPUs run faster at lower power, DeepBench issue #104), float32, in logical
 layout: (batched) GEMM A and B as stored (transposed when the flags say so), conv input NCHW and filter KCRS,
 attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as batch×time×input and its weights and
-biases as torch stores them (gates × hidden rows).
+biases as torch stores them (gates × hidden rows). An all-reduce's buffer differs per rank and holds small integers
+(``rank_buffer``), so that every partial sum, in any order and in fp32, bf16 or fp16, is exact.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import softmax
 
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
+from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits).
 TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
@@ -25,8 +26,23 @@ TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 5e-3, "bf16": 3e-2}
 CHECK_FLOP_LIMIT = 2.5e8
 
 
-def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every input of an op (x, w, dy; attention's q, k, v, dy), reproducible from the seed and the shape alone."""
+# An all-reduce rank's values: integers in [-ALLREDUCE_BOUND, ALLREDUCE_BOUND]. A partial sum of R ranks is at most
+# R·bound in magnitude, an integer that fp32 holds exactly up to 2**24 and bf16 (8 significant bits) up to 256: exact
+# for up to 128 ranks in every dtype, whatever order the collective adds in.
+ALLREDUCE_BOUND = 2
+
+
+def rank_buffer(op: AllReduce, seed: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s all-reduce input: float32 integers, reproducible from the seed, the shape and the rank."""
+    rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode()), rank])
+    return rng.integers(-ALLREDUCE_BOUND, ALLREDUCE_BOUND + 1, op.elements, dtype=np.int8).astype(np.float32)
+
+
+def make_inputs(op: Op, seed: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
+    """Every input of an op (x, w, dy; attention's q, k, v, dy), reproducible from the seed and the shape alone;
+    an all-reduce's is rank ``rank``'s buffer."""
+    if isinstance(op, AllReduce):
+        return {"x": rank_buffer(op, seed, rank)}
     rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode())])
     arrays = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in op.operands.items()}
     if isinstance(op, Rnn):  # weights ~ N(0, 1/fan-in), torch's init scale: gates neither saturate nor, for ReLU,
@@ -39,7 +55,7 @@ def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
 
 def reduced(op: Op) -> Op:
     """A cheaper op with the same per-sample geometry, for checking large cases."""
-    if op.flops() <= CHECK_FLOP_LIMIT:
+    if op.flops() <= CHECK_FLOP_LIMIT or isinstance(op, AllReduce):  # a collective is checked on what it times
         return op
     if isinstance(op, Gemm):
         rows = max(1, int(op.m * CHECK_FLOP_LIMIT / op.flops()))
@@ -199,8 +215,25 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
     return out
 
 
+def _allreduce(op: AllReduce, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """The sum itself: ``reference_inputs`` already holds every rank's buffer summed."""
+    return {"y": t["x"]}
+
+
 # op kind -> its float64 reference (every output of every pass); a new kind adds its own here.
-REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn}
+REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn,
+              "allreduce": _allreduce}
+
+
+def reference_inputs(op: Op, seed: int) -> dict[str, np.ndarray]:
+    """What the float64 reference reads: the op's seeded inputs; for an all-reduce, every rank's buffer summed
+    (one rank's buffer at a time, so memory stays at two buffers whatever the rank count)."""
+    if not isinstance(op, AllReduce):
+        return make_inputs(op, seed)
+    total = np.zeros(op.elements, dtype=np.float64)
+    for rank in range(op.ranks):
+        total += rank_buffer(op, seed, rank)
+    return {"x": total}
 
 
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
@@ -218,7 +251,7 @@ def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "
 def expected(op: Op, seed: int, pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """``reference`` on the op's seeded inputs, cached: the layouts and modes of a case that one worker measures in
     a row compare against one float64 result (read-only; do not modify the arrays)."""
-    return reference(op, make_inputs(op, seed), pass_, dtype)
+    return reference(op, reference_inputs(op, seed), pass_, dtype)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
