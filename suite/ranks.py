@@ -19,6 +19,7 @@ under srun, Slurm places them. Framework-free: no framework is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -176,10 +177,8 @@ class Ranks:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         for pid in self.pids:  # a rank torchrun did not end
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def close(self, timeout: float = 60.0) -> None:
         """Wait for the processes to finish their tasks and exit; stop them past ``timeout``."""

@@ -235,7 +235,8 @@ def pin(local_rank: int, local_ranks: int) -> list[int]:
 
 def rank_main(spec_path: str) -> int:
     """One rank of a collective: setup and tasks from the SPEC file, messages to ``rank-<rank>.jsonl`` beside it."""
-    spec = json.loads(open(spec_path).read())
+    with open(spec_path) as f:
+        spec = json.load(f)
     group = rank_group()
     setup = spec["setup"]
     if spec.get("pin"):  # before the framework starts its threads
