@@ -17,6 +17,10 @@ logical dimension order the operands are handed over in.
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
 
+All-reduce: ``jax.lax.psum`` under ``jax.shard_map`` over a mesh of one device per process, the processes joined by
+``jax.distributed.initialize`` (JAX has no launcher: the runner or srun starts them); on the CPU over gloo
+(``jax_cpu_collectives_implementation``), on GPUs over NCCL through XLA. The sum goes to a new buffer (no donation).
+
 GPU memory: JAX preallocates 75% of the GPU when its backend starts; the worker sets
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless the user set it) so the memory guard sees what is really free, and
 records it with ``XLA_PYTHON_CLIENT_MEM_FRACTION``.
@@ -32,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
-from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
+from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
+from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Op, Rnn
+
+COLLECTIVE_TIMEOUT_S = 300  # jax.distributed.initialize: how long to wait for every process
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
 # option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
@@ -63,7 +69,7 @@ class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",)}
+               "rnn": ("BTI",), "allreduce": ("processes",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -105,15 +111,15 @@ class JaxBackend(Backend):
         self._xla_flags(settings)
         if started and os.environ.get("XLA_FLAGS", "") != before:
             raise RuntimeError("JAX's backend already started; XLA_FLAGS from settings.options would be ignored")
-        if settings.threads:
+        cpus = sorted(os.sched_getaffinity(0))
+        if settings.threads and cpus[: settings.threads] != cpus:  # (a rank is pinned to its threads' CPUs already)
             if started:
                 raise RuntimeError("JAX's backend already started; its CPU thread pool is sized, set threads first")
-            cpus = sorted(os.sched_getaffinity(0))
             os.sched_setaffinity(0, cpus[: settings.threads])
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if settings.math == "tf32" else "float32")
         if settings.device not in self.devices():
             raise DeviceMissing(self._no_gpu())
-        self.device = jax.devices(settings.device)[0]
+        self.device = jax.local_devices(backend=settings.device)[0]  # this process's own (all of them, alone)
         flags: dict[str, Any] = {
             "threads": len(os.sched_getaffinity(0)),  # XLA:CPU sizes its pool from the affinity; no getter
             "cpu_affinity": sorted(os.sched_getaffinity(0)),
@@ -253,8 +259,46 @@ class JaxBackend(Backend):
 
         return rnn
 
+    def join(self, group: RankGroup) -> dict[str, Any]:
+        """jax.distributed across the processes (before the backend starts), gloo collectives on the CPU."""
+        jax = self.jax
+        gpu = self.settings.device == "gpu"
+        if not gpu:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"{group.address}:{group.port}", num_processes=group.ranks,
+                                   process_id=group.rank, local_device_ids=[group.local_rank] if gpu else None,
+                                   initialization_timeout=COLLECTIVE_TIMEOUT_S)
+        self.rank, self.ranks = group.rank, group.ranks
+        return {"communication": "nccl (XLA)" if gpu else f"{jax.config.jax_cpu_collectives_implementation} (XLA)",
+                "jax.process_count": jax.process_count()}
+
+    def agree(self, value: float) -> float:
+        if self.ranks == 1:
+            return value
+        from jax.experimental import multihost_utils
+
+        return float(np.max(multihost_utils.process_allgather(np.array([value]))))
+
+    def _allreduce(self, op: AllReduce, variant: Variant, args: dict[str, Any]):
+        """psum of every process's buffer, as one global array of one row per process."""
+        jax = self.jax
+        if not self.jax.distributed.is_initialized():
+            raise Unsupported("the JAX all-reduce runs across processes: start it with run --ranks R")
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.array(jax.devices(self.device.platform)), ("ranks",))
+        rows = PartitionSpec("ranks")
+        array = jax.make_array_from_single_device_arrays((self.ranks, op.elements), NamedSharding(mesh, rows),
+                                                         [args["x"].reshape(1, op.elements)])
+        summed = jax.shard_map(lambda rows_: jax.lax.psum(rows_, "ranks"), mesh=mesh, in_specs=rows, out_specs=rows)
+        start = time.perf_counter()
+        compiled = jax.jit(summed).lower(array).compile()
+        return (lambda: compiled(array)), {"compile_s": time.perf_counter() - start, "in_place": False}
+
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax
+        if isinstance(op, AllReduce):
+            return self._allreduce(op, variant, args)
         forward = self._forward(op, variant)
         names, wrt = op.inputs, op.wrt(variant.pass_)
 
@@ -294,6 +338,8 @@ class JaxBackend(Backend):
         self.jax.block_until_ready(out)
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
+        if isinstance(op, AllReduce):  # this process's row of the global sum
+            return np.asarray(out.addressable_shards[0].data, dtype=np.float64).reshape(op.elements)
         array = np.asarray(out).astype(np.float64)
         perm = self._perm(name, op, variant)
         return array if perm is None else array.transpose(np.argsort(perm))
