@@ -64,6 +64,8 @@ def _row(m: Measurement, machine: str) -> dict[str, Any]:
         # a pass the op does not have (attention's backward_data) is recorded as refused: not applicable, not a gap
         "applies": op is None or key.pass_ in op.passes, "throttle_reasons": m.throttle_reasons,
         "tflops": m.tflops, "gbps": m.gbps,
+        # a collective's: busbw / algbw (nccl-tests' 2(R−1)/R for an all-reduce) and its rank count; NaN otherwise
+        "bus_factor": getattr(op, "bus_factor", math.nan), "ranks": getattr(op, "ranks", math.nan),
         # the rate at either end of the time's CI (the slower end first)
         "tflops_low": m.flops / stats.ci_high / 1e12 if ok and stats else math.nan,
         "tflops_high": m.flops / stats.ci_low / 1e12 if ok and stats else math.nan,
