@@ -400,7 +400,7 @@ def _rank_worker(hello: dict[str, Any], ranks_: list[dict[str, Any]]) -> dict[st
             "ranks": [{"rank": r.get("rank"), "pid": r.get("pid"), "cpus": r.get("cpus")} for r in ranks_]}
 
 
-STATUS_ORDER = ("ok", "unsupported", "skipped", "error", "oom", "crashed", "timeout")
+STATUS_ORDER = ("ok", "unsupported", "skipped", "error", "oom", "crashed", "timeout")  # worse to the right
 
 
 def combine(results_: list[dict[str, Any]], hello: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +409,7 @@ def combine(results_: list[dict[str, Any]], hello: dict[str, Any]) -> dict[str, 
     worst = max(range(len(results_)), key=lambda i: STATUS_ORDER.index(results_[i].get("status", "error"))
                 if results_[i].get("status") in STATUS_ORDER else len(STATUS_ORDER))
     combined = dict(results_[worst] if results_[worst].get("status") != "ok" else results_[0])
-    if combined.get("status") != "ok":
+    if combined.get("status") in results.FAILED_STATUSES:  # which rank failed (a refusal is every rank's alike)
         combined["reason"] = f"rank {hello['ranks'][worst]['rank']}: {combined.get('reason')}"
     checks = [r["check"] for r in results_ if r.get("check")]
     if checks:
