@@ -277,7 +277,8 @@ class JaxBackend(Backend):
             return value
         from jax.experimental import multihost_utils
 
-        return float(np.max(multihost_utils.process_allgather(np.array([value]))))
+        # float32 (JAX without x64): 7 significant digits of a time or a byte count
+        return float(np.max(multihost_utils.process_allgather(np.array([value], dtype=np.float32))))
 
     def _allreduce(self, op: AllReduce, variant: Variant, args: dict[str, Any]):
         """psum of every process's buffer, as one global array of one row per process."""

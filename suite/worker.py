@@ -97,7 +97,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     try:
         free, source = memory_budget(backend.settings.device, backend.free_memory_bytes())
         if free is not None and backend.ranks > 1:  # every rank skips, or none: the least free memory decides
-            free = int(-backend.agree(-free))
+            free = int(-backend.agree(-float(free)))
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if task.get("l2") == "cold" and timing is not None:  # the clearing buffer lives beside the operands
             need += clear_buffer_bytes(backend.cache_bytes())
