@@ -78,14 +78,15 @@ def test_a_rank_that_dies_or_hangs_is_recorded_and_the_rest_run_on_fresh_ranks(t
     out = tmp_path / "r.jsonl"
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "suite", "run", *FAST, "--backend", backend, "--time-cap", "20",
-                             "--case-timeout", "25", "--id", "allreduce-sweep-2e22", "--id", "allreduce-sweep-2e10",
-                             "-o", str(out)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                             "--block-time", "2", "--case-timeout", "25", "--id", "allreduce-sweep-2e10",
+                             "--id", "allreduce-sweep-2e12", "-o", str(out)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     pid = _rank_pid(tmp_path, 1, proc)
-    time.sleep(1.0)  # into the first case's timing (20 s of it at most)
+    time.sleep(1.0)  # into the first case's timing: blocks of 2 s, 7 of them at least
     os.kill(pid, how)
     code = proc.wait(timeout=300)
     measured = {m["case"]: m for m in records(out)}
-    first, second = measured["allreduce-sweep-2e22-r2"], measured["allreduce-sweep-2e10-r2"]
+    first, second = measured["allreduce-sweep-2e10-r2"], measured["allreduce-sweep-2e12-r2"]  # catalog order
     expected = {signal.SIGKILL: "crashed", signal.SIGSTOP: "timeout"}[how]
     assert first["status"] == expected, first["reason"]
     assert second["status"] == "ok" and second["check"]["status"] == "pass", second["reason"]
