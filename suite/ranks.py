@@ -20,8 +20,10 @@ under srun, Slurm places them. Framework-free: no framework is imported here.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +35,8 @@ from typing import Any
 
 LAUNCHERS = {"torch": ["-m", "torch.distributed.run"]}  # the framework's own launcher, where it has one
 POLL_S = 0.05
+PORT_STRIDE = 64  # under srun, each start of ranks rendezvouses MASTER_PORT + PORT_STRIDE·n (TensorFlow's workers
+#                   take the ports after it, one per task on a node): a port of the last start may still be held
 STOP_GRACE_S = 10.0  # after SIGTERM, how long a launcher has to end its ranks before every process is killed
 
 
@@ -42,20 +46,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tasks_per_node(text: str) -> list[int]:
+    """Slurm's compressed task counts per node ("2(x3),1" → [2, 2, 2, 1])."""
+    counts: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match is None:
+            raise RanksError(f"cannot read Slurm's tasks per node {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
 def slurm_rank(env: Mapping[str, str] = os.environ) -> dict[str, str] | None:
-    """The rank variables of this srun task (None outside a multi-task srun step). MASTER_ADDR and MASTER_PORT come
-    from the job script (the first node's name, and a port), as torch.distributed's env:// rendezvous wants them."""
-    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) < 2:
+    """The rank variables of this task of an srun step of several tasks (None elsewhere, the batch script itself
+    included). MASTER_ADDR and MASTER_PORT come from the job script (the first node's name, and a port), as
+    torch.distributed's env:// rendezvous wants them."""
+    tasks = env.get("SLURM_STEP_NUM_TASKS")
+    if "SLURM_PROCID" not in env or tasks is None or int(tasks) < 2:
         return None
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
     if missing:
         raise RanksError(f"under srun a collective needs {' and '.join(missing)} set in the job script (the first "
-                         "node's host name and a free port; README: \"Many ranks under Slurm\")")
-    local_ranks = int(env.get("SLURM_NTASKS_PER_NODE", "0") or 0) or int(env["SLURM_NTASKS"]) // max(
-        1, int(env.get("SLURM_NNODES", "1")))
-    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
-            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(local_ranks),
-            "MASTER_ADDR": env["MASTER_ADDR"], "MASTER_PORT": env["MASTER_PORT"], "OPBENCH_LAUNCHER": "srun"}
+                         "node's host name and a free port; README: \"All-reduce across ranks\")")
+    per_node = tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", tasks))
+    local_ranks = per_node[min(int(env.get("SLURM_NODEID", "0")), len(per_node) - 1)]
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": tasks, "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": str(local_ranks), "MASTER_ADDR": env["MASTER_ADDR"], "MASTER_PORT": env["MASTER_PORT"],
+            "OPBENCH_LAUNCHER": "srun"}
 
 
 class RanksError(RuntimeError):
@@ -65,8 +82,10 @@ class RanksError(RuntimeError):
 class Ranks:
     """The worker processes of R ranks running one list of tasks, read as they answer."""
 
+    _starts = itertools.count()  # starts of ranks under srun in this process (each srun task runs the same plan)
+
     def __init__(self, backend: str, ranks: int, setup: dict[str, Any], tasks: list[dict[str, Any]], folder: Path,
-                 log_path: Path, env: dict[str, str], port_offset: int = 0):
+                 log_path: Path, env: dict[str, str]):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         slurm = slurm_rank()
@@ -83,7 +102,7 @@ class Ranks:
         worker = [sys.executable, "-m", "suite.worker", str(spec)]
         self.procs: list[subprocess.Popen] = []
         if slurm is not None:
-            port = str(int(slurm["MASTER_PORT"]) + port_offset)  # a port per group: the last one may linger
+            port = str(int(slurm["MASTER_PORT"]) + PORT_STRIDE * next(Ranks._starts))  # every rank counts alike
             self._start(worker, {**env, **slurm, "MASTER_PORT": port})
         else:
             port = str(free_port())

@@ -427,7 +427,7 @@ def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: l
                held: dict[MeasurementKey, Measurement], log_path: Path, began: float) -> None:
     """The tasks of an all-reduce across ``count`` ranks, as one list per start of the ranks (``suite.ranks``);
     after a timeout or a death the rest start again on fresh ranks."""
-    pending, starts = list(tasks), 0
+    pending = list(tasks)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -442,13 +442,12 @@ def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: l
                      "l2": t.l2} for t in pending]
         folder = log_path.with_suffix("").with_name(f"{log_path.stem}.ranks-{uuid.uuid4().hex[:8]}")
         try:
-            group = ranks.Ranks(backend, count, setup, messages, folder, log_path, env, port_offset=starts)
+            group = ranks.Ranks(backend, count, setup, messages, folder, log_path, env)
         except ranks.RanksError as exc:
             for task in pending:
                 _finish(writer, task, {"status": "error", "reason": str(exc)}, run_id, {}, counts, report,
                         held.get(task.key))
             return
-        starts += 1
         try:
             state, hellos = group.receive(0, WORKER_START_TIMEOUT_S)
             not_ready = next((h for h in hellos if h.get("type") != "ready"), None)

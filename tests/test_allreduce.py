@@ -205,14 +205,17 @@ def test_a_rank_reads_torchruns_variables(monkeypatch):
 
 
 def test_an_srun_task_is_a_rank_with_slurms_numbers():
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
-           "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
-    assert ranks.slurm_rank(env) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+    env = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "5", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+           "SLURM_STEP_TASKS_PER_NODE": "3,2", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    assert ranks.slurm_rank(env) == {"RANK": "3", "WORLD_SIZE": "5", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
                                      "MASTER_ADDR": "node1", "MASTER_PORT": "29500", "OPBENCH_LAUNCHER": "srun"}
-    assert ranks.slurm_rank({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # a batch script's own step
+    assert ranks.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "MASTER_ADDR": "node1", "MASTER_PORT": "1"}
+    assert ranks.slurm_rank(batch_script) is None  # the job script itself is no rank: srun starts the ranks
+    assert ranks.slurm_rank({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}) is None
     assert ranks.slurm_rank({}) is None
     with pytest.raises(ranks.RanksError, match="MASTER_ADDR and MASTER_PORT"):
-        ranks.slurm_rank({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+        ranks.slurm_rank({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
 
 
 def test_busbw_of_one_rank_is_zero_not_a_division():
