@@ -220,3 +220,13 @@ def test_an_srun_task_is_a_rank_with_slurms_numbers():
 
 def test_busbw_of_one_rank_is_zero_not_a_division():
     assert math.isclose(AllReduce(10, 1).bus_factor, 0.0)
+
+
+def test_list_subsets_lists_allreduce():
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "suite", "list", "--subsets"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "│ allreduce " in listed.stdout
