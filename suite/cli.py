@@ -109,12 +109,17 @@ def shape_folders(values: str | list[str] | None) -> list[Path]:
 def subset_name(args: argparse.Namespace) -> str:
     """The subset ``list``, ``run`` and ``check`` select from: --catalog, else ``DEFAULT_SUBSET`` when nothing but the
     bundled catalog is named, else the whole catalog (an --id or --tag, or a folder of one's own, name cases from
-    every case; --op and --source only narrow), so ``list`` shows what ``run`` with the same flags measures."""
+    every case; --op and --source only narrow, but an --op kind the default subset lacks selects from every case),
+    so ``list`` shows what ``run`` with the same flags measures."""
     if args.catalog:
         return args.catalog
     chosen = args.id or args.tag
     own = {folder.resolve() for folder in shape_folders(args.shapes)} != {SHAPES_DIR}
-    return WHOLE_CATALOG if chosen or own else DEFAULT_SUBSET
+    if chosen or own:
+        return WHOLE_CATALOG
+    if args.op and not any(c.op.kind == args.op for c in load_catalog().subset(DEFAULT_SUBSET)):
+        return WHOLE_CATALOG  # an op kind the default subset lacks (allreduce): every case of that kind
+    return DEFAULT_SUBSET
 
 
 def at_ranks(case: Case, ranks: int) -> Case:

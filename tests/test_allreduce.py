@@ -5,7 +5,10 @@ rank learns its place (torchrun's variables, srun's, its share of the CPUs)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -222,11 +225,19 @@ def test_busbw_of_one_rank_is_zero_not_a_division():
     assert math.isclose(AllReduce(10, 1).bus_factor, 0.0)
 
 
-def test_list_subsets_lists_allreduce():
-    import subprocess
-    import sys
-
-    listed = subprocess.run([sys.executable, "-m", "suite", "list", "--subsets"], capture_output=True, text=True,
+def _suite(*args: str) -> str:
+    listed = subprocess.run([sys.executable, "-m", "suite", *args], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert "│ allreduce " in listed.stdout
+    return listed.stdout
+
+
+def test_list_subsets_lists_allreduce():
+    assert "│ allreduce " in _suite("list", "--subsets")
+
+
+def test_op_allreduce_alone_selects_every_allreduce_case_at_the_ranks_given():
+    listed = json.loads(_suite("list", "--op", "allreduce", "--ranks", "4", "--format", "json"))
+    assert len(listed) == len(load_catalog().subset("allreduce"))
+    assert all(c["id"].endswith("-r4") and c["dims"]["ranks"] == 4 for c in listed)
+    assert {c["op"] for c in json.loads(_suite("list", "--op", "conv2d", "--format", "json"))} == {"conv2d"}
