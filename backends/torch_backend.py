@@ -288,7 +288,8 @@ class TorchBackend(Backend):
     def gpu_id(self) -> str | None:
         if self.settings.device != "gpu":
             return None
-        uuid = str(getattr(self.torch.cuda.get_device_properties(0), "uuid", "") or "")
+        # the current device: 0, or a rank's own (join sets it to its local rank)
+        uuid = str(getattr(self.torch.cuda.get_device_properties(self.torch.cuda.current_device()), "uuid", "") or "")
         return (uuid if uuid.startswith("GPU-") else f"GPU-{uuid}") if uuid else None
 
     def cache_bytes(self) -> int | None:

@@ -241,3 +241,28 @@ def test_op_allreduce_alone_selects_every_allreduce_case_at_the_ranks_given():
     assert len(listed) == len(load_catalog().subset("allreduce"))
     assert all(c["id"].endswith("-r4") and c["dims"]["ranks"] == 4 for c in listed)
     assert {c["op"] for c in json.loads(_suite("list", "--op", "conv2d", "--format", "json"))} == {"conv2d"}
+
+
+# ------------------------------------------------------------------------------------------------ GPU paths, faked
+def test_a_torch_rank_on_a_gpu_joins_over_nccl_on_its_own_gpu(monkeypatch):
+    """No GPU here: torch's CUDA and process-group calls are faked, and what join asks of them is checked."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from backends.base import RankGroup, Settings
+    from backends.torch_backend import TorchBackend
+
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.__setitem__("device", index))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: calls.__setitem__("init", (backend, kw["rank"], kw["world_size"])))
+    monkeypatch.setattr(torch.distributed, "new_group", lambda backend: calls.__setitem__("agree", backend) or "g")
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")
+    backend = TorchBackend(Settings(device="gpu"))
+    joined = backend.join(RankGroup(rank=5, ranks=8, local_rank=1, local_ranks=4, address="n1", port=1))
+    assert calls == {"device": 1, "init": ("nccl", 5, 8), "agree": "gloo"}  # timing agrees over gloo, on the host
+    assert joined["communication"] == "nccl" and (backend.rank, backend.ranks) == (5, 8)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=f"uuid-{index}"))
+    assert backend.gpu_id() == "GPU-uuid-1"  # NVML samples the rank's own GPU, not GPU 0
