@@ -426,7 +426,8 @@ SLOWED_BY = {"contended": f"other processes took at least {CONTENDED_SHARE:.0%} 
 def progress_line(m: Measurement) -> str:
     """One finished measurement as the progress display prints it, with its timing flags."""
     k = m.key
-    rate = f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else ""
+    rate = (f"  busbw {m.busbw_gbps:6.3g} GB/s" if math.isfinite(m.busbw_gbps) else  # a collective: its bandwidth
+            f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else "")
     timing = f"{format_seconds(m.median)}{rate}" if m.stats else ""
     return (f"{m.status:<11} {k.backend:<10} {k.pass_:<15} {k.dtype} {k.mode:<8} {k.case:<40} {timing} "
             f"{m.check.status if m.check else ''} {' '.join(m.timing_flags)} {m.reason or ''}")[:240]

@@ -17,7 +17,7 @@ import pytest
 
 from suite import ranks, runner, worker
 from suite.catalog import load_catalog
-from suite.cli import at_ranks
+from suite.cli import at_ranks, progress_line
 from suite.ops import AllReduce, op_from_dict, op_to_dict
 from suite.reference import ALLREDUCE_BOUND, expected, make_inputs, reduced, reference_inputs, round_to
 from suite.results import Measurement, MeasurementKey
@@ -53,6 +53,7 @@ def test_measurement_records_algbw_and_busbw():
     record = m.to_record()
     assert record["algbw_gbps"] == pytest.approx(4.0) and record["busbw_gbps"] == pytest.approx(6.0)
     assert Measurement.from_record(record).to_record() == record  # the rates are not kept as extra facts
+    assert "busbw      6 GB/s" in progress_line(m) and "GFLOP/s" not in progress_line(m)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
