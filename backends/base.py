@@ -118,6 +118,11 @@ class Backend(ABC):
         what to record (e.g. the communication backend); raise ``Unsupported`` where the framework cannot."""
         raise Unsupported(f"{self.name} has no collectives across processes in opbench")
 
+    def ranks_held(self, op: Op, variant: Variant) -> tuple[int, ...]:
+        """The ranks whose inputs this process holds: its own, or every rank where one process drives R devices
+        (layout ``devices``); with several, each input arrives as one row per rank."""
+        return (self.rank,)
+
     def agree(self, value: float) -> float:
         """The maximum of ``value`` over the ranks (a collective of its own, outside every timed call): the
         harness's timing decisions, so that every rank runs the same calls."""

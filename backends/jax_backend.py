@@ -19,7 +19,10 @@ narrows the affinity to the first ``threads`` CPUs (before any device use) and r
 
 All-reduce: ``jax.lax.psum`` under ``jax.shard_map`` over a mesh of one device per process, the processes joined by
 ``jax.distributed.initialize`` (JAX has no launcher: the runner or srun starts them); on the CPU over gloo
-(``jax_cpu_collectives_implementation``), on GPUs over NCCL through XLA. The sum goes to a new buffer (no donation).
+(``jax_cpu_collectives_implementation``), on GPUs over NCCL through XLA. Layout ``devices``: ONE process drives every
+rank's device (the runner says how many in OPBENCH_LOCAL_DEVICES; on the CPU XLA is asked for that many host devices
+with ``--xla_force_host_platform_device_count``), JAX's single-process psum; its input is every rank's row. The sum
+goes to a new buffer (no donation).
 
 GPU memory: JAX preallocates 75% of the GPU when its backend starts; the worker sets
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless the user set it) so the memory guard sees what is really free, and
@@ -69,7 +72,7 @@ class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",), "allreduce": ("processes",)}
+               "rnn": ("BTI",), "allreduce": ("processes", "devices")}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -84,7 +87,10 @@ class JaxBackend(Backend):
         """Append the flags that settings.options ask for to XLA_FLAGS (idempotent)."""
         flags = os.environ.get("XLA_FLAGS", "")
         if settings.options.get("ynn_conv") == "off" and YNN_OFF_FLAG not in flags.split():
-            os.environ["XLA_FLAGS"] = f"{flags} {YNN_OFF_FLAG}".strip()
+            os.environ["XLA_FLAGS"] = flags = f"{flags} {YNN_OFF_FLAG}".strip()
+        devices = os.environ.get("OPBENCH_LOCAL_DEVICES")  # one process driving R ranks' devices (suite.runner)
+        if devices and settings.device == "cpu" and "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(devices)}".strip()
 
     def versions(self) -> dict[str, str]:
         import jaxlib
@@ -263,6 +269,9 @@ class JaxBackend(Backend):
         """jax.distributed across the processes (before the backend starts), gloo collectives on the CPU."""
         jax = self.jax
         gpu = self.settings.device == "gpu"
+        if group.ranks == 1:  # one process: the devices it drives are the ranks (layout devices)
+            return {"communication": "XLA within one process", "local_devices": os.environ.get(
+                "OPBENCH_LOCAL_DEVICES", "1")}
         if not gpu:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=f"{group.address}:{group.port}", num_processes=group.ranks,
@@ -280,21 +289,42 @@ class JaxBackend(Backend):
         # float32 (JAX without x64): 7 significant digits of a time or a byte count
         return float(np.max(multihost_utils.process_allgather(np.array([value], dtype=np.float32))))
 
+    def ranks_held(self, op: Op, variant: Variant) -> tuple[int, ...]:
+        if isinstance(op, AllReduce) and variant.layout == "devices":
+            return tuple(range(op.ranks))
+        return (self.rank,)
+
     def _allreduce(self, op: AllReduce, variant: Variant, args: dict[str, Any]):
-        """psum of every process's buffer, as one global array of one row per process."""
+        """psum of every rank's buffer, as one global array of one row per rank: a row per process (each its own
+        device), or every row in this process, one per local device (layout devices)."""
         jax = self.jax
-        if not self.jax.distributed.is_initialized():
-            raise Unsupported("the JAX all-reduce runs across processes: start it with run --ranks R")
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-        mesh = Mesh(np.array(jax.devices(self.device.platform)), ("ranks",))
         rows = PartitionSpec("ranks")
-        array = jax.make_array_from_single_device_arrays((self.ranks, op.elements), NamedSharding(mesh, rows),
-                                                         [args["x"].reshape(1, op.elements)])
+        if variant.layout == "devices":
+            devices = jax.local_devices(backend=self.device.platform)
+            if len(devices) < op.ranks:
+                raise Unsupported(f"{op.ranks} ranks in one process need {op.ranks} local {self.device.platform} "
+                                  f"devices; JAX sees {len(devices)}")
+            mesh = Mesh(np.array(devices[:op.ranks]), ("ranks",))
+            array = jax.block_until_ready(jax.device_put(args["x"], NamedSharding(mesh, rows)))
+        elif not self.jax.distributed.is_initialized():
+            raise Unsupported("the JAX all-reduce runs across processes: start it with run --ranks R")
+        else:
+            mesh = Mesh(np.array(jax.devices(self.device.platform)), ("ranks",))
+            array = jax.make_array_from_single_device_arrays((self.ranks, op.elements), NamedSharding(mesh, rows),
+                                                             [args["x"].reshape(1, op.elements)])
         summed = jax.shard_map(lambda rows_: jax.lax.psum(rows_, "ranks"), mesh=mesh, in_specs=rows, out_specs=rows)
         start = time.perf_counter()
         compiled = jax.jit(summed).lower(array).compile()
-        return (lambda: compiled(array)), {"compile_s": time.perf_counter() - start, "in_place": False}
+        details = {"compile_s": time.perf_counter() - start, "in_place": False}
+        if variant.layout == "devices" and self.device.platform == "cpu":
+            # XLA:CPU's in-process collective deadlocks when calls are queued back to back (measured on 2 cores, 2
+            # host devices: the second call's rendezvous never completes, and XLA aborts after 40 s); each call
+            # waits for its own sum, a host round trip per call that a GPU's queued calls do not pay.
+            details["waits_each_call"] = True
+            return (lambda: jax.block_until_ready(compiled(array))), details
+        return (lambda: compiled(array)), details
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax
@@ -339,8 +369,10 @@ class JaxBackend(Backend):
         self.jax.block_until_ready(out)
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
-        if isinstance(op, AllReduce):  # this process's row of the global sum
-            return np.asarray(out.addressable_shards[0].data, dtype=np.float64).reshape(op.elements)
+        if isinstance(op, AllReduce):  # this process's rows of the global sum, which must all be equal: rows that
+            rows = [np.asarray(s.data, dtype=np.float64).reshape(op.elements) for s in out.addressable_shards]
+            same = all(np.array_equal(row, rows[0]) for row in rows)  # differ fail the check (NaN), whichever is off
+            return rows[0] if same else np.full(op.elements, np.nan)
         array = np.asarray(out).astype(np.float64)
         perm = self._perm(name, op, variant)
         return array if perm is None else array.transpose(np.argsort(perm))

@@ -352,8 +352,9 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
         log_path = out.with_suffix(".worker.log")
         for (backend, settings), group in groups.items():
             collective = [t for t in group if t.case.op.kind == "allreduce"]
-            for count in dict.fromkeys(t.case.op.ranks for t in collective):  # type: ignore[attr-defined]
-                _run_ranks(writer, backend, settings, [t for t in collective if t.case.op.ranks == count], count,
+            for count, processes in dict.fromkeys((t.case.op.ranks, _processes(t)) for t in collective):
+                _run_ranks(writer, backend, settings, [t for t in collective if (t.case.op.ranks, _processes(t)) ==
+                                                       (count, processes)], count, processes,
                            options, run_id, counts, report, held, log_path, began)
             pending = [t for t in group if t not in collective]
             while pending:
@@ -422,13 +423,24 @@ def combine(results_: list[dict[str, Any]], hello: dict[str, Any]) -> dict[str, 
     return combined
 
 
+ONE_PROCESS_LAYOUT = "devices"  # a collective's layout run by ONE process driving R devices (JAX's local psum)
+
+
+def _processes(task: Task) -> int:
+    """How many processes a collective task's ranks take: one per rank, or one for layout ``devices``."""
+    return 1 if task.variant.layout == ONE_PROCESS_LAYOUT else task.case.op.ranks  # type: ignore[attr-defined]
+
+
 def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: list[Task], count: int,
-               options: RunOptions, run_id: str, counts: dict[str, int], report: Reporter | None,
+               processes: int, options: RunOptions, run_id: str, counts: dict[str, int], report: Reporter | None,
                held: dict[MeasurementKey, Measurement], log_path: Path, began: float) -> None:
-    """The tasks of an all-reduce across ``count`` ranks, as one list per start of the ranks (``suite.ranks``);
-    after a timeout or a death the rest start again on fresh ranks."""
+    """The tasks of an all-reduce across ``count`` ranks in ``processes`` processes (one per rank, or one driving
+    every rank's device, told by OPBENCH_LOCAL_DEVICES), as one list per start of the processes (``suite.ranks``);
+    after a timeout or a death the rest start again on fresh ones."""
     pending = list(tasks)
     env = dict(os.environ)
+    if processes != count:
+        env["OPBENCH_LOCAL_DEVICES"] = str(count)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     setup = {"backend": backend, "settings": dataclasses.asdict(settings),
@@ -442,7 +454,7 @@ def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: l
                      "l2": t.l2} for t in pending]
         folder = log_path.with_suffix("").with_name(f"{log_path.stem}.ranks-{uuid.uuid4().hex[:8]}")
         try:
-            group = ranks.Ranks(backend, count, setup, messages, folder, log_path, env)
+            group = ranks.Ranks(backend, processes, setup, messages, folder, log_path, env)
         except ranks.RanksError as exc:
             for task in pending:
                 _finish(writer, task, {"status": "error", "reason": str(exc)}, run_id, {}, counts, report,
@@ -455,8 +467,8 @@ def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: l
                 if not_ready is not None and not_ready.get("type") == "unsupported":
                     result = {"status": "unsupported", "reason": not_ready["reason"]}
                 else:
-                    why = (not_ready["reason"] if not_ready else
-                           f"the {count} ranks did not start ({state}: {group.exits()}): {group.log_tail()}")
+                    why = (not_ready["reason"] if not_ready else f"the {processes} processes of {count} ranks did "
+                           f"not start ({state}: {group.exits()}): {group.log_tail()}")
                     result = {"status": "error", "reason": why}
                 for task in pending:
                     _finish(writer, task, result, run_id, {}, counts, report, held.get(task.key))

@@ -25,6 +25,8 @@ import time
 import traceback
 from typing import IO, Any
 
+import numpy as np
+
 from suite.environment import available_memory_bytes, cpu_busy_s, usable_cpus
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Op, op_from_dict
@@ -106,7 +108,9 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
                           f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
                           memory={"need_bytes": need, "free_bytes": free})
             return result  # the finally below still adds wall_s
-        inputs = make_inputs(op, seed, backend.rank)
+        held = backend.ranks_held(op, variant)
+        inputs = (make_inputs(op, seed, held[0]) if len(held) == 1 else  # one process driving several ranks' devices
+                  {name: np.stack([make_inputs(op, seed, r)[name] for r in held]) for name in op.operands})
         prepared = backend.prepare(op, variant, inputs)
         result.update(first_call_s=prepared.first_call_s, details=prepared.details)
         if check:

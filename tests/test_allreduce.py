@@ -267,3 +267,22 @@ def test_a_torch_rank_on_a_gpu_joins_over_nccl_on_its_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=f"uuid-{index}"))
     assert backend.gpu_id() == "GPU-uuid-1"  # NVML samples the rank's own GPU, not GPU 0
+
+
+def test_jax_devices_that_disagree_fail_the_check_whichever_is_off():
+    pytest.importorskip("jax")
+    from types import SimpleNamespace
+
+    from backends.base import Settings, Variant
+    from backends.jax_backend import JaxBackend
+
+    op, variant = AllReduce(elements=3, ranks=2), Variant("forward", layout="devices")
+    backend = JaxBackend(Settings())
+
+    def out(*rows):
+        return SimpleNamespace(addressable_shards=[SimpleNamespace(data=np.array([row])) for row in rows])
+
+    assert backend.to_numpy(out([2, 0, -1], [2, 0, -1]), "y", op, variant).tolist() == [2, 0, -1]
+    for rows in (([2, 0, -1], [9, 0, -1]), ([9, 0, -1], [2, 0, -1])):
+        assert np.isnan(backend.to_numpy(out(*rows), "y", op, variant)).all()
+    assert backend.ranks_held(op, variant) == (0, 1) and backend.ranks_held(op, Variant("forward")) == (0,)

@@ -95,3 +95,17 @@ def test_a_rank_that_dies_or_hangs_is_recorded_and_the_rest_run_on_fresh_ranks(t
         for _ in range(100):
             os.kill(pid, 0)
             time.sleep(0.1)
+
+
+def test_jax_psum_across_the_local_devices_of_one_process(tmp_path):
+    pytest.importorskip("jax")
+    out = tmp_path / "devices.jsonl"
+    run = suite("run", *FAST, "--id", "allreduce-sweep-2e10", "--backend", "jax", "--layout", "devices", "-o",
+                str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    (m,) = records(out)
+    assert m["status"] == "ok" and m["layout"] == "devices" and m["check"]["errors"]["y"] == 0.0, m["reason"]
+    assert m["details"]["communication"] == "XLA within one process" and len(m["details"]["ranks"]) == 1
+    assert m["details"]["waits_each_call"] is True  # XLA:CPU's in-process collective, one call at a time
+    (worker,) = records(out, "worker")
+    assert "--xla_force_host_platform_device_count=2" in worker["flags"]["XLA_FLAGS"]
