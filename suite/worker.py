@@ -98,7 +98,8 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     prepared = None
     try:
         free, source = memory_budget(backend.settings.device, backend.free_memory_bytes())
-        if free is not None and backend.ranks > 1:  # every rank skips, or none: the least free memory decides
+        # ranks of a collective all skip, or none: the least free memory decides (a duck-typed backend has none)
+        if free is not None and getattr(backend, "ranks", 1) > 1:
             free = int(-backend.agree(-float(free)))
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if task.get("l2") == "cold" and timing is not None:  # the clearing buffer lives beside the operands
