@@ -614,7 +614,7 @@ def bus_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
                     best = (b, int(ranks), top["busbw"])
                 rows.append([cell(b, num=False), cell(f"{int(ranks)}"), cell(f"{part['case'].nunique()}"),
                              cell(f"{top['bytes'] / 1e6:.4g} MB"), cell(f"{top['gbps']:.3g} GB/s"),
-                             cell(f"{top['busbw']:.3g} GB/s"), cell(f"{small['bytes']:.3g} B"),
+                             cell(f"{top['busbw']:.3g} GB/s"), cell(f"{small['bytes'] / 1e3:.4g} kB"),
                              cell(format_seconds(small["median_s"]))])
         roof = group["bandwidth_gbps"].max()
         head = f"{on(key[1])}, the highest {label[:-1] if label.endswith('s') else label} bus bandwidth is " \
