@@ -21,8 +21,8 @@ from suite.ops import INT8_PADDING, OUTPUTS, WRT, Op
 from suite.timing import host_timed
 from suite.variant import Settings, Variant
 
-__all__ = ["OUTPUTS", "WRT", "Backend", "DeviceMissing", "Placement", "Prepared", "Settings", "Unsupported",
-           "Variant"]
+__all__ = ["OUTPUTS", "WRT", "Backend", "DeviceMissing", "Placement", "Prepared", "RankGroup", "Settings",
+           "Unsupported", "Variant"]
 
 
 class Unsupported(Exception):
@@ -39,6 +39,21 @@ class Placement:
 
     device: str  # e.g. "cuda:0", TensorFlow's "/job:localhost/replica:0/task:0/device:GPU:0"
     on_gpu: bool  # by the framework's own device type, not by the device that was asked for
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """Where a process stands among the ranks of a collective, as the launcher (torchrun, srun, the runner) says:
+    its rank, the rank count, its rank and the count on this machine, and the first rank's address and a free port
+    for the rendezvous."""
+
+    rank: int
+    ranks: int
+    local_rank: int
+    local_ranks: int
+    address: str
+    port: int
+    launcher: str = "runner"  # who started the ranks: "torchrun", "srun" or "runner" (suite.ranks)
 
 
 @dataclass
@@ -96,6 +111,27 @@ class Backend(ABC):
 
     def release(self) -> None:
         """Return cached device memory between cases (e.g. a caching allocator's pool)."""
+
+    # --- collectives (op kind allreduce); a backend without them leaves these -----------------------
+    rank: int = 0  # this process's rank among ``ranks`` (set by ``join``)
+    ranks: int = 1
+
+    def join(self, group: RankGroup) -> dict[str, Any]:
+        """Join the ranks of ``group`` (before ``configure``: a framework sets up its collectives first) and return
+        what to record (e.g. the communication backend); raise ``Unsupported`` where the framework cannot."""
+        raise Unsupported(f"{self.name} has no collectives across processes in opbench")
+
+    def ranks_held(self, op: Op, variant: Variant) -> tuple[int, ...]:
+        """The ranks whose inputs this process holds: its own, or every rank where one process drives R devices
+        (layout ``devices``); with several, each input arrives as one row per rank."""
+        return (self.rank,)
+
+    def agree(self, value: float) -> float:
+        """The maximum of ``value`` over the ranks (a collective of its own, outside every timed call): the
+        harness's timing decisions, so that every rank runs the same calls."""
+        if self.ranks > 1:
+            raise NotImplementedError(f"{self.name} joined {self.ranks} ranks but has no agree()")
+        return value
 
     # --- GPU hooks (cold cache, NVML); the defaults fit a framework that cannot tell -------------
     def gpu_id(self) -> str | None:
@@ -163,7 +199,9 @@ class Backend(ABC):
         def outputs() -> dict[str, np.ndarray]:
             if kept is not None:
                 return kept
-            out = step()
+            # An op that overwrites its inputs (an in-place all-reduce) is checked on freshly placed ones.
+            out = (self.step(op, variant, {role: self.tensor(array, role, op, variant) for role, array in
+                                           arrays.items()})[0] if op.mutates_inputs else step)()
             self.sync(out)
             return convert(out)
 

@@ -21,6 +21,13 @@ logical dimension order the operands are handed over in.
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
 
+All-reduce: ``jax.lax.psum`` under ``jax.shard_map`` over a mesh of one device per process, the processes joined by
+``jax.distributed.initialize`` (JAX has no launcher: the runner or srun starts them); on the CPU over gloo
+(``jax_cpu_collectives_implementation``), on GPUs over NCCL through XLA. Layout ``devices``: ONE process drives every
+rank's device (the runner says how many in OPBENCH_LOCAL_DEVICES; on the CPU XLA is asked for that many host devices
+with ``--xla_force_host_platform_device_count``), JAX's single-process psum; its input is every rank's row. The sum
+goes to a new buffer (no donation).
+
 GPU memory: JAX preallocates 75% of the GPU when its backend starts; the worker sets
 ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless the user set it) so the memory guard sees what is really free, and
 records it with ``XLA_PYTHON_CLIENT_MEM_FRACTION``.
@@ -36,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
-from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn, Spmm
+from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
+from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Op, Rnn, Spmm
 from suite.reference import to_int8
+
+COLLECTIVE_TIMEOUT_S = 300  # jax.distributed.initialize: how long to wait for every process
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
 # option ynn_conv="off" removes that fusion type. XLA reads XLA_FLAGS once, when the backend starts.
@@ -69,8 +78,7 @@ class JaxBackend(Backend):
     modes = ("jit",)
     int8 = True  # GEMM and conv (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",),
-               "spmm": ("BCOO", "BCSR")}
+               "rnn": ("BTI",), "spmm": ("BCOO", "BCSR"), "allreduce": ("processes", "devices")}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -85,7 +93,10 @@ class JaxBackend(Backend):
         """Append the flags that settings.options ask for to XLA_FLAGS (idempotent)."""
         flags = os.environ.get("XLA_FLAGS", "")
         if settings.options.get("ynn_conv") == "off" and YNN_OFF_FLAG not in flags.split():
-            os.environ["XLA_FLAGS"] = f"{flags} {YNN_OFF_FLAG}".strip()
+            os.environ["XLA_FLAGS"] = flags = f"{flags} {YNN_OFF_FLAG}".strip()
+        devices = os.environ.get("OPBENCH_LOCAL_DEVICES")  # one process driving R ranks' devices (suite.runner)
+        if devices and settings.device == "cpu" and "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(devices)}".strip()
 
     def versions(self) -> dict[str, str]:
         import jaxlib
@@ -112,15 +123,15 @@ class JaxBackend(Backend):
         self._xla_flags(settings)
         if started and os.environ.get("XLA_FLAGS", "") != before:
             raise RuntimeError("JAX's backend already started; XLA_FLAGS from settings.options would be ignored")
-        if settings.threads:
+        cpus = sorted(os.sched_getaffinity(0))
+        if settings.threads and cpus[: settings.threads] != cpus:  # (a rank is pinned to its threads' CPUs already)
             if started:
                 raise RuntimeError("JAX's backend already started; its CPU thread pool is sized, set threads first")
-            cpus = sorted(os.sched_getaffinity(0))
             os.sched_setaffinity(0, cpus[: settings.threads])
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if settings.math == "tf32" else "float32")
         if settings.device not in self.devices():
             raise DeviceMissing(self._no_gpu())
-        self.device = jax.devices(settings.device)[0]
+        self.device = jax.local_devices(backend=settings.device)[0]  # this process's own (all of them, alone)
         flags: dict[str, Any] = {
             "threads": len(os.sched_getaffinity(0)),  # XLA:CPU sizes its pool from the affinity; no getter
             "cpu_affinity": sorted(os.sched_getaffinity(0)),
@@ -287,8 +298,71 @@ class JaxBackend(Backend):
 
         return rnn
 
+    def join(self, group: RankGroup) -> dict[str, Any]:
+        """jax.distributed across the processes (before the backend starts), gloo collectives on the CPU."""
+        jax = self.jax
+        gpu = self.settings.device == "gpu"
+        if group.ranks == 1:  # one process: the devices it drives are the ranks (layout devices)
+            return {"communication": "XLA within one process", "local_devices": os.environ.get(
+                "OPBENCH_LOCAL_DEVICES", "1")}
+        if not gpu:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"{group.address}:{group.port}", num_processes=group.ranks,
+                                   process_id=group.rank, local_device_ids=[group.local_rank] if gpu else None,
+                                   initialization_timeout=COLLECTIVE_TIMEOUT_S)
+        self.rank, self.ranks = group.rank, group.ranks
+        return {"communication": "nccl (XLA)" if gpu else f"{jax.config.jax_cpu_collectives_implementation} (XLA)",
+                "jax.process_count": jax.process_count()}
+
+    def agree(self, value: float) -> float:
+        if self.ranks == 1:
+            return value
+        from jax.experimental import multihost_utils
+
+        # float32 (JAX without x64): 7 significant digits of a time or a byte count
+        return float(np.max(multihost_utils.process_allgather(np.array([value], dtype=np.float32))))
+
+    def ranks_held(self, op: Op, variant: Variant) -> tuple[int, ...]:
+        if isinstance(op, AllReduce) and variant.layout == "devices":
+            return tuple(range(op.ranks))
+        return (self.rank,)
+
+    def _allreduce(self, op: AllReduce, variant: Variant, args: dict[str, Any]):
+        """psum of every rank's buffer, as one global array of one row per rank: a row per process (each its own
+        device), or every row in this process, one per local device (layout devices)."""
+        jax = self.jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        rows = PartitionSpec("ranks")
+        if variant.layout == "devices":
+            devices = jax.local_devices(backend=self.device.platform)
+            if len(devices) < op.ranks:
+                raise Unsupported(f"{op.ranks} ranks in one process need {op.ranks} local {self.device.platform} "
+                                  f"devices; JAX sees {len(devices)}")
+            mesh = Mesh(np.array(devices[:op.ranks]), ("ranks",))
+            array = jax.block_until_ready(jax.device_put(args["x"], NamedSharding(mesh, rows)))
+        elif not self.jax.distributed.is_initialized():
+            raise Unsupported("the JAX all-reduce runs across processes: start it with run --ranks R")
+        else:
+            mesh = Mesh(np.array(jax.devices(self.device.platform)), ("ranks",))
+            array = jax.make_array_from_single_device_arrays((self.ranks, op.elements), NamedSharding(mesh, rows),
+                                                             [args["x"].reshape(1, op.elements)])
+        summed = jax.shard_map(lambda rows_: jax.lax.psum(rows_, "ranks"), mesh=mesh, in_specs=rows, out_specs=rows)
+        start = time.perf_counter()
+        compiled = jax.jit(summed).lower(array).compile()
+        details = {"compile_s": time.perf_counter() - start, "in_place": False}
+        if variant.layout == "devices" and self.device.platform == "cpu":
+            # XLA:CPU's in-process collective deadlocks when calls are queued back to back (measured on 2 cores, 2
+            # host devices: the second call's rendezvous never completes, and XLA aborts after 40 s); each call
+            # waits for its own sum, a host round trip per call that a GPU's queued calls do not pay.
+            details["waits_each_call"] = True
+            return (lambda: jax.block_until_ready(compiled(array))), details
+        return (lambda: compiled(array)), details
+
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax
+        if isinstance(op, AllReduce):
+            return self._allreduce(op, variant, args)
         forward = self._forward(op, variant)
         names, wrt = op.inputs, op.wrt(variant.pass_)
 
@@ -330,6 +404,10 @@ class JaxBackend(Backend):
         self.jax.block_until_ready(out)
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
+        if isinstance(op, AllReduce):  # this process's rows of the global sum, which must all be equal: rows that
+            rows = [np.asarray(s.data, dtype=np.float64).reshape(op.elements) for s in out.addressable_shards]
+            same = all(np.array_equal(row, rows[0]) for row in rows)  # differ fail the check (NaN), whichever is off
+            return rows[0] if same else np.full(op.elements, np.nan)
         array = np.asarray(out).astype(np.float64)
         perm = self._perm(name, op, variant)
         return array if perm is None else array.transpose(np.argsort(perm))

@@ -29,6 +29,12 @@ op, so mode "xla" asks for the loop (``use_cudnn=False``).
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
 Option ``conv_padding="explicit"`` forces the explicit list (to measure that penalty).
+All-reduce: ``MultiWorkerMirroredStrategy`` over the worker processes (TensorFlow has no launcher: the runner starts
+them on one machine, with TF_CONFIG naming every worker at MASTER_ADDR:MASTER_PORT+1+rank; under srun TensorFlow's
+own ``SlurmClusterResolver`` finds the nodes), a replica context's ``all_reduce`` of the worker's buffer inside a
+tf.function (ring collectives over gRPC on the CPU, NCCL on GPUs); a new buffer, as TensorFlow has no in-place one.
+The strategy must exist before the runtime starts, so ``join`` only remembers the ranks and ``configure`` makes it.
+Modes eager and xla are refused for it (the strategy runs a tf.function).
 Placement: configure() hides the GPUs of a CPU run, so no op needs a device scope (no per-call overhead).
 Sync: sync_devices() waits for GPU streams and any async executor; on CPU TF runs ops synchronously by default
 (``synchronous_execution`` is recorded in the flags), so results are ready when a call returns.
@@ -41,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
-from suite.ops import Attention, Conv2d, Gemm, Op, Rnn, Spmm
+from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
+from suite.ops import AllReduce, Attention, Conv2d, Gemm, Op, Rnn, Spmm
 from suite.reference import to_int8
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
@@ -73,7 +79,9 @@ class TensorFlowBackend(Backend):
     modes = ("function", "eager", "xla")
     int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",), "spmm": ("COO",)}
+               "rnn": ("BTI",), "spmm": ("COO",), "allreduce": ("processes",)}
+    _group: RankGroup | None = None
+    _strategy: Any = None
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -101,6 +109,9 @@ class TensorFlowBackend(Backend):
         try:  # all of these must precede the runtime's start (the first op or device listing)
             if settings.device == "cpu" and gpus:
                 tf.config.set_visible_devices([], "GPU")
+            if settings.device == "gpu" and self._group is not None:  # a worker drives its own GPU
+                gpus = gpus[self._group.local_rank:self._group.local_rank + 1]
+                tf.config.set_visible_devices(gpus, "GPU")
             if settings.device == "gpu":  # grow as needed instead of taking nearly all GPU memory at start
                 for gpu in gpus:
                     tf.config.experimental.set_memory_growth(gpu, True)
@@ -109,6 +120,8 @@ class TensorFlowBackend(Backend):
                 tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
         except RuntimeError as error:
             raise RuntimeError(f"TensorFlow's runtime already started; configure() must come first: {error}") from None
+        if self._group is not None:
+            self._strategy = self._multi_worker(self._group)
         tf.config.experimental.enable_tensor_float_32_execution(settings.math == "tf32")
         from tensorflow.python.util import _pywrap_util_port  # private, but the only read-back of oneDNN's state
 
@@ -124,6 +137,65 @@ class TensorFlowBackend(Backend):
             flags["gpu"] = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "")
             flags["memory_growth"] = tf.config.experimental.get_memory_growth(gpus[0])
         return flags
+
+    def join(self, group: RankGroup) -> dict[str, Any]:
+        self._group = group
+        self.rank, self.ranks = group.rank, group.ranks
+        gpu = self.settings.device == "gpu"
+        return {"communication": "NCCL (MultiWorkerMirroredStrategy)" if gpu else
+                "ring over gRPC (MultiWorkerMirroredStrategy)"}
+
+    def _multi_worker(self, group: RankGroup) -> Any:
+        """The strategy across every worker: TF_CONFIG on one machine, Slurm's own resolver under srun."""
+        import json
+
+        tf = self.tf
+        experimental = tf.distribute.experimental
+        resolver = None
+        if group.launcher == "srun":
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=group.port + 1,
+                                                                           auto_set_gpu=False)
+        else:
+            os.environ["TF_CONFIG"] = json.dumps({
+                "cluster": {"worker": [f"{group.address}:{group.port + 1 + rank}" for rank in range(group.ranks)]},
+                "task": {"type": "worker", "index": group.rank}})
+        implementation = (experimental.CommunicationImplementation.NCCL if self.settings.device == "gpu" else
+                          experimental.CommunicationImplementation.RING)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=experimental.CommunicationOptions(
+                implementation=implementation))
+
+    def agree(self, value: float) -> float:
+        if self.ranks == 1:
+            return value
+        if self._agree is None:
+            tf, strategy = self.tf, self._strategy
+
+            rank, ranks = self.rank, self.ranks
+
+            def maximum(number):  # ReduceOp has only SUM and MEAN: each worker's number in its own slot, summed
+                mine = tf.one_hot(rank, ranks, dtype=tf.float64) * number
+                return tf.reduce_max(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, mine))
+
+            self._agree = tf.function(lambda number: strategy.run(maximum, args=(number,)), autograph=False)
+        return float(self._agree(self.tf.constant(value, self.tf.float64)).numpy())
+
+    _agree: Any = None
+
+    def _allreduce(self, op: AllReduce, variant: Variant, args: dict[str, Any]):
+        tf, strategy = self.tf, self._strategy
+        if strategy is None:
+            raise Unsupported("the TensorFlow all-reduce runs across processes: start it with run --ranks R")
+        if variant.mode != "function":
+            raise Unsupported(f"the TensorFlow all-reduce runs as a tf.function under MultiWorkerMirroredStrategy; "
+                              f"mode {variant.mode!r} does not apply")
+        buffer = args["x"]
+
+        def reduce():
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, buffer)
+
+        traced = tf.function(lambda: strategy.run(reduce), autograph=False)
+        return traced, {"in_place": False}
 
     def _no_gpu(self) -> str:
         from importlib import metadata
@@ -187,7 +259,7 @@ class TensorFlowBackend(Backend):
         role = _ROLE.get(role, role)
         if op.kind == "attention":  # every operand and gradient: B, H, L, D -> B, L, H, D
             return (0, 2, 1, 3)
-        if op.kind in ("gemm", "bgemm", "rnn", "spmm") or (variant.layout == "NCHW" and role != "w"):
+        if op.kind in ("gemm", "bgemm", "rnn", "spmm", "allreduce") or (variant.layout == "NCHW" and role != "w"):
             return None
         if role == "w" and op.depthwise:  # depthwise_conv2d's filter is R, S, C, K/C
             return (2, 3, 0, 1)
@@ -318,6 +390,8 @@ class TensorFlowBackend(Backend):
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         tf = self.tf
+        if isinstance(op, AllReduce):
+            return self._allreduce(op, variant, args)
         names, wrt_names = op.inputs, op.wrt(variant.pass_)
         if isinstance(op, Rnn):  # the layer's operands: x and its three variables (not differentiated: the bias)
             names, args = ("x", "w_ih", "w_hh", "bias"), {**args, "bias": self._keras_bias(op, args["b_ih"],
@@ -391,6 +465,10 @@ class TensorFlowBackend(Backend):
         return call, details
 
     def sync(self, out: Any) -> None:
+        if self._strategy is not None:  # sync_devices has no remote eager workers: wait for the output itself (on
+            if self.settings.device == "gpu":  # the CPU, ops run synchronously: done on return)
+                out[:1].numpy()
+            return
         self.tf.test.experimental.sync_devices()
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
+from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
 from suite.models import LEARNING_RATE, Model
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn, Spmm
+from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn, Spmm
 from suite.reference import to_int8
 
 # torch's CUDA _int_mm (cuBLASLt int8): A must have more than 16 rows, K and N must be multiples of 8 (checks in
@@ -46,6 +46,8 @@ def int_mm_refusal(op: Gemm, device: str) -> str:
     return (f"torch._int_mm on CUDA needs M > {INT_MM_CUDA_MIN_M} and K, N multiples of {INT_MM_CUDA_MULTIPLE}, got "
             f"M={op.m} N={op.n} K={op.k}; opbench does not pad int8 dimensions (DeepBench pads to multiples of 4)")
 
+COLLECTIVE_TIMEOUT_S = 600  # a peer that never comes: torch.distributed raises after this (the runner kills sooner)
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -53,7 +55,7 @@ class TorchBackend(Backend):
     int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
                "attention": ("BHLD",), "rnn": ("BTI",), "model": ("nchw", "channels_last"),
-               "spmm": ("CSR", "COO")}
+               "spmm": ("CSR", "COO"), "allreduce": ("processes",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -227,10 +229,52 @@ class TorchBackend(Backend):
             # (weights, per layer, input size, mode, hidden, projection, layers, batch_first, bidirectional)
             torch._cudnn_rnn_flatten_weight(weights, len(weights), op.input_size, mode, op.hidden, 0, 1, True, False)
 
+    def join(self, group: RankGroup) -> dict[str, Any]:
+        """torch.distributed over NCCL on a GPU (one GPU per local rank), gloo on the CPU; the timing's agreement runs
+        in a gloo group of its own, on host numbers."""
+        dist = self.torch.distributed
+        communication = "nccl" if self.settings.device == "gpu" else "gloo"
+        if communication == "nccl":
+            if not self.torch.cuda.is_available():
+                raise DeviceMissing(self._no_gpu())
+            self.torch.cuda.set_device(group.local_rank)
+        from datetime import timedelta
+
+        # env://: MASTER_ADDR and MASTER_PORT, as torchrun (whose agent already holds a store there) or srun's job
+        # script set them
+        dist.init_process_group(communication, init_method="env://", rank=group.rank, world_size=group.ranks,
+                                timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        self._agreement = dist.new_group(backend="gloo") if communication != "gloo" else dist.group.WORLD
+        self.rank, self.ranks = group.rank, group.ranks
+        return {"communication": communication, "torch.distributed": dist.get_backend()}
+
+    def agree(self, value: float) -> float:
+        if self.ranks == 1:
+            return value
+        dist = self.torch.distributed
+        number = self.torch.tensor([value], dtype=self.torch.float64)
+        dist.all_reduce(number, op=dist.ReduceOp.MAX, group=self._agreement)
+        return float(number.item())
+
+    def _allreduce(self, op: AllReduce, args: dict[str, Any]):
+        """dist.all_reduce in place on the rank's buffer (after the first call every rank holds the sum; each call
+        after multiplies it by R, until ±inf, which adds as fast)."""
+        if not self.torch.distributed.is_initialized():
+            raise Unsupported("torch all-reduce runs across processes: start it with run --ranks R")
+        all_reduce, buffer = self.torch.distributed.all_reduce, args["x"]
+
+        def run():
+            all_reduce(buffer)
+            return buffer
+
+        return run, {"in_place": True, "communication": self.torch.distributed.get_backend()}
+
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         torch = self.torch
         if isinstance(op, Model):
             return self._model_step(op, variant, args)
+        if isinstance(op, AllReduce):
+            return self._allreduce(op, args)
         forward = self._forward(op, variant)
         inputs, dy = [args[name] for name in op.inputs], args.get("dy")
         if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
@@ -379,7 +423,8 @@ class TorchBackend(Backend):
     def gpu_id(self) -> str | None:
         if self.settings.device != "gpu":
             return None
-        uuid = str(getattr(self.torch.cuda.get_device_properties(0), "uuid", "") or "")
+        # the current device: 0, or a rank's own (join sets it to its local rank)
+        uuid = str(getattr(self.torch.cuda.get_device_properties(self.torch.cuda.current_device()), "uuid", "") or "")
         return (uuid if uuid.startswith("GPU-") else f"GPU-{uuid}") if uuid else None
 
     def cache_bytes(self) -> int | None:

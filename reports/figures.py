@@ -543,3 +543,39 @@ def first_call(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | 
     ax.set(xlabel="framework and mode", ylabel="compile + first call (s, log)")
     fig.suptitle("First call (tracing, compilation, kernel selection)\ndots: measurements; bar: median")
     return fig
+
+
+def bus_bandwidth(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
+    """A collective's bus bandwidth (nccl-tests' busbw) against its message size, one line per framework (its
+    colour) and rank count (its line style), one panel per configuration; dotted: the machine's measured memory-copy
+    bandwidth (``--bandwidth``), where a run measured it."""
+    best = _best(frame)
+    best = best[best["pass"].eq("forward") & best["bus_factor"].gt(0)] if not best.empty else best
+    if best.empty:
+        return None
+    best["panel"] = panel_labels(best)
+    best["busbw"] = best["gbps"] * best["bus_factor"]
+    panels = sorted(best["panel"].unique())
+    backends, colors = _frameworks(best["backend"], palette)
+    counts = sorted(best["ranks"].dropna().unique())
+    styles = dict(zip(counts, ["-", "--", ":", "-."] * (len(counts) // 4 + 1), strict=False))
+    fig = _figure(6.5, 3.6 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), 1, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        data = best[best["panel"] == panel]
+        for backend in backends:
+            for ranks, part in data[data["backend"].eq(backend)].groupby("ranks"):
+                part = part.sort_values("bytes")
+                ax.plot(part["bytes"], part["busbw"], marker="X", linestyle=styles[ranks], color=colors[backend],
+                        label=f"{backend}, {int(ranks)} ranks")
+        roof = data["bandwidth_gbps"].max()
+        if np.isfinite(roof):
+            ax.axhline(roof, color="0.4", linestyle=":", label=f"memory copy {roof:.3g} GB/s (measured)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("message size, bytes (log)")
+        ax.set_ylabel("bus bandwidth, GB/s (log)")
+        ax.set_title(panel, fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Bus bandwidth by message size (slowest rank's time)", fontsize=10)
+    return fig

@@ -67,6 +67,8 @@ def _row(m: Measurement, machine: str) -> dict[str, Any]:
         # recorded as refused: not applicable, not a gap
         "applies": op is None or not op.refusal(key.pass_, key.dtype), "throttle_reasons": m.throttle_reasons,
         "tflops": m.tflops, "gbps": m.gbps,
+        # a collective's: busbw / algbw (nccl-tests' 2(R−1)/R for an all-reduce) and its rank count; NaN otherwise
+        "bus_factor": getattr(op, "bus_factor", math.nan), "ranks": getattr(op, "ranks", math.nan),
         # the rate at either end of the time's CI (the slower end first)
         "tflops_low": m.flops / stats.ci_high / 1e12 if ok and stats else math.nan,
         "tflops_high": m.flops / stats.ci_low / 1e12 if ok and stats else math.nan,

@@ -91,8 +91,16 @@ FIGURES = [
 
 
 def kind_figures(a: Analysis) -> list[FigureSpec]:
-    """One throughput figure per op kind beyond GEMM and conv in the results (its section's figure)."""
-    return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Throughput: {summary.kind_label(kind)}",
+    """One figure per op kind beyond GEMM and conv in the results (its section's figure): throughput, or for a
+    collective (a kind with a ``bus_factor``) its bus bandwidth against message size."""
+    return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Bus bandwidth: {summary.kind_label(kind)}",
+                       "Bus bandwidth (nccl-tests' busbw: message bytes / the slowest rank's median time × 2(R−1)/R) "
+                       "of each framework's fastest variant against the message size, one line per framework and "
+                       "rank count; dotted: the memory-copy bandwidth measured on the machine (run --bandwidth).",
+                       lambda a, kind=kind: figures.bus_bandwidth(a.pooled[a.pooled["op"].eq(kind)], a.palette),
+                       f"no successful {kind} measurement")
+            if summary.collective(kind) else
+            FigureSpec(summary.KIND_FIGURE.format(kind), f"Throughput: {summary.kind_label(kind)}",
                        "Achieved FLOP/s per case of each framework's fastest variant, per pass, with the 95% CI of the "
                        "median time turned into FLOP/s; passes the op does not have are not drawn.",
                        lambda a, kind=kind: figures.throughput(a.pooled[a.pooled["op"].eq(kind)], a.palette),

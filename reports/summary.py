@@ -17,7 +17,7 @@ import pandas as pd
 from reports.analysis import CONFIG, FORWARD_BACKWARD, INFERENCE, OVERHEAD_FACTOR, STEP, Analysis, whole_set
 from reports.frame import main_kinds
 from suite.catalog import PHASES
-from suite.ops import PASS_LABELS, PASSES, pass_label, varieties
+from suite.ops import OP_KINDS, PASS_LABELS, PASSES, pass_label, varieties
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS
 from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
@@ -878,6 +878,48 @@ def speedup_cell(row: pd.Series) -> dict[str, Any]:
                 f"{speedup_ci_text(row['low'], row['high'])} · {cases} case{'s' if cases != 1 else ''}")
 
 
+def collective(kind: str) -> bool:
+    """Whether an op kind is a collective across ranks (its class declares nccl-tests' ``bus_factor``): its section
+    and figure give bandwidths by message size and rank count, not FLOP/s."""
+    return hasattr(OP_KINDS.get(kind), "bus_factor")
+
+
+def bus_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
+    """A collective: per configuration, framework and rank count, the algorithm and bus bandwidths (nccl-tests') at
+    the largest message measured and the smallest message's time (the latency end), against the machine's measured
+    memory-copy bandwidth."""
+    label = kind_label(kind)
+    pooled = a.pooled
+    data = pooled[pooled["best"] & pooled["op"].eq(kind) & pooled["pass"].eq("forward")] if len(pooled) else pooled
+    if data.empty:
+        return [block(f"No successful measurement of {label} in these results.", missing=True)]
+    data = data.assign(busbw=data["gbps"] * data["bus_factor"])
+    blocks = []
+    for key, where, group in groups(data, CONFIG, pooled):
+        rows, best = [], None
+        for b in ordered(a, group["backend"]):
+            for ranks, part in group[group["backend"].eq(b)].groupby("ranks"):
+                top, small = part.loc[part["bytes"].idxmax()], part.loc[part["bytes"].idxmin()]
+                if best is None or top["busbw"] > best[2]:
+                    best = (b, int(ranks), top["busbw"])
+                rows.append([cell(b, num=False), cell(f"{int(ranks)}"), cell(f"{part['case'].nunique()}"),
+                             cell(f"{top['bytes'] / 1e6:.4g} MB"), cell(f"{top['gbps']:.3g} GB/s"),
+                             cell(f"{top['busbw']:.3g} GB/s"), cell(f"{small['bytes'] / 1e3:.4g} kB"),
+                             cell(format_seconds(small["median_s"]))])
+        roof = group["bandwidth_gbps"].max()
+        head = f"{on(key[1])}, the highest {label[:-1] if label.endswith('s') else label} bus bandwidth is " \
+               f"{best[0]}'s across {best[1]} ranks, {best[2]:.3g} GB/s at the largest message"
+        head += (f", {best[2] / roof:.0%} of the memory-copy bandwidth measured here ({roof:.3g} GB/s)." if
+                 np.isfinite(roof) else "; no run measured the memory-copy bandwidth here (run --bandwidth).")
+        columns = ["framework", "ranks", "sizes", "largest message", "algbw", "busbw", "smallest message",
+                   "its time"]
+        blocks.append(block(head, [table(columns, rows, caption=(
+            "Each framework's fastest variant: algbw = message bytes / median time of the slowest rank, busbw = "
+            "algbw × 2(R−1)/R (nccl-tests), comparable with a link's or a memory copy's bandwidth whatever R; the "
+            "smallest message's time is the latency end of the sweep."))], [], where))
+    return blocks
+
+
 def cache_state(a: Analysis) -> str:
     """Which L2 state the GPU numbers are in (warm: operands may stay in L2 between calls; cold: cleared before every
     call); '' without GPU results."""
@@ -914,7 +956,10 @@ def answers(a: Analysis) -> list[dict[str, Any]]:
     out = [{"id": qid, "question": question, "blocks": answer(a), "figure": figure}
            for qid, question, answer, figure in QUESTIONS]
     at = next(i for i, q in enumerate(out) if q["id"] == "steps") + 1
-    out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
+    out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: what bus bandwidth, by message size and "
+                   "rank count?", "blocks": bus_section(a, kind), "figure": KIND_FIGURE.format(kind)}
+                  if collective(kind) else
+                  {"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
                    "blocks": kind_section(a, kind), "figure": KIND_FIGURE.format(kind)} for kind in a.kinds]
     if has_inference(a):  # after the op kinds' sections, before the peaks
         at = next(i for i, q in enumerate(out) if q["id"] == "peak")

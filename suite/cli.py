@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import math
@@ -26,7 +27,7 @@ from suite import missing_module, setup_advice, show
 from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.compare import CompareError
 from suite.environment import usable_cpus
-from suite.ops import DTYPES, FLOAT_DTYPES, INT8_FORWARD_ONLY, OP_KINDS, PASSES
+from suite.ops import DTYPES, FLOAT_DTYPES, INT8_FORWARD_ONLY, OP_KINDS, PASSES, with_ranks
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
 from suite.stats import CONTENDED_SHARE, format_seconds
 from suite.timing import TimingConfig
@@ -94,6 +95,9 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shapes", action="append", default=None, metavar="DIR",
                        help="catalog folder; repeatable or a comma list, which load as one catalog ('bundled' "
                             "is the bundled one, the default): --shapes bundled,my-shapes")
+    group.add_argument("--ranks", type=int, default=2, metavar="R",
+                       help="all-reduce cases: across R ranks (processes; default %(default)s), each case id "
+                            "suffixed -rR")
 
 
 def shape_folders(values: str | list[str] | None) -> list[Path]:
@@ -105,15 +109,31 @@ def shape_folders(values: str | list[str] | None) -> list[Path]:
 def subset_name(args: argparse.Namespace) -> str:
     """The subset ``list``, ``run`` and ``check`` select from: --catalog, else ``DEFAULT_SUBSET`` when nothing but the
     bundled catalog is named, else the whole catalog (an --id or --tag, or a folder of one's own, name cases from
-    every case; --op and --source only narrow), so ``list`` shows what ``run`` with the same flags measures."""
+    every case; --op and --source only narrow, but an --op kind the default subset lacks selects from every case),
+    so ``list`` shows what ``run`` with the same flags measures."""
     if args.catalog:
         return args.catalog
     chosen = args.id or args.tag
     own = {folder.resolve() for folder in shape_folders(args.shapes)} != {SHAPES_DIR}
-    return WHOLE_CATALOG if chosen or own else DEFAULT_SUBSET
+    if chosen or own:
+        return WHOLE_CATALOG
+    if args.op and not any(c.op.kind == args.op for c in load_catalog().subset(DEFAULT_SUBSET)):
+        return WHOLE_CATALOG  # an op kind the default subset lacks (allreduce): every case of that kind
+    return DEFAULT_SUBSET
+
+
+def at_ranks(case: Case, ranks: int) -> Case:
+    """An all-reduce case run across ``ranks`` ranks, under an id of its own (``<id>-r<ranks>``) so that runs at two
+    rank counts are two measurements; any other case as it is."""
+    if case.op.kind != "allreduce":
+        return case
+    return dataclasses.replace(case, id=f"{case.id}-r{ranks}", op=with_ranks(case.op, ranks))
 
 
 def select(args: argparse.Namespace) -> list[Case]:
+    ranks = getattr(args, "ranks", 2)
+    if ranks < 1:
+        raise UsageError(f"--ranks must be an integer >= 1, got {ranks}")
     catalog = load_catalog(shape_folders(args.shapes))
     cases = catalog.subset(subset_name(args))
     if args.id:
@@ -125,7 +145,7 @@ def select(args: argparse.Namespace) -> list[Case]:
     if args.source:
         needle = args.source.lower()
         cases = [c for c in cases if needle in f"{c.provenance.network} {c.provenance.source}".lower()]
-    return cases
+    return [at_ranks(c, ranks) for c in cases]
 
 
 def _gflop(value: float) -> str:
@@ -415,7 +435,8 @@ SLOWED_BY = {"contended": f"other processes took at least {CONTENDED_SHARE:.0%} 
 def progress_line(m: Measurement) -> str:
     """One finished measurement as the progress display prints it, with its timing flags."""
     k = m.key
-    rate = f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else ""
+    rate = (f"  busbw {m.busbw_gbps:6.3g} GB/s" if math.isfinite(m.busbw_gbps) else  # a collective: its bandwidth
+            f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else "")
     timing = f"{format_seconds(m.median)}{rate}" if m.stats else ""
     return (f"{m.status:<11} {k.backend:<10} {k.pass_:<15} {k.dtype} {k.mode:<8} {k.case:<40} {timing} "
             f"{m.check.status if m.check else ''} {' '.join(m.timing_flags)} {m.reason or ''}")[:240]

@@ -1,5 +1,5 @@
 """Framework-free op specs: shapes, FLOPs and minimum bytes of GEMM, batched GEMM, Conv2d, attention, recurrent
-layers and sparse GEMM, per pass; the dtypes and which op and pass each one applies to.
+layers, sparse GEMM and all-reduce, per pass; the dtypes and which op and pass each one applies to.
 
 FLOPs count the useful multiply-adds of the direct algorithm (2 per MAC), as DeepBench and CUTLASS do;
 a Winograd or FFT kernel may do fewer and so appear to beat peak. Minimum bytes count every distinct tensor a
@@ -8,6 +8,7 @@ pass reads or writes once, which gives the arithmetic intensity of a roofline.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
@@ -70,6 +71,8 @@ class OpKind:
     main: ClassVar[bool] = False  # a kind of the seed questions (GEMM, conv); every other kind gets its own section
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # text dims (e.g. an RNN's cell): their allowed values
     no_pass_reason: ClassVar[str] = ""
+    mutates_inputs: ClassVar[bool] = False  # a call may overwrite its inputs (an in-place all-reduce): the numerical
+    #                                         check then runs on freshly placed inputs
     int8: ClassVar[bool] = False  # has an int8 form (int8 operands, int32 accumulation, int32 output)
 
     def refusal(self, pass_: str, dtype: str) -> str:
@@ -655,6 +658,80 @@ class Spmm(OpKind):
         return f"{self.m}×{self.n}×{self.k} {100 * self.sparsity:g}% sparse"
 
 
+@dataclass(frozen=True)
+class AllReduce(OpKind):
+    """Sum of a buffer of ``elements`` values across ``ranks`` ranks (one process, or one device, each); every rank
+    ends with the sum, in place where the framework allows (torch.distributed), otherwise in a new buffer.
+
+    Rates as nccl-tests define them (its doc/PERFORMANCE.md): the message is S = elements × dtype bytes
+    (``min_bytes``), the algorithm bandwidth algbw = S / t, and the bus bandwidth busbw = algbw · 2(R−1)/R
+    (``bus_factor``): a ring all-reduce sends and receives 2(R−1)/R · S per rank, so busbw is comparable with the
+    link's (or memory copy's) bandwidth whatever R. t is the slowest rank's time per call. FLOPs count the (R−1)
+    additions per element that make the sum. Forward only: an all-reduce has no gradient pass of its own.
+
+    ``ranks`` is set by the run (``run --ranks R``, ``with_ranks``); catalog entries give only ``elements``.
+    """
+
+    elements: int
+    ranks: int = 2
+
+    kind = "allreduce"
+    varieties = {"allreduce": ("all-reduces", "X")}
+    passes: ClassVar[tuple[Pass, ...]] = ("forward",)
+    inputs: ClassVar[tuple[str, ...]] = ("x",)
+    pass_labels = {"forward": "all-reduce"}
+    no_pass_reason: ClassVar[str] = "an all-reduce has only its forward pass (the sum across ranks)"
+    mutates_inputs: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        for name in ("elements", "ranks"):
+            if getattr(self, name) < 1:
+                raise InvalidDims(name, f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def operands(self) -> dict[str, tuple[int, ...]]:
+        return {"x": (self.elements,)}
+
+    @property
+    def out_shape(self) -> tuple[int]:
+        return (self.elements,)
+
+    @property
+    def input_elements(self) -> int:
+        return self.elements
+
+    @property
+    def bus_factor(self) -> float:
+        """busbw / algbw = 2(R−1)/R (nccl-tests' all-reduce factor; 0 for one rank, which moves nothing)."""
+        return 2 * (self.ranks - 1) / self.ranks
+
+    def _check(self, pass_: str) -> None:
+        _check_pass(pass_)
+        if pass_ not in self.passes:
+            raise ValueError(self.no_pass_reason)
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        self._check(pass_)
+        return ("y",)
+
+    def flops(self, pass_: Pass = "forward") -> int:
+        self._check(pass_)
+        return (self.ranks - 1) * self.elements
+
+    def min_bytes(self, pass_: Pass, itemsize: int) -> int:
+        """nccl-tests' message size S = elements × itemsize: what algbw divides by the time."""
+        self._check(pass_)
+        return self.elements * itemsize
+
+    def describe(self) -> str:
+        return f"{self.elements:,} elements × {self.ranks} ranks"
+
+
+def with_ranks(op: OpKind, ranks: int) -> OpKind:
+    """The op run across ``ranks`` ranks (an all-reduce); any other kind unchanged."""
+    return dataclasses.replace(op, ranks=ranks) if isinstance(op, AllReduce) else op
+
+
 Op = OpKind  # every op is an OpKind; the kinds are registered in OP_KINDS
 OP_KINDS: dict[str, type[OpKind]] = {}
 
@@ -665,7 +742,7 @@ def register_op(cls: type[OpKind]) -> type[OpKind]:
     return cls
 
 
-for _cls in (Gemm, Conv2d, BatchedGemm, Attention, Rnn, Spmm):
+for _cls in (Gemm, Conv2d, BatchedGemm, Attention, Rnn, Spmm, AllReduce):
     register_op(_cls)
 
 

@@ -6,7 +6,9 @@ attention Q, K, V as batch×heads×length×head_dim, a recurrent layer's x as ba
 biases as torch stores them (gates × hidden rows), a sparse GEMM's A dense with its zeros in place.
 
 int8 inputs are the same arrays mapped to integers by ``to_int8`` (every backend converts with it), and the
-reference is the exact integer product: the check's tolerance for int8 is zero.
+reference is the exact integer product: the check's tolerance for int8 is zero. An all-reduce's buffer differs per
+rank and holds small integers (``rank_buffer``), so that every partial sum, in any order and in fp32, bf16 or fp16, is
+exact.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from scipy.special import softmax
 
 from suite import model_reference
 from suite.models import Model, initial_weights, synthetic_batch
-from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn, Spmm
+from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn, Spmm
 
 # Relative Frobenius error allowed per dtype (fp32 strict; TF32 and half precisions round inputs to ~10 or 8 bits;
 # int8 sums integers in int32, exactly).
@@ -69,9 +71,23 @@ def input_record(op: Op, seed: int) -> dict[str, object]:
     return {"pattern": pattern_record(op, seed)} if isinstance(op, Spmm) else {}
 
 
-def make_inputs(op: Op, seed: int = 0) -> dict[str, np.ndarray]:
+# An all-reduce rank's values: integers in [-ALLREDUCE_BOUND, ALLREDUCE_BOUND]. A partial sum of R ranks is at most
+# R·bound in magnitude, an integer that fp32 holds exactly up to 2**24 and bf16 (8 significant bits) up to 256: exact
+# for up to 128 ranks in every dtype, whatever order the collective adds in.
+ALLREDUCE_BOUND = 2
+
+
+def rank_buffer(op: AllReduce, seed: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s all-reduce input: float32 integers, reproducible from the seed, the shape and the rank."""
+    rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode()), rank])
+    return rng.integers(-ALLREDUCE_BOUND, ALLREDUCE_BOUND + 1, op.elements, dtype=np.int8).astype(np.float32)
+
+
+def make_inputs(op: Op, seed: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
     """Every input of an op (x, w, dy; attention's q, k, v, dy; a model's initial weights and synthetic batch),
-    reproducible from the seed and the shape alone."""
+    reproducible from the seed and the shape alone; an all-reduce's is rank ``rank``'s buffer."""
+    if isinstance(op, AllReduce):
+        return {"x": rank_buffer(op, seed, rank)}
     if isinstance(op, Model):
         return {**initial_weights(op, seed), **synthetic_batch(op, seed)}
     rng = np.random.default_rng([seed, zlib.crc32(repr(op).encode())])
@@ -95,7 +111,7 @@ def reduced(op: Op) -> Op:
     if isinstance(op, Model):
         batch, size = MODEL_CHECK[op.network]
         return dataclasses.replace(op, batch=min(op.batch, batch), size=min(op.size, size))  # type: ignore[type-var]
-    if op.flops() <= CHECK_FLOP_LIMIT:
+    if op.flops() <= CHECK_FLOP_LIMIT or isinstance(op, AllReduce):  # a collective is checked on what it times
         return op
     if isinstance(op, Gemm):
         rows = max(1, int(op.m * CHECK_FLOP_LIMIT / op.flops()))
@@ -269,10 +285,26 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
     return out
 
 
+def _allreduce(op: AllReduce, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
+    """The sum itself: ``reference_inputs`` already holds every rank's buffer summed."""
+    return {"y": t["x"]}
+
+
 # op kind -> its float64 reference (every output of every pass); a new kind adds its own here.
 REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn,
-              "spmm": _spmm}
+              "spmm": _spmm, "allreduce": _allreduce}
 REFERENCES["model"] = model_reference.model  # a whole network: suite/model_reference.py
+
+
+def reference_inputs(op: Op, seed: int) -> dict[str, np.ndarray]:
+    """What the float64 reference reads: the op's seeded inputs; for an all-reduce, every rank's buffer summed
+    (one rank's buffer at a time, so memory stays at two buffers whatever the rank count)."""
+    if not isinstance(op, AllReduce):
+        return make_inputs(op, seed)
+    total = np.zeros(op.elements, dtype=np.float64)
+    for rank in range(op.ranks):
+        total += rank_buffer(op, seed, rank)
+    return {"x": total}
 
 
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
@@ -292,7 +324,7 @@ def expected(op: Op, seed: int, pass_: Pass, dtype: str = "fp32") -> dict[str, n
     a row compare against one float64 result (read-only; do not modify the arrays)."""
     if isinstance(op, Model):
         return _model_expected(op, seed, dtype)[pass_]
-    return reference(op, make_inputs(op, seed), pass_, dtype)
+    return reference(op, reference_inputs(op, seed), pass_, dtype)
 
 
 @functools.lru_cache(maxsize=2)

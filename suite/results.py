@@ -242,6 +242,8 @@ class Measurement:
             record["stats"] = self.stats.as_dict()
             if math.isfinite(self.tflops):
                 record["tflops"] = self.tflops
+            if math.isfinite(self.busbw_gbps):  # a collective: both of nccl-tests' rates, for readers of the JSON
+                record.update(algbw_gbps=self.gbps, busbw_gbps=self.busbw_gbps)
         if self.retry_of is not None:
             record["retry_of"] = dict(self.retry_of)
         record.update(self.extra)
@@ -302,8 +304,15 @@ class Measurement:
 
     @property
     def gbps(self) -> float:
-        """Minimum bytes moved per second at the median (NaN unless it ran)."""
+        """Minimum bytes moved per second at the median (NaN unless it ran); an all-reduce's algorithm bandwidth."""
         return self.bytes / self.median / 1e9 if self.ok and self.median > 0 else math.nan
+
+    @property
+    def busbw_gbps(self) -> float:
+        """A collective's bus bandwidth, GB/s: algbw (``gbps``) × its kind's ``bus_factor`` (nccl-tests' 2(R−1)/R for
+        an all-reduce); NaN for other kinds or unless it ran."""
+        factor = getattr(self.op, "bus_factor", None)
+        return self.gbps * factor if factor is not None else math.nan
 
     @property
     def version(self) -> str:
@@ -332,7 +341,8 @@ class Measurement:
 
 _MODELLED = {"record", "schema", "run_id", *KEY_FIELDS, "op", "dims", "shape", "provenance", "count", "tags", "flops",
              "bytes", "block_times", "calls_per_block", "stats", "check", "first_call_s", "default_variant",
-             "versions", "flags", "details", "finished", "retry_of", "status", "reason", "tflops", "migrated_from"}
+             "versions", "flags", "details", "finished", "retry_of", "status", "reason", "tflops", "migrated_from",
+             "algbw_gbps", "busbw_gbps"}
 
 
 def _summary(stats: Mapping[str, Any], blocks: int, calls_per_block: int) -> Summary:

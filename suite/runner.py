@@ -4,6 +4,12 @@ A case that fails is recorded with its reason; a worker that dies is recorded ag
 and restarted for the rest; a case past its time limit is killed and recorded as a timeout. With ``resume``,
 measurements already in the results file are skipped, so an interrupted run continues where it stopped. A run on
 a device some framework does not see (a CPU-only build asked for a GPU) is refused before anything is written.
+
+An all-reduce runs across R processes (``suite.ranks``: torchrun, the runner, or srun start them); its tasks go to
+those ranks as one list, each rank answers every task, and the runner writes ONE measurement per task: the ranks
+timed the same blocks, each the slowest rank's (``suite.timing.measure``'s ``agree``), and the worst rank's status
+and check stand for all. A rank that hangs past the case timeout, or dies, is recorded against its task, every rank
+is stopped, and the remaining tasks start on fresh ranks.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import backends
-from suite import environment, results
+from suite import environment, ranks, results
 from suite.catalog import Case, CatalogError, NetworkSet, load_catalog, network_sets, sets_touching
 from suite.ops import DTYPE_BYTES, op_to_dict
 from suite.results import (
@@ -351,7 +358,12 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
             groups.setdefault(task.group, []).append(task)
         log_path = out.with_suffix(".worker.log")
         for (backend, settings), group in groups.items():
-            pending = list(group)
+            collective = [t for t in group if t.case.op.kind == "allreduce"]
+            for count, processes in dict.fromkeys((t.case.op.ranks, _processes(t)) for t in collective):
+                _run_ranks(writer, backend, settings, [t for t in collective if (t.case.op.ranks, _processes(t)) ==
+                                                       (count, processes)], count, processes,
+                           options, run_id, counts, report, held, log_path, began)
+            pending = [t for t in group if t not in collective]
             while pending:
                 if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
                     counts["not_started"] = counts.get("not_started", 0) + len(pending)
@@ -385,6 +397,115 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
                 finally:
                     worker.close()
     return counts
+
+
+RANK_FLAGS = ("cpu_affinity",)  # flags that differ between ranks by design: recorded per rank in the details
+
+
+def _rank_worker(hello: dict[str, Any], ranks_: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker record of R ranks: rank 0's (the first read here) versions and flags, less the per-rank ones."""
+    return {**hello, "flags": {k: v for k, v in (hello.get("flags") or {}).items() if k not in RANK_FLAGS},
+            "ranks": [{"rank": r.get("rank"), "pid": r.get("pid"), "cpus": r.get("cpus")} for r in ranks_]}
+
+
+STATUS_ORDER = ("ok", "unsupported", "skipped", "error", "oom", "crashed", "timeout")  # worse to the right
+
+
+def combine(results_: list[dict[str, Any]], hello: dict[str, Any]) -> dict[str, Any]:
+    """One measurement from every rank's answer to a task: the ranks' times are already the slowest rank's (they
+    agreed on every block); the worst status (with its rank), the worst check and every rank's flags stand for all."""
+    worst = max(range(len(results_)), key=lambda i: STATUS_ORDER.index(results_[i].get("status", "error"))
+                if results_[i].get("status") in STATUS_ORDER else len(STATUS_ORDER))
+    combined = dict(results_[worst] if results_[worst].get("status") != "ok" else results_[0])
+    if combined.get("status") in results.FAILED_STATUSES:  # which rank failed (a refusal is every rank's alike)
+        combined["reason"] = f"rank {hello['ranks'][worst]['rank']}: {combined.get('reason')}"
+    checks = [r["check"] for r in results_ if r.get("check")]
+    if checks:
+        combined["check"] = max(checks, key=lambda c: (c["status"] == "fail", max(c["errors"].values(), default=0)))
+    if combined.get("stats"):
+        flags = dict.fromkeys(f for r in results_ for f in (r.get("stats") or {}).get("flags", []))
+        combined["stats"] = {**combined["stats"], "flags": list(flags)}
+    combined["details"] = {**(combined.get("details") or {}), **(hello.get("joined") or {}),
+                           "ranks": hello["ranks"]}
+    return combined
+
+
+ONE_PROCESS_LAYOUT = "devices"  # a collective's layout run by ONE process driving R devices (JAX's local psum)
+
+
+def _processes(task: Task) -> int:
+    """How many processes a collective task's ranks take: one per rank, or one for layout ``devices``."""
+    return 1 if task.variant.layout == ONE_PROCESS_LAYOUT else task.case.op.ranks  # type: ignore[attr-defined]
+
+
+def _run_ranks(writer: ResultsWriter, backend: str, settings: Settings, tasks: list[Task], count: int,
+               processes: int, options: RunOptions, run_id: str, counts: dict[str, int], report: Reporter | None,
+               held: dict[MeasurementKey, Measurement], log_path: Path, began: float) -> None:
+    """The tasks of an all-reduce across ``count`` ranks in ``processes`` processes (one per rank, or one driving
+    every rank's device, told by OPBENCH_LOCAL_DEVICES), as one list per start of the processes (``suite.ranks``);
+    after a timeout or a death the rest start again on fresh ones."""
+    pending = list(tasks)
+    env = dict(os.environ)
+    if processes != count:
+        env["OPBENCH_LOCAL_DEVICES"] = str(count)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    setup = {"backend": backend, "settings": dataclasses.asdict(settings),
+             "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
+             "seed": options.seed}
+    while pending:
+        if options.run_time_cap_s and time.monotonic() - began > options.run_time_cap_s:
+            counts["not_started"] = counts.get("not_started", 0) + len(pending)
+            return
+        messages = [{"key": t.key.label, "op": op_to_dict(t.case.op), "variant": dataclasses.asdict(t.variant),
+                     "l2": t.l2} for t in pending]
+        folder = log_path.with_suffix("").with_name(f"{log_path.stem}.ranks-{uuid.uuid4().hex[:8]}")
+        try:
+            group = ranks.Ranks(backend, processes, setup, messages, folder, log_path, env)
+        except ranks.RanksError as exc:
+            for task in pending:
+                _finish(writer, task, {"status": "error", "reason": str(exc)}, run_id, {}, counts, report,
+                        held.get(task.key))
+            return
+        try:
+            state, hellos = group.receive(0, WORKER_START_TIMEOUT_S)
+            not_ready = next((h for h in hellos if h.get("type") != "ready"), None)
+            if state != "ok" or not_ready is not None:
+                if not_ready is not None and not_ready.get("type") == "unsupported":
+                    result = {"status": "unsupported", "reason": not_ready["reason"]}
+                else:
+                    why = (not_ready["reason"] if not_ready else f"the {processes} processes of {count} ranks did "
+                           f"not start ({state}: {group.exits()}): {group.log_tail()}")
+                    result = {"status": "error", "reason": why}
+                for task in pending:
+                    _finish(writer, task, result, run_id, {}, counts, report, held.get(task.key))
+                return
+            hello = _rank_worker(hellos[0], hellos)
+            writer.write(WorkerInfo.from_record({
+                "run_id": run_id, "backend": backend, "device": settings.device,
+                "package": backends.REGISTRY[backend].package,
+                **{k: hello.get(k) for k in ("versions", "flags", "devices", "pid")}}).to_record())
+            for index in range(1, len(messages) + 1):
+                state, answers = group.receive(index, options.case_timeout_s)
+                task = pending.pop(0)
+                if state == "timeout":
+                    result = {"status": "timeout", "reason": f"not every rank answered within "
+                              f"{format_seconds(options.case_timeout_s)} (a rank hung or waits for one); every "
+                              "rank was stopped"}
+                elif state == "died":
+                    result = {"status": "crashed", "reason": f"a rank's process ended ({group.exits()}); the "
+                              f"others were stopped; last log lines: {group.log_tail()}"}
+                else:
+                    result = combine(answers, hello)
+                _finish(writer, task, result, run_id, hello, counts, report, held.get(task.key))
+                if state != "ok":
+                    break
+        except BaseException:  # Ctrl-C: stop every rank now; everything finished is already on disk
+            group.stop()
+            raise
+        finally:
+            group.close()
+            shutil.rmtree(folder, ignore_errors=True)  # the ranks' messages are in the results now
 
 
 def _networks(tasks: list[Task], given: tuple[NetworkSet, ...] | None) -> tuple[NetworkSet, ...]:

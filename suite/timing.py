@@ -4,6 +4,11 @@ A backend hands over ``run_block(n)``: n back-to-back calls closed by ONE device
 decides how many calls and blocks to run and keeps every block time; it never looks at a framework, and tests
 drive it with a fake clock. For a cold cache (``--l2 cold``), ``measure_per_call`` takes ``run_one()`` (one call,
 returning its own time) and ``clear()`` (a write larger than the cache) and times every call on its own.
+
+Ranks of a collective (an all-reduce across processes) must run the same calls in step, or one waits forever for
+the others: ``measure`` then takes ``agree``, the maximum of a number over the ranks, and passes every time it
+decides on through it. Every rank so takes the same decisions from the same numbers, and each block's time is the
+slowest rank's, as nccl-tests records it.
 """
 
 from __future__ import annotations
@@ -56,17 +61,28 @@ def _timed(run_block: Callable[[int], None], n: int, clock: Clock) -> float:
     return clock() - start
 
 
+def same(value: float) -> float:
+    """``agree`` of a single process: its own number."""
+    return value
+
+
 def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfig(),
-            clock: Clock = time.perf_counter) -> Samples:
-    """Warm up for ``config.warmup_s``, calibrate the calls per block, then collect blocks adaptively."""
+            clock: Clock = time.perf_counter, agree: Callable[[float], float] = same) -> Samples:
+    """Warm up for ``config.warmup_s``, calibrate the calls per block, then collect blocks adaptively.
+
+    ``agree``: the maximum over the ranks of a collective (``same`` for one process); every elapsed time and block
+    time goes through it, so all ranks time the same blocks and keep the slowest rank's times."""
     began = clock()
 
     def elapsed() -> float:
-        return clock() - began
+        return agree(clock() - began)
+
+    def timed(n: int) -> float:
+        return agree(_timed(run_block, n, clock))
 
     warmup_calls, fastest = 0, float("inf")
     while warmup_calls == 0 or elapsed() < config.warmup_s:
-        fastest = min(fastest, _timed(run_block, 1, clock))
+        fastest = min(fastest, timed(1))
         warmup_calls += 1
         if elapsed() >= config.max_time_s:
             break
@@ -75,13 +91,13 @@ def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfi
     # Calibrate from the fastest warm-up call (one stalled call must not shrink every block to a single call),
     # then once more from a real block, which is less noisy.
     calls = _calls_for(config, fastest)
-    probe = _timed(run_block, calls, clock)
+    probe = timed(calls)
     if probe < config.target_block_s / 2:
         calls = _calls_for(config, probe / calls)
 
     blocks: list[float] = []
     while True:
-        blocks.append(_timed(run_block, calls, clock))
+        blocks.append(timed(calls))
         enough = len(blocks) >= config.min_blocks
         if enough and relative_iqr(blocks) <= config.target_rel_iqr:
             reason = "stable"

@@ -6,6 +6,12 @@ sees no such device. Protocol messages go to the original stdout; everything the
 sent to stderr, which the parent keeps in a log. A task that raises becomes a result with its reason; only a
 hard crash (segfault, kill) ends the worker, and the parent records that.
 
+Ranks of a collective (an all-reduce across R processes) run the same worker, ``python -m suite.worker SPEC``, one
+process per rank, started by the framework's launcher (torchrun) or by the runner: each reads the setup and its
+tasks from the SPEC file instead of stdin, learns its rank from the launcher's variables (RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: torchrun's), joins the others, and writes the same messages
+to ``rank-<rank>.jsonl`` in the SPEC's folder. Every rank checks its own result and times the same blocks.
+
 Run as ``python -m suite.worker`` by the runner, never by hand.
 """
 
@@ -18,6 +24,8 @@ import sys
 import time
 import traceback
 from typing import IO, Any
+
+import numpy as np
 
 from suite.environment import available_memory_bytes, cpu_busy_s, usable_cpus
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
@@ -57,7 +65,7 @@ def _time(backend: Any, prepared: Any, timing: TimingConfig, l2: str) -> tuple[S
     The first write says where the framework put the buffer: a buffer outside GPU memory (TensorFlow keeps int32
     outputs in host memory) would leave the L2 warm, so the measurement fails instead of passing as cold."""
     if l2 == "warm":
-        return measure(prepared.run_block, timing), {}
+        return measure(prepared.run_block, timing, agree=backend.agree), {}
     cache = backend.cache_bytes()
     nbytes = clear_buffer_bytes(cache)
     clear = backend.cache_clearer(nbytes)  # raises Unsupported where the backend cannot clear
@@ -93,6 +101,9 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
         if refusal:
             raise Unsupported(refusal)
         free, source = memory_budget(backend.settings.device, backend.free_memory_bytes())
+        # ranks of a collective all skip, or none: the least free memory decides (a duck-typed backend has none)
+        if free is not None and getattr(backend, "ranks", 1) > 1:
+            free = int(-backend.agree(-float(free)))
         need = int(tensor_bytes(op, variant.dtype) * MEMORY_HEADROOM)
         if task.get("l2") == "cold" and timing is not None:  # the clearing buffer lives beside the operands
             need += clear_buffer_bytes(backend.cache_bytes())
@@ -101,7 +112,9 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
                           f"{free / 2**30:.1f} GiB {source} ({backend.settings.device}); not allocated",
                           memory={"need_bytes": need, "free_bytes": free})
             return result  # the finally below still adds wall_s
-        inputs = make_inputs(op, seed)
+        held = backend.ranks_held(op, variant)
+        inputs = (make_inputs(op, seed, held[0]) if len(held) == 1 else  # one process driving several ranks' devices
+                  {name: np.stack([make_inputs(op, seed, r)[name] for r in held]) for name in op.operands})
         prepared = backend.prepare(op, variant, inputs)
         result.update(first_call_s=prepared.first_call_s, details={**prepared.details, **input_record(op, seed)})
         if check:
@@ -155,31 +168,50 @@ def send(channel: IO[str], message: dict[str, Any]) -> None:
     channel.flush()
 
 
-def main() -> int:
-    channel = os.fdopen(os.dup(1), "w")  # the protocol keeps the real stdout ...
-    os.dup2(2, 1)  # ... and anything a framework prints goes to stderr
-    sys.stdout = sys.stderr
-    setup = json.loads(sys.stdin.readline())
+def start(setup: dict[str, Any], channel: IO[str], group: Any = None) -> tuple[Any, Any] | None:
+    """Load and configure the backend (joining ``group``'s ranks first), and say ``ready``; None when it cannot (the
+    message sent says why)."""
     try:
         import backends
-        from backends.base import DeviceMissing
+        from backends.base import DeviceMissing, Unsupported
 
         settings = Settings(**setup["settings"])
         backend = backends.load(setup["backend"], settings)
+        joined: dict[str, Any] = {}
+        if group is not None:
+            try:
+                joined = backend.join(group)
+            except Unsupported as exc:
+                send(channel, {"type": "unsupported", "reason": str(exc), "versions": backend.versions()})
+                return None
         try:
             flags = backend.configure(settings)
         except DeviceMissing as exc:
             send(channel, {"type": "no_device", "reason": str(exc), "versions": backend.versions()})
-            return 1
+            return None
         gpu = open_monitor(backend.gpu_id()) if settings.device == "gpu" else None
         # The framework's import-time objects never become garbage: freeze them, so the collection after every
         # case scans only what the cases made (with TensorFlow loaded a full collection took 0.15 s per case).
         gc.freeze()
         send(channel, {"type": "ready", "versions": backend.versions(), "flags": flags,
-                       "devices": backend.devices(), "pid": os.getpid()})
+                       "devices": backend.devices(), "pid": os.getpid(),
+                       **({"rank": group.rank, "joined": joined, "cpus": sorted(os.sched_getaffinity(0))}
+                          if group is not None else {})})
     except Exception as exc:
         send(channel, {"type": "fatal", "reason": f"{type(exc).__name__}: {exc}"})
+        return None
+    return backend, gpu
+
+
+def main() -> int:
+    channel = os.fdopen(os.dup(1), "w")  # the protocol keeps the real stdout ...
+    os.dup2(2, 1)  # ... and anything a framework prints goes to stderr
+    sys.stdout = sys.stderr
+    setup = json.loads(sys.stdin.readline())
+    started = start(setup, channel)
+    if started is None:
         return 1
+    backend, gpu = started
     timing = TimingConfig(**setup["timing"]) if setup["timing"] else None
     for line in sys.stdin:
         task = json.loads(line)
@@ -188,5 +220,52 @@ def main() -> int:
     return 0
 
 
+def rank_group() -> Any:
+    """This process's place among the ranks, from the variables torchrun sets (the runner sets the same)."""
+    from backends.base import RankGroup
+
+    env = os.environ
+    ranks = int(env["WORLD_SIZE"])
+    return RankGroup(rank=int(env["RANK"]), ranks=ranks, local_rank=int(env.get("LOCAL_RANK", env["RANK"])),
+                     local_ranks=int(env.get("LOCAL_WORLD_SIZE", ranks)), address=env["MASTER_ADDR"],
+                     port=int(env["MASTER_PORT"]), launcher=env.get("OPBENCH_LAUNCHER", "runner"))
+
+
+def pin(local_rank: int, local_ranks: int) -> list[int]:
+    """Pin this process to its own share of the CPUs it may use, disjoint from the other local ranks' (the first
+    ``len // local_ranks`` CPUs to local rank 0, and so on; one CPU each when there are fewer CPUs than ranks)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cpus) // local_ranks)
+    mine = cpus[local_rank * share:(local_rank + 1) * share] or [cpus[local_rank % len(cpus)]]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
+def rank_main(spec_path: str) -> int:
+    """One rank of a collective: setup and tasks from the SPEC file, messages to ``rank-<rank>.jsonl`` beside it."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    group = rank_group()
+    setup = spec["setup"]
+    if spec.get("pin"):  # before the framework starts its threads
+        cpus = pin(group.local_rank, group.local_ranks)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(len(cpus))
+        threads = setup["settings"].get("threads")  # no more threads than the rank's own CPUs
+        setup["settings"]["threads"] = min(threads, len(cpus)) if threads else len(cpus)
+    os.dup2(2, 1)  # anything a framework prints goes to stderr
+    sys.stdout = sys.stderr
+    with open(os.path.join(os.path.dirname(spec_path), f"rank-{group.rank}.jsonl"), "a") as channel:
+        started = start(setup, channel, group)
+        if started is None:
+            return 1
+        backend, gpu = started
+        timing = TimingConfig(**setup["timing"]) if setup["timing"] else None
+        for task in spec["tasks"]:
+            result = run_task(backend, task, timing, setup["check"], setup["seed"], gpu)
+            send(channel, {"type": "result", "key": task["key"], **result})
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(rank_main(sys.argv[1]) if len(sys.argv) > 1 else main())

@@ -478,9 +478,9 @@ def test_subset_membership(catalog):
         tagged(catalog, "deepbench-inference-server", "deepbench-inference-device"))
     assert {c.id for c in catalog.subset("modern")} == {c.id for c in tagged(catalog, "modern")}
     assert {c.id for c in catalog.subset("sweeps")} == {c.id for c in tagged(catalog, "sweeps")}
-    # full = every real shape: all but the scaled-down smoke file
+    # full = every real shape: all but the scaled-down smoke file and the all-reduce messages (ranks, not a device)
     full = {c.id for c in catalog.subset("full")}
-    assert full == {c.id for c in catalog.cases if Path(c.file).name != "smoke.yaml"}
+    assert full == {c.id for c in catalog.cases if Path(c.file).name not in ("smoke.yaml", "allreduce.yaml")}
 
 
 # Forward FLOPs of quick's distinct cases; × 5 for the four passes (dX+dW counts twice) and × ~8 timed calls per

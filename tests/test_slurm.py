@@ -34,11 +34,12 @@ def _program(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
 
 
-def readme_sbatch_script() -> str:
-    """The README's sbatch script: the bash block that starts with ``#!/bin/bash`` and holds ``#SBATCH``."""
+def readme_sbatch_script(holding: str = "--shard") -> str:
+    """The README's sbatch script that holds ``holding``: the bash block that starts with ``#!/bin/bash`` and holds
+    ``#SBATCH`` (the job array's holds --shard, the all-reduce's srun)."""
     blocks = [b.split("```")[0] for b in (REPO / "README.md").read_text().split("```bash\n")[1:]]
-    scripts = [b for b in blocks if b.startswith("#!/bin/bash") and "#SBATCH" in b]
-    assert len(scripts) == 1, "the README should hold exactly one sbatch script"
+    scripts = [b for b in blocks if b.startswith("#!/bin/bash") and "#SBATCH" in b and holding in b]
+    assert len(scripts) == 1, f"the README should hold exactly one sbatch script with {holding}"
     return scripts[0]
 
 
@@ -188,3 +189,31 @@ def test_readme_script_runs_one_shard_per_array_task():
     script = readme_sbatch_script()
     assert "--shard \"${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}\"" in script
     assert "OPBENCH_PYTHON" in script and "OPBENCH_ARGS" in script
+
+
+# The README's all-reduce example, small: torch on the CPU, the smallest sweep size, forward, short timing.
+ALLREDUCE_ARGS = "--backend torch --id allreduce-sweep-2e10 --device cpu --pass forward --time-cap 0.3"
+
+
+@pytest.mark.slow
+def test_readme_allreduce_script_as_two_srun_tasks_each_writing_its_records_then_merge(slurm, tmp_path):
+    script = tmp_path / "opbench-allreduce.sbatch"
+    script.write_text(readme_sbatch_script("srun"))
+    env = {**slurm, "OPBENCH_PYTHON": sys.executable, "OPBENCH_ARGS": ALLREDUCE_ARGS,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    submitted = subprocess.run([_program("sbatch"), "--parsable", "--wait", "--nodes=1", "--ntasks=2", str(script)],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(tmp_path.glob("opbench-allreduce-*.out")))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr + logs
+    job = re.match(r"\d+", submitted.stdout.strip())[0]
+    ranks = sorted((tmp_path / "results" / f"allreduce-{job}").glob("rank-*.jsonl"))
+    assert [p.name for p in ranks] == ["rank-0.jsonl", "rank-1.jsonl"], logs  # each rank wrote its records
+    per_rank = [read_results(p).measurements for p in ranks]
+    for measurements in per_rank:
+        (m,) = measurements
+        assert m.case == "allreduce-sweep-2e10-r2" and m.status == "ok" and not m.check.failed, m.reason
+        assert [r["rank"] for r in m.details["ranks"]] == [int(ranks[per_rank.index(measurements)].stem[5:])]
+    assert per_rank[0][0].block_times == per_rank[1][0].block_times  # both ranks kept the slowest rank's times
+    merged = read_results(tmp_path / "results" / f"allreduce-{job}.jsonl")  # the script's merge
+    assert [m.case for m in merged.measurements] == ["allreduce-sweep-2e10-r2"]
+    assert len(merged.headers) == 2
