@@ -1,0 +1,123 @@
+"""Whole models in JAX from jax.lax / jax.nn / jnp on a params pytree: ResNet-50 v1.5 and BERT-base (suite.models).
+
+The params pytree is a flat dict keyed by the canonical (torch) names, in JAX's layouts: conv kernels HWIO on NHWC
+activations (``lax.conv_general_dilated``), dense kernels (in, out). Exact semantics of the contract:
+- convs pad symmetrically as torch does (explicit (pad, pad) pairs); batch norm normalizes with the batch mean and
+  biased variance over (N, H, W) in training, with the running statistics in eval, eps 1e-5; the 3×3/2 max pool is
+  ``lax.reduce_window`` with -inf padding.
+- BERT: ``jax.nn.dot_product_attention`` (no mask, scale 1/√64), exact GELU (``jax.nn.gelu(approximate=False)``),
+  layer norm eps 1e-12 over the last axis, post-LN, no dropout; pooler tanh on token 0.
+- Loss: mean softmax cross-entropy (``jax.nn.log_softmax``) on float32 logits. SGD: params - LEARNING_RATE · grad.
+
+Mixed precision (bf16, fp16): the float32 params are the master copy; the function casts them and the data to the
+16-bit dtype and computes in it, batch and layer norm statistics and the loss in float32 (as Keras' mixed policies
+and flax's norm layers do). fp16 would need loss scaling, which plain SGD here does not do: refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1  # torch's: running = (1 - m) · running + m · batch statistic (unbiased variance)
+LN_EPS = 1e-12
+
+
+def to_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
+    """A canonical array in JAX's layout: conv OIHW -> HWIO, dense (out, in) -> (in, out), the rest unchanged."""
+    if array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    if array.ndim == 2 and name.endswith(".weight") and "embeddings" not in name:
+        return array.T
+    return array
+
+
+def from_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
+    """The inverse of to_jax_layout."""
+    if array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    if array.ndim == 2 and name.endswith(".weight") and "embeddings" not in name:
+        return array.T
+    return array
+
+
+def resnet50(jax: Any, precision: Any, stages: tuple[tuple[int, int, int], ...]) -> Callable[..., Any]:
+    """(params, buffers, images NHWC, training) -> (logits, batch statistics {bn prefix: (mean, var)})."""
+    jnp, lax = jax.numpy, jax.lax
+
+    def conv(params, name, x, stride=1):
+        kernel = params[f"{name}.weight"]
+        pad = kernel.shape[0] // 2
+        return lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+    def bn(params, buffers, name, x, training, stats):
+        x32 = x.astype(jnp.float32)
+        if training:
+            mean = jnp.mean(x32, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+            stats[name] = (mean, var)
+        else:
+            mean, var = buffers[f"{name}.running_mean"], buffers[f"{name}.running_var"]
+        scale = params[f"{name}.weight"].astype(jnp.float32) * lax.rsqrt(var + BN_EPS)
+        out = (x32 - mean) * scale + params[f"{name}.bias"].astype(jnp.float32)
+        return out.astype(x.dtype)
+
+    def apply(params, buffers, images, training):
+        stats: dict[str, Any] = {}
+        x = jax.nn.relu(bn(params, buffers, "bn1", conv(params, "conv1", images, 2), training, stats))
+        x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        for i, (blocks, _, stride) in enumerate(stages):
+            for j in range(blocks):
+                p = f"layer{i + 1}.{j}"
+                s = stride if j == 0 else 1
+                y = jax.nn.relu(bn(params, buffers, f"{p}.bn1", conv(params, f"{p}.conv1", x), training, stats))
+                y = jax.nn.relu(bn(params, buffers, f"{p}.bn2", conv(params, f"{p}.conv2", y, s), training, stats))
+                y = bn(params, buffers, f"{p}.bn3", conv(params, f"{p}.conv3", y), training, stats)
+                if j == 0:
+                    x = bn(params, buffers, f"{p}.downsample.1", conv(params, f"{p}.downsample.0", x, s), training,
+                           stats)
+                x = jax.nn.relu(y + x)
+        pooled = jnp.mean(x, axis=(1, 2))
+        return jnp.dot(pooled, params["fc.weight"], precision=precision) + params["fc.bias"], stats
+
+    return apply
+
+
+def bert(jax: Any, precision: Any, config: dict[str, int]) -> Callable[..., Any]:
+    """(params, tokens, segments) -> logits."""
+    jnp = jax.numpy
+    hidden, heads = config["hidden"], config["heads"]
+
+    def dense(params, name, x):
+        return jnp.dot(x, params[f"{name}.weight"], precision=precision) + params[f"{name}.bias"]
+
+    def layer_norm(params, name, x):
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        out = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * params[f"{name}.weight"].astype(jnp.float32)
+        return (out + params[f"{name}.bias"].astype(jnp.float32)).astype(x.dtype)
+
+    def apply(params, tokens, segments):
+        batch, length = tokens.shape
+        x = (params["embeddings.word_embeddings.weight"][tokens]
+             + params["embeddings.position_embeddings.weight"][:length][None]
+             + params["embeddings.token_type_embeddings.weight"][segments])
+        x = layer_norm(params, "embeddings.LayerNorm", x)
+        for i in range(config["layers"]):
+            p = f"encoder.layer.{i}"
+            q, k, v = (dense(params, f"{p}.attention.self.{name}", x).reshape(batch, length, heads, hidden // heads)
+                       for name in ("query", "key", "value"))
+            context = jax.nn.dot_product_attention(q, k, v).reshape(batch, length, hidden)
+            x = layer_norm(params, f"{p}.attention.output.LayerNorm",
+                           x + dense(params, f"{p}.attention.output.dense", context))
+            h = jax.nn.gelu(dense(params, f"{p}.intermediate.dense", x), approximate=False)
+            x = layer_norm(params, f"{p}.output.LayerNorm", x + dense(params, f"{p}.output.dense", h))
+        pooled = jnp.tanh(dense(params, "pooler.dense", x[:, 0]))
+        return dense(params, "classifier", pooled)
+
+    return apply
