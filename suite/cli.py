@@ -336,7 +336,12 @@ def build_plan(args: argparse.Namespace):
     if l2 == "cold" and "cpu" in devices:
         raise UsageError("--l2 cold is for GPUs: on a CPU each framework thread keeps operands in its own core's "
                          "cache, which one buffer write does not clear; use --device gpu, or --l2 warm")
-    tasks = plan(cases, names, devices, _choices(args.dtype, DTYPES, "dtype"), _choices(args.passes, PASSES, "pass"),
+    passes = _choices(args.passes, PASSES, "pass")
+    if not any(p in case.op.passes for case in cases for p in passes):  # a pass an op lacks is not planned
+        kinds = ", ".join(f"{kind}: {', '.join(OP_KINDS[kind].passes)}" for kind in dict.fromkeys(c.op.kind
+                                                                                                  for c in cases))
+        raise UsageError(f"no selected case has --pass {args.passes} (passes by op kind: {kinds})")
+    tasks = plan(cases, names, devices, _choices(args.dtype, DTYPES, "dtype"), passes,
                  modes, layouts, args.math, args.threads, _parse_options(args.option), l2)
     part = _parse_shard(args.shard)
     return shard(tasks, *part) if part else tasks

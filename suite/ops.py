@@ -12,8 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
-Pass = Literal["forward", "backward_data", "backward_weight", "backward"]
+Pass = Literal["forward", "backward_data", "backward_weight", "backward", "step"]
 PASSES: tuple[Pass, ...] = get_args(Pass)
+# The passes of a layer (GEMM, conv, RNN); "step" (forward, backward and the SGD update) belongs to a whole model
+# (suite.models), and a pass an op lacks is never planned for it.
+LAYER_PASSES: tuple[Pass, ...] = ("forward", "backward_data", "backward_weight", "backward")
 
 # Which operands each pass differentiates with respect to, and the outputs it returns (what the check compares).
 WRT: dict[str, tuple[str, ...]] = {"backward_data": ("x",), "backward_weight": ("w",), "backward": ("x", "w")}
@@ -23,15 +26,16 @@ OUTPUTS: dict[str, tuple[str, ...]] = {"forward": ("y",), "backward_data": ("dx"
 # How a pass is named where an op's two operands are data x and weight w; a kind with other gradients names its
 # own (``pass_labels``: attention's backward is dQ+dK+dV).
 PASS_LABELS: dict[str, str] = {"forward": "forward", "backward_data": "dX", "backward_weight": "dW",
-                               "backward": "dX+dW"}
+                               "backward": "dX+dW", "step": "training step"}
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DTYPES = tuple(DTYPE_BYTES)
 
 
 def _check_pass(pass_: str) -> None:
-    if pass_ not in PASSES:
-        raise ValueError(f"unknown pass {pass_!r}; expected one of {', '.join(PASSES)}")
+    """A layer's pass (a layer has no training step of its own)."""
+    if pass_ not in LAYER_PASSES:
+        raise ValueError(f"unknown pass {pass_!r} for a layer; expected one of {', '.join(LAYER_PASSES)}")
 
 
 class InvalidDims(ValueError):
@@ -49,7 +53,8 @@ class OpKind:
     float64 reference goes in ``suite.reference``; nothing under ``reports/`` names a kind."""
 
     kind: ClassVar[str]
-    passes: ClassVar[tuple[Pass, ...]] = PASSES
+    passes: ClassVar[tuple[Pass, ...]] = LAYER_PASSES
+    stateful: ClassVar[bool] = False  # a call changes state (a model's step trains): the check sees the first call
     inputs: ClassVar[tuple[str, ...]] = ("x", "w")  # the operands of the forward call, in call order
     pass_labels: ClassVar[dict[str, str]] = PASS_LABELS
     # variety -> (plural noun for sentences, matplotlib marker); the first is the kind itself
@@ -579,3 +584,6 @@ def op_to_dict(op: Op) -> dict:
 def op_from_dict(data: dict) -> Op:
     dims = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"}
     return OP_KINDS[data["kind"]](**dims)
+
+
+from suite import models as _models  # noqa: E402, F401  (registers the whole-model kind; it builds on the kinds above)

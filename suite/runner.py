@@ -94,9 +94,9 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
             for case in cases:
                 for mode in _pick(modes, cls.modes):
                     for layout in _pick(layouts, cls.layouts.get(case.op.kind, ("",))):  # "": resolve() refuses
-                        for dtype in dtypes:
+                        for dtype in dtypes:  # a pass the op lacks is not planned (a GEMM has no step)
                             tasks += [Task(case, cls.name, Variant(p, dtype, mode, layout), settings, l2)
-                                      for p in passes]
+                                      for p in passes if p in case.op.passes]
     return tasks
 
 

@@ -109,7 +109,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
                 small_inputs = make_inputs(small, seed)
                 outputs = backend.prepare(small, variant, small_inputs).outputs()
             result["check"] = {**compare(outputs, expected(small, seed, variant.pass_, variant.dtype),
-                                         variant.dtype, backend.settings.math),
+                                         variant.dtype, backend.settings.math, small),
                                "reduced": small != op}
         if timing is None:  # `suite check`: numerical agreement only
             return result

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from suite.catalog import load_catalog
-from suite.ops import OUTPUTS, PASSES, Conv2d, Gemm, Op
+from suite.ops import LAYER_PASSES, OUTPUTS, Conv2d, Gemm, Op
 from suite.reference import compare, make_inputs, reference
 from suite.variant import Variant
 
@@ -74,7 +74,7 @@ def corruptions() -> list[tuple[str, Op, Op]]:
     ]
 
 
-@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("pass_", LAYER_PASSES)
 @pytest.mark.parametrize(("what", "op", "wrong"), corruptions(), ids=lambda v: v if isinstance(v, str) else "")
 def test_check_fails_when_the_backend_runs_another_geometry(what, op, wrong, pass_):
     inputs = make_inputs(op)
@@ -86,7 +86,7 @@ def test_check_fails_when_the_backend_runs_another_geometry(what, op, wrong, pas
     assert max(result["errors"].values()) > 0.1  # a gross error, far from rounding
 
 
-@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("pass_", LAYER_PASSES)
 def test_check_fails_when_groups_are_mixed_up(pass_):
     # A backend that ran the grouped conv's groups in the wrong order: the filter blocks of the groups swapped.
     op = grouped()
@@ -148,7 +148,7 @@ def torch_backend():
     return TorchBackend(), DropsDilation()
 
 
-@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("pass_", LAYER_PASSES)
 def test_torch_dropping_its_dilation_fails_the_check(torch_backend, pass_):
     honest, buggy = torch_backend
     op = dilated()

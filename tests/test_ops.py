@@ -71,7 +71,9 @@ def test_impossible_convs_are_rejected(kwargs, message):
 def test_unknown_pass_is_rejected():
     with pytest.raises(ValueError, match="unknown pass"):
         Gemm(1, 1, 1).flops("sideways")  # type: ignore[arg-type]
-    assert len(PASSES) == 4
+    with pytest.raises(ValueError, match="unknown pass"):  # a layer has no training step of its own
+        Gemm(1, 1, 1).flops("step")
+    assert PASSES == ("forward", "backward_data", "backward_weight", "backward", "step")
 
 
 def test_round_trip_through_dict():
