@@ -14,6 +14,9 @@ output is dead code that XLA removes. Each step is compiled explicitly (``jit(f)
 the compile time is recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the
 logical dimension order the operands are handed over in.
 
+Whole models (op kind ``model``): ResNet-50 v1.5 and BERT-base of jax.lax/jax.nn on a params pytree, jitted, in
+``backends/jax_models.py``; the training step donates the old params and feeds the new ones to the next call.
+
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
 
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
+from suite.models import Model
 from suite.ops import Attention, BatchedGemm, Conv2d, Op, Rnn
 
 # jaxlib 0.10.2 on CPU lowers a lone conv to a YNNPACK fusion that ran on ONE core here (backward ~3x slower);
@@ -63,7 +67,7 @@ class JaxBackend(Backend):
     name = "jax"
     modes = ("jit",)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",)}
+               "rnn": ("BTI",), "model": ("NHWC",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -184,6 +188,8 @@ class JaxBackend(Backend):
         return _TO_NHWC[_ROLE.get(role, role)] if op.kind == "conv2d" and variant.layout == "NHWC" else None
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        if isinstance(op, Model):  # the canonical arrays as they are: step() builds the params pytree from them
+            return array
         perm = self._perm(role, op, variant)
         native = np.ascontiguousarray(array if perm is None else array.transpose(perm))
         # The cast runs on the device (round to nearest even, as suite.reference.round_to assumes).
@@ -255,6 +261,11 @@ class JaxBackend(Backend):
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         jax = self.jax
+        if isinstance(op, Model):
+            from backends.jax_models import model_step
+
+            return model_step(jax, op, variant, args, self.device,
+                              jax.lax.Precision(jax.config.jax_default_matmul_precision))
         forward = self._forward(op, variant)
         names, wrt = op.inputs, op.wrt(variant.pass_)
 

@@ -16,14 +16,16 @@ and flax's norm layers do). fp16 would need loss scaling, which plain SGD here d
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-BN_EPS = 1e-5
+from suite import models
+from suite.models import _stage_blocks
+
 BN_MOMENTUM = 0.1  # torch's: running = (1 - m) · running + m · batch statistic (unbiased variance)
-LN_EPS = 1e-12
 
 
 def to_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
@@ -44,8 +46,8 @@ def from_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def resnet50(jax: Any, precision: Any, stages: tuple[tuple[int, int, int], ...]) -> Callable[..., Any]:
-    """(params, buffers, images NHWC, training) -> (logits, batch statistics {bn prefix: (mean, var)})."""
+def resnet50(jax: Any, precision: Any) -> Callable[..., Any]:
+    """(params, buffers, images NHWC, training) -> (logits, batch statistics {bn prefix: (mean, var, count)})."""
     jnp, lax = jax.numpy, jax.lax
 
     def conv(params, name, x, stride=1):
@@ -59,10 +61,10 @@ def resnet50(jax: Any, precision: Any, stages: tuple[tuple[int, int, int], ...])
         if training:
             mean = jnp.mean(x32, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
-            stats[name] = (mean, var)
+            stats[name] = (mean, var, x.shape[0] * x.shape[1] * x.shape[2])
         else:
             mean, var = buffers[f"{name}.running_mean"], buffers[f"{name}.running_var"]
-        scale = params[f"{name}.weight"].astype(jnp.float32) * lax.rsqrt(var + BN_EPS)
+        scale = params[f"{name}.weight"].astype(jnp.float32) * lax.rsqrt(var + models.BN_EPS)
         out = (x32 - mean) * scale + params[f"{name}.bias"].astype(jnp.float32)
         return out.astype(x.dtype)
 
@@ -70,27 +72,24 @@ def resnet50(jax: Any, precision: Any, stages: tuple[tuple[int, int, int], ...])
         stats: dict[str, Any] = {}
         x = jax.nn.relu(bn(params, buffers, "bn1", conv(params, "conv1", images, 2), training, stats))
         x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
-        for i, (blocks, _, stride) in enumerate(stages):
-            for j in range(blocks):
-                p = f"layer{i + 1}.{j}"
-                s = stride if j == 0 else 1
-                y = jax.nn.relu(bn(params, buffers, f"{p}.bn1", conv(params, f"{p}.conv1", x), training, stats))
-                y = jax.nn.relu(bn(params, buffers, f"{p}.bn2", conv(params, f"{p}.conv2", y, s), training, stats))
-                y = bn(params, buffers, f"{p}.bn3", conv(params, f"{p}.conv3", y), training, stats)
-                if j == 0:
-                    x = bn(params, buffers, f"{p}.downsample.1", conv(params, f"{p}.downsample.0", x, s), training,
-                           stats)
-                x = jax.nn.relu(y + x)
+        for stage, j, _, _, s in _stage_blocks():
+            p = f"layer{stage}.{j}"
+            y = jax.nn.relu(bn(params, buffers, f"{p}.bn1", conv(params, f"{p}.conv1", x), training, stats))
+            y = jax.nn.relu(bn(params, buffers, f"{p}.bn2", conv(params, f"{p}.conv2", y, s), training, stats))
+            y = bn(params, buffers, f"{p}.bn3", conv(params, f"{p}.conv3", y), training, stats)
+            if j == 0:
+                x = bn(params, buffers, f"{p}.downsample.1", conv(params, f"{p}.downsample.0", x, s), training, stats)
+            x = jax.nn.relu(y + x)
         pooled = jnp.mean(x, axis=(1, 2))
         return jnp.dot(pooled, params["fc.weight"], precision=precision) + params["fc.bias"], stats
 
     return apply
 
 
-def bert(jax: Any, precision: Any, config: dict[str, int]) -> Callable[..., Any]:
+def bert(jax: Any, precision: Any) -> Callable[..., Any]:
     """(params, tokens, segments) -> logits."""
     jnp = jax.numpy
-    hidden, heads = config["hidden"], config["heads"]
+    hidden, heads, head = models.BERT_HIDDEN, models.BERT_HEADS, models.BERT_HEAD_DIM
 
     def dense(params, name, x):
         return jnp.dot(x, params[f"{name}.weight"], precision=precision) + params[f"{name}.bias"]
@@ -99,7 +98,7 @@ def bert(jax: Any, precision: Any, config: dict[str, int]) -> Callable[..., Any]
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        out = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * params[f"{name}.weight"].astype(jnp.float32)
+        out = (x32 - mean) * jax.lax.rsqrt(var + models.LN_EPS) * params[f"{name}.weight"].astype(jnp.float32)
         return (out + params[f"{name}.bias"].astype(jnp.float32)).astype(x.dtype)
 
     def apply(params, tokens, segments):
@@ -108,9 +107,9 @@ def bert(jax: Any, precision: Any, config: dict[str, int]) -> Callable[..., Any]
              + params["embeddings.position_embeddings.weight"][:length][None]
              + params["embeddings.token_type_embeddings.weight"][segments])
         x = layer_norm(params, "embeddings.LayerNorm", x)
-        for i in range(config["layers"]):
+        for i in range(models.BERT_LAYERS):
             p = f"encoder.layer.{i}"
-            q, k, v = (dense(params, f"{p}.attention.self.{name}", x).reshape(batch, length, heads, hidden // heads)
+            q, k, v = (dense(params, f"{p}.attention.self.{name}", x).reshape(batch, length, heads, head)
                        for name in ("query", "key", "value"))
             context = jax.nn.dot_product_attention(q, k, v).reshape(batch, length, hidden)
             x = layer_norm(params, f"{p}.attention.output.LayerNorm",
@@ -121,3 +120,86 @@ def bert(jax: Any, precision: Any, config: dict[str, int]) -> Callable[..., Any]
         return dense(params, "classifier", pooled)
 
     return apply
+
+
+def model_step(jax: Any, op: models.Model, variant: Any, arrays: dict[str, np.ndarray], device: Any,
+               precision: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """The callable of one pass (forward: logits; backward: loss, grad_norms; step: loss, update_norms) of the
+    op's network on a params pytree placed on ``device``, compiled ahead of time; and details (``compile_s``).
+
+    The step is one jitted function (params, buffers, batch) -> (new params, new buffers, loss, update_norms) that
+    donates the old params and buffers; each call feeds the last call's new ones in, so every call trains on."""
+    from backends.base import Unsupported
+
+    jnp = jax.numpy
+    if variant.dtype == "fp16":
+        raise Unsupported("JAX model fp16 needs loss scaling, which the plain SGD step does not do; bf16 runs "
+                          "(float32 master params, bf16 compute)")
+    compute = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[variant.dtype]
+    names = list(op.parameters())
+    params = {name: jax.device_put(to_jax_layout(name, arrays[name]), device) for name in names}
+    buffers = {name: jax.device_put(arrays[name], device) for name in op.buffers()}
+    labels = jax.device_put(arrays["labels"], device)
+    if op.network == "resnet50":
+        batch: tuple[Any, ...] = (jax.device_put(np.ascontiguousarray(arrays["images"].transpose(0, 2, 3, 1)),
+                                                 device),)
+        resnet = resnet50(jax, precision)
+
+        def logits_of(params, buffers, batch, training):
+            (images,) = batch
+            return resnet(params, buffers, images.astype(compute), training)
+    else:
+        batch = (jax.device_put(arrays["tokens"], device), jax.device_put(arrays["segments"], device))
+        encoder = bert(jax, precision)
+
+        def logits_of(params, buffers, batch, training):
+            return encoder(params, *batch), {}
+
+    def cast(params):  # the float32 master params in the compute dtype (a no-op in fp32)
+        return jax.tree.map(lambda array: array.astype(compute), params)
+
+    def loss_of(params, buffers, batch, labels):
+        logits, stats = logits_of(cast(params), buffers, batch, True)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1)), stats
+
+    def norms(tree):
+        return jnp.stack([jnp.sqrt(sum(jnp.sum(jnp.square(tree[name].astype(jnp.float32))) for name in group))
+                          for group in op.groups().values()])
+
+    def running(buffers, stats):  # torch's update: the unbiased batch variance
+        new = dict(buffers)
+        for bn, (mean, var, count) in stats.items():
+            new[f"{bn}.running_mean"] = (1 - BN_MOMENTUM) * buffers[f"{bn}.running_mean"] + BN_MOMENTUM * mean
+            new[f"{bn}.running_var"] = ((1 - BN_MOMENTUM) * buffers[f"{bn}.running_var"]
+                                        + BN_MOMENTUM * var * count / max(count - 1, 1))
+        return new
+
+    def forward(params, buffers, batch, labels):
+        return logits_of(cast(params), buffers, batch, False)[0].astype(jnp.float32)
+
+    def backward(params, buffers, batch, labels):
+        (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(params, buffers, batch, labels)
+        return loss, norms(grads)
+
+    def step(params, buffers, batch, labels):
+        (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params, buffers, batch, labels)
+        new = {name: params[name] - models.LEARNING_RATE * grads[name] for name in params}
+        return new, running(buffers, stats), loss, norms({name: new[name] - params[name] for name in params})
+
+    body = {"forward": forward, "backward": backward, "step": step}[variant.pass_]
+    donate = (0, 1) if variant.pass_ == "step" else ()
+    start = time.perf_counter()
+    compiled = jax.jit(body, donate_argnums=donate).lower(params, buffers, batch, labels).compile()
+    details: dict[str, Any] = {"compile_s": time.perf_counter() - start,
+                               "implementation": f"jax.lax/jax.nn on a params pytree, compute {variant.dtype}",
+                               "parameters": sum(int(np.prod(array.shape)) for array in jax.tree.leaves(params))}
+    if variant.pass_ != "step":
+        return (lambda: compiled(params, buffers, batch, labels)), details
+    state = [params, buffers]
+
+    def train() -> Any:
+        state[0], state[1], loss, update_norms = compiled(state[0], state[1], batch, labels)
+        return loss, update_norms
+
+    return train, details

@@ -25,6 +25,8 @@ op, so mode "xla" asks for the loop (``use_cudnn=False``).
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
 Option ``conv_padding="explicit"`` forces the explicit list (to measure that penalty).
+Whole models (op kind ``model``): ResNet-50 v1.5 and BERT-base built of Keras layers, in ``backends/tf_models.py``.
+
 Placement: configure() hides the GPUs of a CPU run, so no op needs a device scope (no per-call overhead).
 Sync: sync_devices() waits for GPU streams and any async executor; on CPU TF runs ops synchronously by default
 (``synchronous_execution`` is recorded in the flags), so results are ready when a call returns.
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
+from suite.models import Model
 from suite.ops import Attention, Conv2d, Op, Rnn
 
 # Logical layout -> TF's native one, per operand role (gradients share their operand's layout).
@@ -67,7 +70,7 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
     modes = ("function", "eager", "xla")
     layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",)}
+               "rnn": ("BTI",), "model": ("NHWC",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -206,6 +209,8 @@ class TensorFlowBackend(Backend):
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
         tf = self.tf
+        if isinstance(op, Model):  # the canonical arrays as they are: step() loads them into the Keras model
+            return array
         if isinstance(op, Rnn) and role.startswith(("w_", "b_")):
             array = self._keras_weight(array, op)
         perm = self._perm(role, op, variant)
@@ -309,6 +314,10 @@ class TensorFlowBackend(Backend):
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         tf = self.tf
+        if isinstance(op, Model):
+            from backends.tf_models import model_step
+
+            return model_step(tf, op, variant, args, "/GPU:0" if self.settings.device == "gpu" else "/CPU:0")
         names, wrt_names = op.inputs, op.wrt(variant.pass_)
         if isinstance(op, Rnn):  # the layer's operands: x and its three variables (not differentiated: the bias)
             names, args = ("x", "w_ih", "w_hh", "bias"), {**args, "bias": self._keras_bias(op, args["b_ih"],
@@ -376,6 +385,8 @@ class TensorFlowBackend(Backend):
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         array = out.numpy().astype(np.float64)
+        if isinstance(op, Model):  # logits, loss, norms: no layout
+            return array
         if isinstance(op, Rnn):
             return self._torch_weight(array, op) if name.startswith("dw_") else array
         perm = self._perm(name, op, variant)

@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from suite import models
+from suite.models import _stage_blocks
+
+BN_MOMENTUM = 0.1  # torch's weight of the batch statistic in the running one; Keras takes 1 - this
+
 
 def _conv_kernel(array: np.ndarray) -> np.ndarray:
     return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
@@ -82,13 +87,12 @@ class Loader:
             target.assign(array)
 
 
-def resnet50(keras: Any, loader: Loader, policy: Any, stages: tuple[tuple[int, int, int], ...],
-             classes: int) -> Any:
-    """ResNet-50 v1.5 of Keras layers; ``stages`` = (blocks, width, stride) per stage, expansion 4."""
+def resnet50(keras: Any, loader: Loader, policy: Any) -> Any:
+    """ResNet-50 v1.5 of Keras layers (suite.models' stages, widths and classes)."""
     layers = keras.layers
 
     def bn(prefix: str) -> Any:
-        layer = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=policy)
+        layer = layers.BatchNormalization(epsilon=models.BN_EPS, momentum=1 - BN_MOMENTUM, dtype=policy)
         loader.bn(prefix, layer)
         return layer
 
@@ -103,10 +107,11 @@ def resnet50(keras: Any, loader: Loader, policy: Any, stages: tuple[tuple[int, i
     class Bottleneck(layers.Layer):
         def __init__(self, prefix: str, width: int, stride: int, downsample: bool):
             super().__init__(dtype=policy)
+            out = models.RESNET_EXPANSION * width
             self.main = [*conv(f"{prefix}.conv1", width, 1), bn(f"{prefix}.bn1"), layers.ReLU(dtype=policy),
                          *conv(f"{prefix}.conv2", width, 3, stride), bn(f"{prefix}.bn2"), layers.ReLU(dtype=policy),
-                         *conv(f"{prefix}.conv3", 4 * width, 1), bn(f"{prefix}.bn3")]
-            self.shortcut = ([*conv(f"{prefix}.downsample.0", 4 * width, 1, stride), bn(f"{prefix}.downsample.1")]
+                         *conv(f"{prefix}.conv3", out, 1), bn(f"{prefix}.bn3")]
+            self.shortcut = ([*conv(f"{prefix}.downsample.0", out, 1, stride), bn(f"{prefix}.downsample.1")]
                              if downsample else [])
             self.add = layers.Add(dtype=policy)
             self.relu = layers.ReLU(dtype=policy)
@@ -122,12 +127,12 @@ def resnet50(keras: Any, loader: Loader, policy: Any, stages: tuple[tuple[int, i
     class ResNet50(keras.Model):
         def __init__(self):
             super().__init__(dtype=policy)
-            self.stem = [*conv("conv1", 64, 7, 2), bn("bn1"), layers.ReLU(dtype=policy),
+            self.stem = [*conv("conv1", models.RESNET_STEM, 7, 2), bn("bn1"), layers.ReLU(dtype=policy),
                          layers.ZeroPadding2D(1, dtype=policy), layers.MaxPooling2D(3, 2, dtype=policy)]
-            self.blocks = [Bottleneck(f"layer{i + 1}.{j}", width, stride if j == 0 else 1, j == 0)
-                           for i, (blocks, width, stride) in enumerate(stages) for j in range(blocks)]
+            self.blocks = [Bottleneck(f"layer{stage}.{j}", width, stride, j == 0)
+                           for stage, j, _, width, stride in _stage_blocks()]
             self.pool = layers.GlobalAveragePooling2D(dtype=policy)
-            self.fc = layers.Dense(classes, dtype=policy)
+            self.fc = layers.Dense(models.RESNET_CLASSES, dtype=policy)
             loader.dense("fc", self.fc)
 
         def call(self, images, training=False):
@@ -139,10 +144,10 @@ def resnet50(keras: Any, loader: Loader, policy: Any, stages: tuple[tuple[int, i
     return ResNet50()
 
 
-def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any:
+def bert(keras: Any, loader: Loader, policy: Any) -> Any:
     """BERT-base for sequence classification of Keras layers (post-LN, no dropout, no mask)."""
     layers, ops = keras.layers, keras.ops
-    hidden, heads = config["hidden"], config["heads"]
+    hidden, heads, head = models.BERT_HIDDEN, models.BERT_HEADS, models.BERT_HEAD_DIM
 
     def dense(prefix: str, units: int, activation: Any = None) -> Any:
         layer = layers.Dense(units, activation=activation, dtype=policy)
@@ -150,7 +155,7 @@ def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any
         return layer
 
     def layer_norm(prefix: str) -> Any:
-        layer = layers.LayerNormalization(epsilon=1e-12, dtype=policy)
+        layer = layers.LayerNormalization(epsilon=models.LN_EPS, dtype=policy)
         loader.layer_norm(prefix, layer)
         return layer
 
@@ -163,8 +168,7 @@ def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any
         return keras.activations.gelu(x, approximate=False)
 
     def attention(prefix: str) -> Any:
-        layer = layers.MultiHeadAttention(heads, hidden // heads, dtype=policy)
-        head = hidden // heads
+        layer = layers.MultiHeadAttention(heads, head, dtype=policy)
         for name, part in (("query", "query"), ("key", "key"), ("value", "value")):
             loader.add(f"{prefix}.self.{name}.weight", lambda part=part: getattr(layer, f"_{part}_dense").kernel,
                        lambda w: w.T.reshape(hidden, heads, head))
@@ -180,7 +184,7 @@ def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any
             super().__init__(dtype=policy)
             self.attention = attention(f"{prefix}.attention")
             self.attention_norm = layer_norm(f"{prefix}.attention.output.LayerNorm")
-            self.intermediate = dense(f"{prefix}.intermediate.dense", config["ffn"], gelu)
+            self.intermediate = dense(f"{prefix}.intermediate.dense", models.BERT_FFN, gelu)
             self.output_dense = dense(f"{prefix}.output.dense", hidden)
             self.output_norm = layer_norm(f"{prefix}.output.LayerNorm")
 
@@ -191,13 +195,13 @@ def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any
     class Bert(keras.Model):
         def __init__(self):
             super().__init__(dtype=policy)
-            self.word = embedding("embeddings.word_embeddings", config["vocab"])
-            self.position = embedding("embeddings.position_embeddings", config["positions"])
-            self.token_type = embedding("embeddings.token_type_embeddings", config["token_types"])
+            self.word = embedding("embeddings.word_embeddings", models.BERT_VOCAB)
+            self.position = embedding("embeddings.position_embeddings", models.BERT_POSITIONS)
+            self.token_type = embedding("embeddings.token_type_embeddings", models.BERT_TYPES)
             self.embedding_norm = layer_norm("embeddings.LayerNorm")
-            self.encoder = [Layer(f"encoder.layer.{i}") for i in range(config["layers"])]
+            self.encoder = [Layer(f"encoder.layer.{i}") for i in range(models.BERT_LAYERS)]
             self.pooler = dense("pooler.dense", hidden, "tanh")
-            self.classifier = dense("classifier", config["labels"])
+            self.classifier = dense("classifier", models.BERT_LABELS)
 
         def call(self, tokens, segments, training=False):
             positions = ops.arange(ops.shape(tokens)[1])
@@ -208,3 +212,75 @@ def bert(keras: Any, loader: Loader, policy: Any, config: dict[str, int]) -> Any
             return self.classifier(self.pooler(x[:, 0]))
 
     return Bert()
+
+
+def build(keras: Any, op: models.Model, policy: Any) -> tuple[Any, Loader]:
+    """The op's network of Keras layers (unbuilt) and the loader of its canonical weights."""
+    loader = Loader()
+    model = resnet50(keras, loader, policy) if op.network == "resnet50" else bert(keras, loader, policy)
+    return model, loader
+
+
+def trainable_count(model: Any) -> int:
+    """Trainable parameters as Keras counts them (its trainable weights; the BN running statistics are not)."""
+    return sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
+
+
+def model_step(tf: Any, op: models.Model, variant: Any, arrays: dict[str, np.ndarray],
+               device: str) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """The callable of one pass (forward: logits; backward: loss, grad_norms; step: loss, update_norms) of the
+    op's network built of Keras layers with the canonical ``arrays`` loaded, in the variant's mode; and details."""
+    import keras
+
+    from backends.base import Unsupported
+
+    if variant.dtype == "fp16":
+        raise Unsupported("TensorFlow model fp16: Keras' mixed_float16 needs loss scaling (LossScaleOptimizer), "
+                          "which the plain SGD step does not do; bf16 (mixed_bfloat16) runs")
+    policy = keras.DTypePolicy({"fp32": "float32", "bf16": "mixed_bfloat16"}[variant.dtype])
+    with tf.device(device):
+        model, loader = build(keras, op, policy)
+        if op.network == "resnet50":  # NCHW -> NHWC, Keras' channels_last
+            inputs = (tf.constant(np.ascontiguousarray(arrays["images"].transpose(0, 2, 3, 1))),)
+        else:
+            inputs = (tf.constant(arrays["tokens"]), tf.constant(arrays["segments"]))
+        labels = tf.constant(arrays["labels"])
+        model(*inputs, training=False)  # builds the variables; eval mode leaves the running statistics alone
+        loader.load(arrays)
+    variables = [loader.variable(name) for name in op.parameters()]
+    index = {name: i for i, name in enumerate(op.parameters())}
+    groups = [[index[name] for name in names] for names in op.groups().values()]
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # mean over the batch
+    rate = models.LEARNING_RATE
+
+    def norms(tensors: list[Any]) -> Any:
+        return tf.stack([tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(tensors[i], tf.float32))) for i in group]))
+                         for group in groups])
+
+    def gradients(*batch: Any) -> tuple[Any, list[Any]]:
+        *data, target = batch
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(target, tf.cast(model(*data, training=True), tf.float32))
+        return loss, tape.gradient(loss, variables)
+
+    def forward(*batch: Any) -> Any:
+        return tf.cast(model(*batch[:-1], training=False), tf.float32)
+
+    def backward(*batch: Any) -> tuple[Any, Any]:
+        loss, grads = gradients(*batch)
+        return loss, norms(grads)
+
+    def step(*batch: Any) -> tuple[Any, Any]:
+        loss, grads = gradients(*batch)
+        updates = [rate * grad for grad in grads]
+        for variable, update in zip(variables, updates, strict=True):
+            variable.assign_sub(update)
+        return loss, norms(updates)  # what assign_sub subtracted: w_before - w_after up to float32 rounding
+
+    body = {"forward": forward, "backward": backward, "step": step}[variant.pass_]
+    if variant.mode != "eager":  # the batch enters as arguments, not as captured constants
+        body = tf.function(body, jit_compile=variant.mode == "xla", autograph=False)
+    batch = (*inputs, labels)
+    details = {"implementation": f"Keras layers ({type(model).__name__}), policy {policy.name}",
+               "parameters": trainable_count(model)}
+    return (lambda: body(*batch)), details
