@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, Settings, Unsupported, Variant
+from suite.models import LEARNING_RATE, Model
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Rnn
 
 
@@ -31,7 +32,7 @@ class TorchBackend(Backend):
     name = "torch"
     modes = ("eager", "compile")
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
-               "attention": ("BHLD",), "rnn": ("BTI",)}
+               "attention": ("BHLD",), "rnn": ("BTI",), "model": ("nchw", "channels_last")}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -104,6 +105,8 @@ class TorchBackend(Backend):
         return "cuda" if self.settings.device == "gpu" else "cpu"
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        if isinstance(op, Model):  # the canonical arrays are loaded into the network in step()
+            return array
         torch = self.torch
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[variant.dtype]
         # A copy in torch's own (64-byte aligned) memory, as a network's tensors are: a tensor sharing NumPy's
@@ -188,6 +191,8 @@ class TorchBackend(Backend):
 
     def step(self, op: Op, variant: Variant, args: dict[str, Any]):
         torch = self.torch
+        if isinstance(op, Model):
+            return self._model_step(op, variant, args)
         forward = self._forward(op, variant)
         inputs, dy = [args[name] for name in op.inputs], args["dy"]
         if isinstance(op, Gemm | BatchedGemm):  # transposed views made once; matmul reads the stored layout as it is
@@ -220,6 +225,84 @@ class TorchBackend(Backend):
             return grads if len(grads) > 1 else grads[0]
 
         return run_backward, details
+
+    def _model_step(self, op: Model, variant: Variant, args: dict[str, np.ndarray]):
+        """A whole network's pass as torch trains it (suite/models.py; modules in backends/torch_models.py).
+
+        forward: ``model.eval()`` under ``torch.no_grad()``, the logits. backward: ``model.train()``, zero_grad
+        (set_to_none), the loss (mean cross-entropy), ``loss.backward()``. step: the same, then
+        ``torch.optim.SGD(lr=LEARNING_RATE)``'s ``step()``: every call trains on. Under torch.compile the module is
+        compiled (forward and loss; AOTAutograd compiles its backward), the optimizer runs eagerly. fp16/bf16 run
+        the forward and loss under ``torch.autocast`` with fp32 weights (torch's mixed precision). channels_last
+        keeps ResNet's images and weights in NHWC memory; BERT has no image layout (refused).
+
+        What the check sees: only the FIRST call (the op is ``stateful``, Backend.prepare keeps it) returns the
+        check's outputs: the loss with the L2 norm per parameter group of the gradients (backward) or of
+        w_after - w_before (step, from a float64 difference with a copy taken before the update); every later call
+        is the bare pass and returns the loss alone, so no timed call pays for the norms or the copy.
+        """
+        torch = self.torch
+        from backends import torch_models
+
+        if op.network != "resnet50" and variant.layout != "nchw":
+            raise Unsupported(f"{op.describe()} has no image activations: layout {variant.layout!r} does not apply "
+                              "(BERT runs in its one layout, the default)")
+        channels_last = variant.layout == "channels_last"
+        module = torch_models.build(op).to(self.device)
+        torch_models.load(module, op, args)
+        batch = {name: torch.from_numpy(args[name]).to(self.device) for name in op.batch_shapes()}
+        inputs = [batch["images"]] if op.network == "resnet50" else [batch["tokens"], batch["segments"]]
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+            inputs = [inputs[0].contiguous(memory_format=torch.channels_last)]
+        labels = batch["labels"]
+        module.train(variant.pass_ != "forward")
+        params = dict(module.named_parameters())
+        groups = [[params[name] for name in names] for names in op.groups().values()]
+        mixed = variant.dtype != "fp32"
+        autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(variant.dtype, torch.float32)
+
+        def loss_of(model, *xs):
+            return torch.nn.functional.cross_entropy(model(*xs).float(), labels)
+
+        network = module
+        if variant.mode == "compile":
+            torch._dynamo.reset()
+            network = torch.compile(module, dynamic=False)
+        autocast = functools.partial(torch.autocast, self.device, dtype=autocast_dtype, enabled=mixed)
+
+        def norms(tensors: list[list[Any]]) -> Any:
+            """L2 norm per group, accumulated in float64 (only for the check's call)."""
+            return torch.stack([torch.sqrt(sum(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2 for t in group))
+                                for group in tensors])
+
+        if variant.pass_ == "forward":
+            def forward():
+                with torch.no_grad(), autocast():
+                    return network(*inputs)
+            return forward, {"parameters": sum(p.numel() for p in params.values())}
+
+        optimizer = torch.optim.SGD(module.parameters(), lr=LEARNING_RATE)
+        first = [True]
+
+        def train():
+            module.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_of(network, *inputs)
+            loss.backward()
+            checked, first[0] = first[0], False
+            if variant.pass_ == "backward":
+                return (loss.detach(), norms([[p.grad for p in group] for group in groups])) if checked else loss
+            before = [[p.detach().clone() for p in group] for group in groups] if checked else None
+            optimizer.step()
+            if before is None:
+                return loss
+            with torch.no_grad():
+                change = [[p.double() - old.double() for p, old in zip(group, olds, strict=True)]
+                          for group, olds in zip(groups, before, strict=True)]
+            return loss.detach(), norms(change)
+
+        return train, {"parameters": sum(p.numel() for p in params.values())}
 
     def _sdpa_backend(self, op: Attention, inputs: list[Any]) -> dict[str, Any]:
         """The kernel scaled_dot_product_attention dispatches to for these tensors, as torch itself decides it."""

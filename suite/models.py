@@ -29,10 +29,10 @@ of a freshly prepared model (``stateful``: ``backends.base.Backend.prepare`` kee
 check, after timing it); every timed call after it trains on. The check runs on ``suite.reference.reduced(op)``
 (batch 2, 64×64 images or 32 tokens) against ``suite.reference.expected`` (float64 NumPy).
 
-Tolerance (fp32, relative error per output, measured against a float64 run of the same weights and batch; see
-``TOLERANCE``): loss 1e-4, grad_norms and update_norms 1e-3, logits 1e-3. Deep nets accumulate rounding (53 BN /
-12 LayerNorm layers; the gradient of a batch-normalized net at batch 2 divides by small variances); what was
-measured on torch's CPU kernels is in ``TOLERANCE``'s comment.
+Tolerance (fp32, relative error per output against the float64 reference; ``TOLERANCE``, with what was measured):
+ResNet-50 logits and loss 1e-4, grad_norms and update_norms 3e-3 (measured up to 1.4e-3: 53 batch norms' backward
+accumulates rounding); BERT-base 1e-4 for every output (measured under 1e-6). fp16/bf16 take the dtype's tolerance
+of ``suite.reference.TOLERANCE`` where it is larger.
 
 FLOPs (``flops``): the sum of the network's GEMM/conv/attention FLOPs, the catalog layer set's convention (forward:
 every layer's forward; backward and step: forward + dX of every layer but the first (ResNet's stem) + dW of every
@@ -168,9 +168,16 @@ class Model(OpKind):
     no_pass_reason: ClassVar[str] = ("a whole model has the passes forward (inference), backward (forward+backward) "
                                      "and step (training step); dX/dW alone do not apply")
     stateful: ClassVar[bool] = True  # a step call updates the weights: the check sees the first call (docstring)
-    # Relative error allowed per output in fp32 (module docstring). Measured with torch 2.13 on a 2-core CPU at the
-    # reduced sizes against a float64 run of the same module: see tests/test_models.py.
-    TOLERANCE: ClassVar[dict[str, float]] = {"loss": 1e-4, "grad_norms": 1e-3, "update_norms": 1e-3, "logits": 1e-3}
+    # Relative error allowed per network and output in fp32 (module docstring), about twice the largest seen.
+    # Measured (torch 2.13 CPU, eager, NCHW and channels_last, at the checked size, against a float64 run of the same
+    # module and batch): ResNet-50 logits 4.6e-7, loss 1.7e-6, grad/update norms up to 1.4e-3 (per group; the same at
+    # 64² to 128² and batch 2 to 4: 53 batch norms whose backward subtracts means, gradients growing 20× from fc to
+    # stem); BERT-base logits 8.6e-7, loss 2.2e-7, grad/update norms 1.9e-7 (BERT's values given 1e-4, ResNet's
+    # logits and loss too: other frameworks' fused kernels round differently).
+    TOLERANCE: ClassVar[dict[str, dict[str, float]]] = {
+        "resnet50": {"logits": 1e-4, "loss": 1e-4, "grad_norms": 3e-3, "update_norms": 3e-3},
+        "bert_base": {"logits": 1e-4, "loss": 1e-4, "grad_norms": 1e-4, "update_norms": 1e-4},
+    }
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -245,6 +252,10 @@ class Model(OpKind):
     def outputs(self, pass_: Pass) -> tuple[str, ...]:
         self._check(pass_)
         return {"forward": ("logits",), "backward": ("loss", "grad_norms"), "step": ("loss", "update_norms")}[pass_]
+
+    def tolerance(self, output: str) -> float:
+        """Relative error allowed for one output in fp32 (``TOLERANCE``)."""
+        return self.TOLERANCE[self.network][output]
 
     def _check(self, pass_: str) -> None:
         if pass_ not in self.passes:

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import softmax
 
+from suite import model_reference
 from suite.models import Model, initial_weights, synthetic_batch
 from suite.ops import Attention, BatchedGemm, Conv2d, Gemm, Op, Pass, Rnn
 
@@ -104,7 +105,7 @@ def _gemm(op: Gemm | BatchedGemm, t: dict[str, np.ndarray], pass_: Pass) -> dict
 
 def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
     """softmax(Q·Kᵀ·scale + mask)·V and its gradients; each KV head serves ``group`` consecutive query heads."""
-    q, dy = t["q"], t["dy"]
+    q = t["q"]
     k, v = (np.repeat(t[name], op.group, axis=1) for name in ("k", "v"))
     scores = q @ _t(k) * op.scale
     if op.causal:
@@ -112,6 +113,7 @@ def _attention(op: Attention, t: dict[str, np.ndarray], pass_: Pass) -> dict[str
     p = softmax(scores, axis=-1)
     if pass_ == "forward":
         return {"y": p @ v}
+    dy = t["dy"]
     dp = dy @ _t(v)
     ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # softmax's backward
     grouped = (op.batch, op.kv_heads, op.group, op.kv_len, op.head_dim)
@@ -185,7 +187,7 @@ def _rnn(op: Rnn, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray
 
 
 def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.ndarray]:
-    x, w, dy = t["x"], t["w"], t["dy"]
+    x, w = t["x"], t["w"]
     top, bottom, left, right = op.padding
     g, cg, kg = op.groups, op.c // op.groups, op.k // op.groups
     (sh, sw), (dh, dw_) = op.stride, op.dilation
@@ -195,10 +197,11 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
     win = win[:, :, ::sh, ::sw, ::dh, ::dw_][:, :, : op.p, : op.q]
     win = win.reshape(op.n, g, cg, op.p, op.q, op.r, op.s)
     wg = w.reshape(g, kg, cg, op.r, op.s)
-    dyg = dy.reshape(op.n, g, kg, op.p, op.q)
     out: dict[str, np.ndarray] = {}
-    if pass_ == "forward":
+    if pass_ == "forward":  # needs no dy (a whole model's reference runs its convs forward on their own)
         out["y"] = np.einsum("ngcpqrs,gkcrs->ngkpq", win, wg, optimize=True).reshape(op.out_shape)
+        return out
+    dyg = t["dy"].reshape(op.n, g, kg, op.p, op.q)
     if pass_ in ("backward_weight", "backward"):
         out["dw"] = np.einsum("ngcpqrs,ngkpq->gkcrs", win, dyg, optimize=True).reshape(op.weight_shape)
     if pass_ in ("backward_data", "backward"):
@@ -215,6 +218,7 @@ def _conv(op: Conv2d, t: dict[str, np.ndarray], pass_: Pass) -> dict[str, np.nda
 
 # op kind -> its float64 reference (every output of every pass); a new kind adds its own here.
 REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _attention, "rnn": _rnn}
+REFERENCES["model"] = model_reference.model  # a whole network: suite/model_reference.py
 
 
 def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
@@ -248,7 +252,7 @@ def tolerance(dtype: str, math: str, op: Op | None = None, output: str = "") -> 
     (``Model.TOLERANCE``: a deep net accumulates rounding), never below the dtype's."""
     limit = TOLERANCE["tf32"] if dtype == "fp32" and math == "tf32" else TOLERANCE[dtype]
     if isinstance(op, Model):
-        return max(limit, op.TOLERANCE[output])
+        return max(limit, op.tolerance(output))
     return limit
 
 
