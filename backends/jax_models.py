@@ -46,6 +46,21 @@ def from_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def pytree(op: models.Model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The params pytree of the op's network from the canonical arrays: every parameter, in JAX's layout."""
+    return {name: np.ascontiguousarray(to_jax_layout(name, arrays[name])) for name in op.parameters()}
+
+
+def apply(jax: Any, op: models.Model, precision: Any) -> Callable[..., Any]:
+    """(params, buffers, batch, training) -> (logits, batch statistics) of the op's network; ``batch`` = (images
+    NHWC,) or (tokens, segments)."""
+    if op.network == "resnet50":
+        resnet = resnet50(jax, precision)
+        return lambda params, buffers, batch, training: resnet(params, buffers, batch[0], training)
+    encoder = bert(jax, precision)
+    return lambda params, buffers, batch, training: (encoder(params, *batch), {})
+
+
 def resnet50(jax: Any, precision: Any) -> Callable[..., Any]:
     """(params, buffers, images NHWC, training) -> (logits, batch statistics {bn prefix: (mean, var, count)})."""
     jnp, lax = jax.numpy, jax.lax
@@ -127,8 +142,11 @@ def model_step(jax: Any, op: models.Model, variant: Any, arrays: dict[str, np.nd
     """The callable of one pass (forward: logits; backward: loss, grad_norms; step: loss, update_norms) of the
     op's network on a params pytree placed on ``device``, compiled ahead of time; and details (``compile_s``).
 
-    The step is one jitted function (params, buffers, batch) -> (new params, new buffers, loss, update_norms) that
-    donates the old params and buffers; each call feeds the last call's new ones in, so every call trains on."""
+    forward: eval mode, the logits. backward: training mode, the loss and the gradients. step: one jitted function
+    (params, buffers, batch) -> (new params, new buffers, loss) that donates the old params and buffers; each call
+    feeds the last call's new ones in, so every call trains on (the running statistics too, as torch's). As in the
+    torch backend, only the FIRST call returns the check's outputs (loss and the L2 norm per group of the gradients
+    or of w_after - w_before); every later call is the bare pass, so no timed call pays for the norms."""
     from backends.base import Unsupported
 
     jnp = jax.numpy
@@ -136,24 +154,19 @@ def model_step(jax: Any, op: models.Model, variant: Any, arrays: dict[str, np.nd
         raise Unsupported("JAX model fp16 needs loss scaling, which the plain SGD step does not do; bf16 runs "
                           "(float32 master params, bf16 compute)")
     compute = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[variant.dtype]
-    names = list(op.parameters())
-    params = {name: jax.device_put(to_jax_layout(name, arrays[name]), device) for name in names}
+    params = {name: jax.device_put(array, device) for name, array in pytree(op, arrays).items()}
     buffers = {name: jax.device_put(arrays[name], device) for name in op.buffers()}
     labels = jax.device_put(arrays["labels"], device)
+    network = apply(jax, op, precision)
     if op.network == "resnet50":
         batch: tuple[Any, ...] = (jax.device_put(np.ascontiguousarray(arrays["images"].transpose(0, 2, 3, 1)),
                                                  device),)
-        resnet = resnet50(jax, precision)
-
-        def logits_of(params, buffers, batch, training):
-            (images,) = batch
-            return resnet(params, buffers, images.astype(compute), training)
     else:
         batch = (jax.device_put(arrays["tokens"], device), jax.device_put(arrays["segments"], device))
-        encoder = bert(jax, precision)
 
-        def logits_of(params, buffers, batch, training):
-            return encoder(params, *batch), {}
+    def logits_of(params, buffers, batch, training):  # images in the compute dtype; tokens stay integers
+        return network(params, buffers, tuple(x.astype(compute) if x.dtype.kind == "f" else x for x in batch),
+                       training)
 
     def cast(params):  # the float32 master params in the compute dtype (a no-op in fp32)
         return jax.tree.map(lambda array: array.astype(compute), params)
@@ -178,14 +191,14 @@ def model_step(jax: Any, op: models.Model, variant: Any, arrays: dict[str, np.nd
     def forward(params, buffers, batch, labels):
         return logits_of(cast(params), buffers, batch, False)[0].astype(jnp.float32)
 
-    def backward(params, buffers, batch, labels):
+    def backward(params, buffers, batch, labels):  # the gradients are returned: XLA cannot drop them as dead code
         (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(params, buffers, batch, labels)
-        return loss, norms(grads)
+        return loss, grads
 
     def step(params, buffers, batch, labels):
         (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(params, buffers, batch, labels)
         new = {name: params[name] - models.LEARNING_RATE * grads[name] for name in params}
-        return new, running(buffers, stats), loss, norms({name: new[name] - params[name] for name in params})
+        return new, running(buffers, stats), loss
 
     body = {"forward": forward, "backward": backward, "step": step}[variant.pass_]
     donate = (0, 1) if variant.pass_ == "step" else ()
@@ -194,12 +207,23 @@ def model_step(jax: Any, op: models.Model, variant: Any, arrays: dict[str, np.nd
     details: dict[str, Any] = {"compile_s": time.perf_counter() - start,
                                "implementation": f"jax.lax/jax.nn on a params pytree, compute {variant.dtype}",
                                "parameters": sum(int(np.prod(array.shape)) for array in jax.tree.leaves(params))}
-    if variant.pass_ != "step":
+    if variant.pass_ == "forward":
         return (lambda: compiled(params, buffers, batch, labels)), details
+    # The check's norms, for the first call only: of the gradients, or of w_after - w_before (exact in float32
+    # where the update is small beside the weight), summed in float32 (JAX runs without float64 by default).
+    group_norms = jax.jit(norms)
+    difference_norms = jax.jit(lambda new, old: norms({name: new[name] - old[name] for name in new}))
     state = [params, buffers]
+    first = [True]
 
     def train() -> Any:
-        state[0], state[1], loss, update_norms = compiled(state[0], state[1], batch, labels)
-        return loss, update_norms
+        """The bare pass; on the first call only, also the check's norms (suite.models: what the check sees)."""
+        checked, first[0] = first[0], False
+        if variant.pass_ == "backward":
+            loss, grads = compiled(state[0], state[1], batch, labels)
+            return (loss, group_norms(grads)) if checked else (loss, grads)
+        before = jax.tree.map(jnp.copy, state[0]) if checked else None  # the step donates (overwrites) state[0]
+        state[0], state[1], loss = compiled(state[0], state[1], batch, labels)
+        return (loss, difference_norms(state[0], before)) if checked else loss
 
     return train, details
