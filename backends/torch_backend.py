@@ -292,11 +292,13 @@ class TorchBackend(Backend):
             loss.backward()
             checked, first[0] = first[0], False
             if variant.pass_ == "backward":
-                return (loss.detach(), norms([[p.grad for p in group] for group in groups])) if checked else loss
+                if not checked:
+                    return loss.detach()
+                return loss.detach(), norms([[p.grad for p in group] for group in groups])
             before = [[p.detach().clone() for p in group] for group in groups] if checked else None
             optimizer.step()
             if before is None:
-                return loss
+                return loss.detach()
             with torch.no_grad():
                 change = [[p.double() - old.double() for p, old in zip(group, olds, strict=True)]
                           for group, olds in zip(groups, before, strict=True)]
