@@ -236,7 +236,16 @@ def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "
 def expected(op: Op, seed: int, pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
     """``reference`` on the op's seeded inputs, cached: the layouts and modes of a case that one worker measures in
     a row compare against one float64 result (read-only; do not modify the arrays)."""
+    if isinstance(op, Model):
+        return _model_expected(op, seed, dtype)[pass_]
     return reference(op, make_inputs(op, seed), pass_, dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def _model_expected(op: Model, seed: int, dtype: str) -> dict[str, dict[str, np.ndarray]]:
+    """Every pass of a whole model from one set of inputs (BERT-base: 110M weights to draw and convert) and one
+    float64 training pass for both backward and step."""
+    return model_reference.passes(op, {name: round_to(array, dtype) for name, array in make_inputs(op, seed).items()})
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
