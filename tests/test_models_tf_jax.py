@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from suite.models import PARAMETER_COUNT, Model
+from suite.models import LEARNING_RATE, PARAMETER_COUNT, Model
 from suite.reference import compare, expected, make_inputs, reduced
 from suite.variant import Settings, Variant
 
@@ -151,16 +151,37 @@ def first_loss(out) -> float:
                                                     ("tensorflow", "xla"), ("jax", "jit")])
 def test_step_trains_on_and_backward_does_not(request, backend_name, mode):
     """Each step call updates the weights in place (TF assign_sub; JAX's donated params fed into the next call):
-    the same batch's loss falls call after call; a backward call changes nothing, its loss stays."""
+    the same batch's loss falls call after call, and the first update is the learning rate times the gradient; a
+    backward call changes nothing, its loss stays."""
     backend = request.getfixturevalue("tf_backend" if backend_name == "tensorflow" else "jax_backend")
     op = Model("bert_base", 2, 8)
     arrays = make_inputs(op, 0)
-    losses = {}
+    losses, norms = {}, {}
     for pass_ in ("backward", "step"):
         variant = backend.resolve(op, Variant(pass_, "fp32", mode, None))
         call, _ = backend.step(op, variant, {name: backend.tensor(a, name, op, variant) for name, a in arrays.items()})
-        losses[pass_] = [first_loss(call()) for _ in range(3)]
+        first = call()  # the check's call: (loss, norms per group)
+        norms[pass_] = np.asarray(first[1])
+        losses[pass_] = [first_loss(first), first_loss(call()), first_loss(call())]
     first, second, third = losses["step"]
     assert third < second < first, losses
     assert first == pytest.approx(losses["backward"][0], rel=1e-6)
     assert losses["backward"][0] == losses["backward"][1] == losses["backward"][2], losses
+    np.testing.assert_allclose(norms["step"], LEARNING_RATE * norms["backward"], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend_name", "mode"), [("tensorflow", "function"), ("jax", "jit")])
+def test_bf16_mixed_precision(request, backend_name, mode):
+    """bf16 as each framework recommends it (Keras mixed_bfloat16; JAX bf16 compute on float32 master params)
+    passes the bf16 check of the step; fp16 is refused with the reason (no loss scaling)."""
+    from backends.base import Unsupported
+
+    backend = request.getfixturevalue("tf_backend" if backend_name == "tensorflow" else "jax_backend")
+    op = Model("bert_base", 2, 8)
+    prepared = backend.prepare(op, Variant("step", "bf16", mode, None), make_inputs(op, 0))
+    record = compare(prepared.outputs(), expected(op, 0, "step", "bf16"), "bf16", "strict", op)
+    assert record["status"] == "pass", record
+    assert "bf16" in prepared.details["implementation"] or "bfloat16" in prepared.details["implementation"]
+    with pytest.raises(Unsupported, match="loss scaling"):
+        backend.prepare(op, Variant("step", "fp16", mode, None), make_inputs(op, 0))
