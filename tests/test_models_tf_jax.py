@@ -86,10 +86,11 @@ CASES = [("tensorflow", "function", "forward"), ("tensorflow", "function", "back
          ("jax", "jit", "forward"), ("jax", "jit", "backward"), ("jax", "jit", "step")]
 
 
-# TensorFlow's own CPU kernels (not XLA) differentiate the reduced ResNet-50 with a relative error of 4.3e-3 in the
-# group norms (measured; XLA 5e-4, JAX 1.4e-3, torch 1.4e-3): above suite.models' 3e-3, which was set from torch.
-# The same Keras model in float64 matches the reference to 5e-10 (test_keras_model_in_float64_is_exact), so this is
-# float32 rounding, not the definition. strict: once the tolerance covers it, the xfail must go.
+# TensorFlow's own CPU kernels (not XLA) differentiate the reduced ResNet-50 (batch 2, 64²) with a relative error of
+# 4.3e-3 in the group norms (measured; XLA 5e-4, JAX 1.4e-3, torch 1.4e-3; at batch 1 TF 2.1e-3 and JAX 3.3e-3):
+# above suite.models' 3e-3, which was set from torch. The same Keras model in float64 matches the reference to 5e-10
+# (test_keras_model_in_float64_is_exact): float32 rounding, not the definition. strict: once the tolerance covers
+# it, the xfail must go.
 KERAS_ROUNDING = pytest.mark.xfail(strict=True, reason="TF's CPU kernels: 4.3e-3 relative error > 3e-3 tolerance")
 
 
