@@ -31,8 +31,9 @@ check, after timing it); every timed call after it trains on. The check runs on 
 
 Tolerance (fp32, relative error per output against the float64 reference; ``TOLERANCE``, with what was measured):
 ResNet-50 logits and loss 1e-4, grad_norms and update_norms 3e-3 (measured up to 1.4e-3: 53 batch norms' backward
-accumulates rounding); BERT-base 1e-4 for every output (measured under 1e-6). fp16/bf16 take the dtype's tolerance
-of ``suite.reference.TOLERANCE`` where it is larger.
+accumulates rounding); BERT-base 1e-4 for every output (measured under 1e-6). fp16/bf16 (and TF32) take the dtype's
+tolerance of ``suite.reference.TOLERANCE``, ResNet-50's loss and norms more (``REDUCED_TOLERANCE``: 5e-2, 1e-1;
+bf16 measured 1.8e-2 and 3.7e-2).
 
 FLOPs (``flops``): the sum of the network's GEMM/conv/attention FLOPs, the catalog layer set's convention (forward:
 every layer's forward; backward and step: forward + dX of every layer but the first (ResNet's stem) + dW of every
@@ -253,8 +254,18 @@ class Model(OpKind):
         self._check(pass_)
         return {"forward": ("logits",), "backward": ("loss", "grad_norms"), "step": ("loss", "update_norms")}[pass_]
 
-    def tolerance(self, output: str) -> float:
-        """Relative error allowed for one output in fp32 (``TOLERANCE``)."""
+    # With reduced precision (fp16/bf16 autocast, TF32) the dtype's tolerance (suite.reference.TOLERANCE) applies,
+    # except where a network needs more: ResNet-50 in bf16 (torch CPU autocast, at the checked size, against float64
+    # with fp32 weights) measured logits 3.9e-3, loss 1.8e-2 and gradient norms 3.7e-2, over bf16's 3e-2.
+    REDUCED_TOLERANCE: ClassVar[dict[str, dict[str, float]]] = {
+        "resnet50": {"loss": 5e-2, "grad_norms": 1e-1, "update_norms": 1e-1},
+    }
+
+    def tolerance(self, output: str, reduced_precision: bool = False) -> float:
+        """Relative error allowed for one output: in fp32 ``TOLERANCE``; with reduced precision
+        ``REDUCED_TOLERANCE`` where a network has one (else 0: the dtype's own tolerance decides)."""
+        if reduced_precision:
+            return self.REDUCED_TOLERANCE.get(self.network, {}).get(output, 0.0)
         return self.TOLERANCE[self.network][output]
 
     def _check(self, pass_: str) -> None:

@@ -261,7 +261,7 @@ def tolerance(dtype: str, math: str, op: Op | None = None, output: str = "") -> 
     (``Model.TOLERANCE``: a deep net accumulates rounding), never below the dtype's."""
     limit = TOLERANCE["tf32"] if dtype == "fp32" and math == "tf32" else TOLERANCE[dtype]
     if isinstance(op, Model):
-        return max(limit, op.tolerance(output))
+        return max(limit, op.tolerance(output, reduced_precision=limit > TOLERANCE["fp32"]))
     return limit
 
 

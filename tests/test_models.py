@@ -268,6 +268,17 @@ def test_bert_has_no_channels_last(torch_backend):
         torch_backend.prepare(BERT, Variant("forward", layout="channels_last"), make_inputs(BERT))
 
 
-def test_bf16_autocast_on_the_cpu(torch_backend):
-    result = checked(torch_backend, RESNET, "forward", dtype="bf16")
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_bf16_autocast_on_the_cpu(torch_backend, pass_):
+    result = checked(torch_backend, RESNET, pass_, dtype="bf16")
     assert result["status"] == "pass", result
+
+
+def test_reduced_precision_tolerances():
+    resnet, bert = Model("resnet50", 1), Model("bert_base", 1)
+    off = {"loss": np.float64(1 + 4e-2), "grad_norms": np.full(6, 1 + 8e-2)}
+    exact = {"loss": np.float64(1.0), "grad_norms": np.ones(6)}
+    assert compare(off, exact, "bf16", "strict", resnet)["status"] == "pass"
+    assert compare(off, exact, "bf16", "strict", bert)["status"] == "fail"  # bf16's own 3e-2
+    assert compare(off, exact, "fp32", "tf32", resnet)["status"] == "pass"
+    assert compare(off, exact, "fp32", "strict", resnet)["status"] == "fail"
