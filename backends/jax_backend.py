@@ -18,6 +18,9 @@ output is dead code that XLA removes. Each step is compiled explicitly (``jit(f)
 the compile time is recorded as ``compile_s``. XLA picks the physical layouts itself; the layout names only the
 logical dimension order the operands are handed over in.
 
+Whole models (op kind ``model``): ResNet-50 v1.5 and BERT-base of jax.lax/jax.nn on a params pytree, jitted, in
+``backends/jax_models.py``; the training step donates the old params and feeds the new ones to the next call.
+
 XLA:CPU has no thread setter: its pool is sized from the CPU affinity when the backend starts, so configure()
 narrows the affinity to the first ``threads`` CPUs (before any device use) and records it.
 
@@ -44,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
+from suite.models import Model
 from suite.ops import AllReduce, Attention, BatchedGemm, Conv2d, Op, Rnn, Spmm
 from suite.reference import to_int8
 
@@ -78,7 +82,8 @@ class JaxBackend(Backend):
     modes = ("jit",)
     int8 = True  # GEMM and conv (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "NHWC"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",), "spmm": ("BCOO", "BCSR"), "allreduce": ("processes", "devices")}
+               "rnn": ("BTI",), "spmm": ("BCOO", "BCSR"), "allreduce": ("processes", "devices"),
+               "model": ("NHWC",)}
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -202,6 +207,8 @@ class JaxBackend(Backend):
         return _TO_NHWC[_ROLE.get(role, role)] if op.kind == "conv2d" and variant.layout == "NHWC" else None
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
+        if isinstance(op, Model):  # the canonical arrays as they are: step() builds the params pytree from them
+            return array
         perm = self._perm(role, op, variant)
         native = np.ascontiguousarray(array if perm is None else array.transpose(perm))
         if variant.dtype == "int8":  # the integers suite.reference multiplies
@@ -363,6 +370,11 @@ class JaxBackend(Backend):
         jax = self.jax
         if isinstance(op, AllReduce):
             return self._allreduce(op, variant, args)
+        if isinstance(op, Model):
+            from backends.jax_models import model_step
+
+            return model_step(jax, op, variant, args, self.device,
+                              jax.lax.Precision(jax.config.jax_default_matmul_precision))
         forward = self._forward(op, variant)
         names, wrt = op.inputs, op.wrt(variant.pass_)
 

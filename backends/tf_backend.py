@@ -29,12 +29,16 @@ op, so mode "xla" asks for the loop (``use_cudnn=False``).
 Padding: an explicit padding list sends TF's CPU conv backward to generic kernels (~2.3x slower than oneDNN on
 this project's CPU), so "SAME" or "VALID" is used wherever it is exactly equivalent; ``padding_form`` records it.
 Option ``conv_padding="explicit"`` forces the explicit list (to measure that penalty).
+
+Whole models (op kind ``model``): ResNet-50 v1.5 and BERT-base built of Keras layers, in ``backends/tf_models.py``.
+
 All-reduce: ``MultiWorkerMirroredStrategy`` over the worker processes (TensorFlow has no launcher: the runner starts
 them on one machine, with TF_CONFIG naming every worker at MASTER_ADDR:MASTER_PORT+1+rank; under srun TensorFlow's
 own ``SlurmClusterResolver`` finds the nodes), a replica context's ``all_reduce`` of the worker's buffer inside a
 tf.function (ring collectives over gRPC on the CPU, NCCL on GPUs); a new buffer, as TensorFlow has no in-place one.
 The strategy must exist before the runtime starts, so ``join`` only remembers the ranks and ``configure`` makes it.
 Modes eager and xla are refused for it (the strategy runs a tf.function).
+
 Placement: configure() hides the GPUs of a CPU run, so no op needs a device scope (no per-call overhead).
 Sync: sync_devices() waits for GPU streams and any async executor; on CPU TF runs ops synchronously by default
 (``synchronous_execution`` is recorded in the flags), so results are ready when a call returns.
@@ -48,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import Backend, DeviceMissing, Placement, RankGroup, Settings, Unsupported, Variant
+from suite.models import Model
 from suite.ops import AllReduce, Attention, Conv2d, Gemm, Op, Rnn, Spmm
 from suite.reference import to_int8
 
@@ -79,7 +84,7 @@ class TensorFlowBackend(Backend):
     modes = ("function", "eager", "xla")
     int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NHWC", "NCHW"), "bgemm": ("row-major",), "attention": ("BLHD",),
-               "rnn": ("BTI",), "spmm": ("COO",), "allreduce": ("processes",)}
+               "rnn": ("BTI",), "spmm": ("COO",), "allreduce": ("processes",), "model": ("NHWC",)}
     _group: RankGroup | None = None
     _strategy: Any = None
 
@@ -284,6 +289,8 @@ class TensorFlowBackend(Backend):
 
     def tensor(self, array: np.ndarray, role: str, op: Op, variant: Variant) -> Any:
         tf = self.tf
+        if isinstance(op, Model):  # the canonical arrays as they are: step() loads them into the Keras model
+            return array
         if isinstance(op, Rnn) and role.startswith(("w_", "b_")):
             array = self._keras_weight(array, op)
         perm = self._perm(role, op, variant)
@@ -392,6 +399,10 @@ class TensorFlowBackend(Backend):
         tf = self.tf
         if isinstance(op, AllReduce):
             return self._allreduce(op, variant, args)
+        if isinstance(op, Model):
+            from backends.tf_models import model_step
+
+            return model_step(tf, op, variant, args, "/GPU:0" if self.settings.device == "gpu" else "/CPU:0")
         names, wrt_names = op.inputs, op.wrt(variant.pass_)
         if isinstance(op, Rnn):  # the layer's operands: x and its three variables (not differentiated: the bias)
             names, args = ("x", "w_ih", "w_hh", "bias"), {**args, "bias": self._keras_bias(op, args["b_ih"],
@@ -473,6 +484,8 @@ class TensorFlowBackend(Backend):
 
     def to_numpy(self, out: Any, name: str, op: Op, variant: Variant) -> np.ndarray:
         array = out.numpy().astype(np.float64)
+        if isinstance(op, Model):  # logits, loss, norms: no layout
+            return array
         if isinstance(op, Rnn):
             return self._torch_weight(array, op) if name.startswith("dw_") else array
         perm = self._perm(name, op, variant)

@@ -30,8 +30,10 @@ check, after timing it); every timed call after it trains on. The check runs on 
 (batch 2, 64×64 images or 32 tokens) against ``suite.reference.expected`` (float64 NumPy).
 
 Tolerance (fp32, relative error per output against the float64 reference; ``TOLERANCE``, with what was measured):
-ResNet-50 logits and loss 1e-4, grad_norms and update_norms 3e-3 (measured up to 1.4e-3: 53 batch norms' backward
-accumulates rounding); BERT-base 1e-4 for every output (measured under 1e-6). fp16/bf16 (and TF32) take the dtype's
+ResNet-50 logits and loss 1e-4, grad_norms and update_norms 1e-2 (53 batch norms' backward at the check's small
+batch accumulates rounding, measured at batch 2 × 64²: torch 1.4e-3, JAX 1.4e-3, TensorFlow's CPU kernels 4.3e-3,
+TF XLA 5e-4; the Keras model in float64 matches the reference to 5e-10, so it is float32 rounding, not definition);
+BERT-base 1e-4 for every output (measured under 1e-6). fp16/bf16 (and TF32) take the dtype's
 tolerance of ``suite.reference.TOLERANCE``, ResNet-50's loss and norms more (``REDUCED_TOLERANCE``: 5e-2, 1e-1;
 bf16 measured 1.8e-2 and 3.7e-2).
 
@@ -176,7 +178,7 @@ class Model(OpKind):
     # stem); BERT-base logits 8.6e-7, loss 2.2e-7, grad/update norms 1.9e-7 (BERT's values given 1e-4, ResNet's
     # logits and loss too: other frameworks' fused kernels round differently).
     TOLERANCE: ClassVar[dict[str, dict[str, float]]] = {
-        "resnet50": {"logits": 1e-4, "loss": 1e-4, "grad_norms": 3e-3, "update_norms": 3e-3},
+        "resnet50": {"logits": 1e-4, "loss": 1e-4, "grad_norms": 1e-2, "update_norms": 1e-2},
         "bert_base": {"logits": 1e-4, "loss": 1e-4, "grad_norms": 1e-4, "update_norms": 1e-4},
     }
 
