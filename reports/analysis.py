@@ -216,9 +216,11 @@ def ratio_summary(ratios: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFram
 # ------------------------------------------------------------------------------------------------ other op kinds
 def other_kinds(frame: pd.DataFrame) -> list[str]:
     """The op kinds in the results beyond GEMM and conv (batched GEMM, attention, recurrent layers, …; every kind
-    not ``OpKind.main``), each of which gets a section of its own, in the op registry's order."""
+    not ``OpKind.main``), each of which gets a section of its own, in the op registry's order. A stateful kind (a
+    whole model, whose passes are inference, forward+backward and the training step) is answered by the training
+    step section instead: the per-kind "backward against forward" wording does not fit it."""
     present = set(frame["op"].dropna()) if not frame.empty else set()
-    return [kind for kind, cls in OP_KINDS.items() if kind in present and not cls.main]
+    return [kind for kind, cls in OP_KINDS.items() if kind in present and not cls.main and not cls.stateful]
 
 
 def kind_throughput(pooled: pd.DataFrame, kinds: Iterable[str]) -> pd.DataFrame:

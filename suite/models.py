@@ -196,6 +196,10 @@ class Model(OpKind):
         if self.network == "resnet50" and self.size < 32:  # type: ignore[operator]
             raise InvalidDims("size", f"ResNet-50 downsamples 32×: an image of side {self.size} < 32 vanishes")
 
+    def layouts(self, offered: tuple[str, ...]) -> tuple[str, ...]:
+        """A layout is that of ResNet-50's image activations; BERT-base has none, so one (the default) variant."""
+        return offered if self.network == "resnet50" else offered[:1]
+
     # --- the definition --------------------------------------------------------------------------
     def parameters(self) -> dict[str, tuple[int, ...]]:
         """Trainable parameters: canonical name -> logical shape, in definition order."""

@@ -96,6 +96,11 @@ class OpKind:
         """The name the report groups this op under (a depthwise conv apart from dense convs); the kind by default."""
         return self.kind
 
+    def layouts(self, offered: tuple[str, ...]) -> tuple[str, ...]:
+        """Which of a backend's layouts for this kind give this op a distinct variant (all of them by default; a
+        network without images has one)."""
+        return offered
+
     def wrt(self, pass_: Pass) -> tuple[str, ...]:
         """The inputs a pass differentiates with respect to."""
         return WRT.get(pass_, ())

@@ -102,7 +102,8 @@ def plan(cases: Iterable[Case], backend_names: Iterable[str], devices: Iterable[
             settings = Settings(device=device, threads=threads, math=math, options=dict(options or {}))
             for case in cases:
                 for mode in _pick(modes, cls.modes):
-                    for layout in _pick(layouts, cls.layouts.get(case.op.kind, ("",))):  # "": resolve() refuses
+                    offered = case.op.layouts(cls.layouts[case.op.kind]) if case.op.kind in cls.layouts else ("",)
+                    for layout in _pick(layouts, offered):  # "": resolve() refuses
                         for dtype in dict.fromkeys([*dtypes, *case.dtypes]):
                             # a pass the op lacks is not planned (a GEMM has no step); the case's own dtype
                             # plans no refusal records

@@ -142,6 +142,16 @@ def test_a_pass_an_op_lacks_is_not_planned():
         ("smoke-gemm-64", "forward"), ("smoke-gemm-64", "backward_data")}
 
 
+def test_a_layout_is_planned_only_where_it_makes_a_distinct_variant():
+    """--layout all plans ResNet-50 in NCHW and channels_last, BERT-base (no image activations) once."""
+    cases = CATALOG.by_id()
+    picked = [cases["model-resnet50-train-b8"], cases["model-bert-base-train-b8s128"]]
+    tasks = plan(picked, ["torch"], ["cpu"], ["fp32"], ["step"], layouts=["all"])
+    assert sorted((t.case.id, t.variant.layout) for t in tasks) == [
+        ("model-bert-base-train-b8s128", "nchw"), ("model-resnet50-train-b8", "channels_last"),
+        ("model-resnet50-train-b8", "nchw")]
+
+
 def test_a_pass_no_selected_case_has_is_a_usage_error(capsys):
     assert main(["run", "--id", "smoke-gemm-64", "--pass", "step", "--backend", "torch", "-o", "unused.jsonl"]) == 2
     err = capsys.readouterr().err

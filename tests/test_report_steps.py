@@ -241,3 +241,11 @@ def test_a_layer_set_incomplete_everywhere_leaves_the_step_alone() -> None:
         "On this CPU, in a Net training step (toy), the step takes 60 s with torch; the layer set toy is incomplete "
         "in every framework, so no layer share is claimed. The forward pass (inference, eval mode) takes 25% of "
         "torch's, backward and update the rest.")
+
+
+def test_a_whole_model_gets_the_step_section_not_a_per_kind_section() -> None:
+    """The per-kind section says "backward against forward"; a model's backward pass is forward+backward, so the
+    training step section answers it and no per-kind section is made."""
+    a = analyzed(*three())
+    assert "model" not in a.kinds
+    assert not [q for q in summary.answers(a) if q["id"] == "kind-model"]
