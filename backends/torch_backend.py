@@ -54,7 +54,7 @@ class TorchBackend(Backend):
     modes = ("eager", "compile")
     int8 = True  # GEMM (see the module docstring)
     layouts = {"gemm": ("row-major",), "conv2d": ("NCHW", "channels_last"), "bgemm": ("row-major",),
-               "attention": ("BHLD",), "rnn": ("BTI",), "model": ("nchw", "channels_last"),
+               "attention": ("BHLD",), "rnn": ("BTI",), "model": ("NCHW", "channels_last"),
                "spmm": ("CSR", "COO"), "allreduce": ("processes",)}
 
     def __init__(self, settings: Settings | None = None):
@@ -338,7 +338,7 @@ class TorchBackend(Backend):
         torch = self.torch
         from backends import torch_models
 
-        if op.network != "resnet50" and variant.layout != "nchw":
+        if op.network != "resnet50" and variant.layout != "NCHW":
             raise Unsupported(f"{op.describe()} has no image activations: layout {variant.layout!r} does not apply "
                               "(BERT runs in its one layout, the default)")
         channels_last = variant.layout == "channels_last"

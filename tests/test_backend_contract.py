@@ -19,7 +19,7 @@ import pytest
 from backends import REGISTRY, backend_class, is_available, load
 from backends.base import Backend, Settings, Unsupported, Variant
 from suite.catalog import load_catalog
-from suite.ops import PASSES, Conv2d, Op
+from suite.ops import LAYER_PASSES, PASSES, Conv2d, Op
 from suite.reference import compare, make_inputs, reference
 
 SETTINGS = Settings(device="cpu", threads=1, math="strict")
@@ -107,7 +107,7 @@ def test_other_modes_on_one_case(configured):
 
 def test_asymmetric_padding_runs_or_is_unsupported(configured):
     backend, _ = configured
-    for pass_ in PASSES:
+    for pass_ in LAYER_PASSES:
         try:
             details = check(backend, ASYMMETRIC, Variant(pass_))
         except Unsupported:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from suite.catalog import CatalogError, load_catalog, load_file
-from suite.ops import PASSES, InvalidDims, Rnn, op_from_dict, op_to_dict
+from suite.ops import LAYER_PASSES, InvalidDims, Rnn, op_from_dict, op_to_dict
 from suite.reference import CHECK_FLOP_LIMIT, make_inputs, reduced, reference
 from tests.gradients import numeric_gradient
 from tests.test_catalog_data import DATA_DIR, DEEPBENCH_SETS
@@ -29,9 +29,9 @@ def test_rnn_operands_outputs_and_passes():
     assert op.operands == {"x": (2, 7, 3), "w_ih": (15, 3), "w_hh": (15, 5), "b_ih": (15,), "b_hh": (15,),
                            "dy": (2, 7, 5)}
     assert op.out_shape == (2, 7, 5) and op.input_elements == 2 * 7 * 3
-    assert op.passes == PASSES and op.inputs == ("x", "w_ih", "w_hh", "b_ih", "b_hh")  # biases: inputs, never wrt
-    assert [op.wrt(p) for p in PASSES] == [(), ("x",), ("w_ih", "w_hh"), ("x", "w_ih", "w_hh")]
-    assert [op.outputs(p) for p in PASSES] == [("y",), ("dx",), ("dw_ih", "dw_hh"), ("dx", "dw_ih", "dw_hh")]
+    assert op.passes == LAYER_PASSES and op.inputs == ("x", "w_ih", "w_hh", "b_ih", "b_hh")  # biases: inputs, never wrt
+    assert [op.wrt(p) for p in LAYER_PASSES] == [(), ("x",), ("w_ih", "w_hh"), ("x", "w_ih", "w_hh")]
+    assert [op.outputs(p) for p in LAYER_PASSES] == [("y",), ("dx",), ("dw_ih", "dw_hh"), ("dx", "dw_ih", "dw_hh")]
     assert op.describe() == "gru H5 I3 B2 T7"
     assert Rnn("lstm", 8, 1, 2) == Rnn("lstm", 8, 1, 2, input_size=8)  # DeepBench: input of hidden features
     assert Rnn("lstm", 8, 1, 2).describe() == "lstm H8 B1 T2"
