@@ -28,10 +28,11 @@ from suite.models import _stage_blocks
 BN_MOMENTUM = 0.1  # torch's: running = (1 - m) · running + m · batch statistic (unbiased variance)
 
 
-def to_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
-    """A canonical array in JAX's layout: conv OIHW -> HWIO, dense (out, in) -> (in, out), the rest unchanged."""
+def to_jax_layout(name: str, array: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """A canonical array in JAX's layout: conv OIHW -> HWIO, dense (out, in) -> (in, out), the rest unchanged;
+    ``inverse``: back to the canonical layout."""
     if array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
+        return array.transpose((3, 2, 0, 1) if inverse else (2, 3, 1, 0))
     if array.ndim == 2 and name.endswith(".weight") and "embeddings" not in name:
         return array.T
     return array
@@ -39,11 +40,7 @@ def to_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
 
 def from_jax_layout(name: str, array: np.ndarray) -> np.ndarray:
     """The inverse of to_jax_layout."""
-    if array.ndim == 4:
-        return array.transpose(3, 2, 0, 1)
-    if array.ndim == 2 and name.endswith(".weight") and "embeddings" not in name:
-        return array.T
-    return array
+    return to_jax_layout(name, array, inverse=True)
 
 
 def pytree(op: models.Model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -274,10 +274,6 @@ class Model(OpKind):
             return self.REDUCED_TOLERANCE.get(self.network, {}).get(output, 0.0)
         return self.TOLERANCE[self.network][output]
 
-    def _check(self, pass_: str) -> None:
-        if pass_ not in self.passes:
-            raise ValueError(self.no_pass_reason)
-
     def layers(self) -> tuple[tuple[OpKind, int, bool], ...]:
         """The network's GEMM/conv/attention layers: (op, how often, first layer), distinct ops with their counts."""
         found: dict[OpKind, list] = {}

@@ -101,6 +101,13 @@ class OpKind:
         network without images has one)."""
         return offered
 
+    def _check(self, pass_: str) -> None:
+        """Refuse (ValueError) a pass that does not exist or that this kind has not, with the kind's reason."""
+        if pass_ not in PASSES:
+            raise ValueError(f"unknown pass {pass_!r}; expected one of {', '.join(PASSES)}")
+        if pass_ not in self.passes:
+            raise ValueError(self.no_pass_reason or f"{self.kind} has no pass {pass_!r}")
+
     def wrt(self, pass_: Pass) -> tuple[str, ...]:
         """The inputs a pass differentiates with respect to."""
         return WRT.get(pass_, ())
@@ -447,11 +454,6 @@ class Attention(OpKind):
         """An unfused (math) kernel holds the scores and probabilities, and their gradients."""
         return 2 * self.score_elements
 
-    def _check(self, pass_: str) -> None:
-        _check_pass(pass_)
-        if pass_ not in self.passes:
-            raise ValueError(self.no_pass_reason)
-
     def wrt(self, pass_: Pass) -> tuple[str, ...]:
         return self.inputs if pass_ == "backward" else ()
 
@@ -584,8 +586,18 @@ class Rnn(OpKind):
         return f"{self.cell} {size} B{self.batch} T{self.timesteps}"
 
 
+class _ForwardOnly(OpKind):
+    """A kind measured forward only (inference, a collective): one output y."""
+
+    passes: ClassVar[tuple[Pass, ...]] = ("forward",)
+
+    def outputs(self, pass_: Pass) -> tuple[str, ...]:
+        self._check(pass_)
+        return ("y",)
+
+
 @dataclass(frozen=True)
-class Spmm(OpKind):
+class Spmm(_ForwardOnly):
     """Sparse × dense GEMM, Y[M, N] = A[M, K] · B[K, N], for inference (forward only), as DeepBench's sparse set
     has it: A is the sparse weight matrix, B the dense activations (N is the batch); no transposes (DeepBench's rows
     have none). ``sparsity`` is the fraction of A's entries that are zero, in (0, 1): exactly ``nnz`` =
@@ -606,7 +618,6 @@ class Spmm(OpKind):
 
     kind = "spmm"
     varieties = {"spmm": ("sparse GEMMs", "X")}
-    passes: ClassVar[tuple[Pass, ...]] = ("forward",)
     pass_labels = {"forward": "forward"}
     no_pass_reason: ClassVar[str] = ("sparse GEMM is measured for inference, as DeepBench's sparse set is: forward "
                                      "only")
@@ -650,21 +661,12 @@ class Spmm(OpKind):
         self._check(pass_)
         return itemsize * (self.nnz + self.k * self.n + self.m * self.n) + 4 * self.nnz
 
-    def _check(self, pass_: str) -> None:
-        _check_pass(pass_)
-        if pass_ not in self.passes:
-            raise ValueError(self.no_pass_reason)
-
-    def outputs(self, pass_: Pass) -> tuple[str, ...]:
-        self._check(pass_)
-        return ("y",)
-
     def describe(self) -> str:
         return f"{self.m}×{self.n}×{self.k} {100 * self.sparsity:g}% sparse"
 
 
 @dataclass(frozen=True)
-class AllReduce(OpKind):
+class AllReduce(_ForwardOnly):
     """Sum of a buffer of ``elements`` values across ``ranks`` ranks (one process, or one device, each); every rank
     ends with the sum, in place where the framework allows (torch.distributed), otherwise in a new buffer.
 
@@ -682,7 +684,6 @@ class AllReduce(OpKind):
 
     kind = "allreduce"
     varieties = {"allreduce": ("all-reduces", "X")}
-    passes: ClassVar[tuple[Pass, ...]] = ("forward",)
     inputs: ClassVar[tuple[str, ...]] = ("x",)
     pass_labels = {"forward": "all-reduce"}
     no_pass_reason: ClassVar[str] = "an all-reduce has only its forward pass (the sum across ranks)"
@@ -709,15 +710,6 @@ class AllReduce(OpKind):
     def bus_factor(self) -> float:
         """busbw / algbw = 2(R−1)/R (nccl-tests' all-reduce factor; 0 for one rank, which moves nothing)."""
         return 2 * (self.ranks - 1) / self.ranks
-
-    def _check(self, pass_: str) -> None:
-        _check_pass(pass_)
-        if pass_ not in self.passes:
-            raise ValueError(self.no_pass_reason)
-
-    def outputs(self, pass_: Pass) -> tuple[str, ...]:
-        self._check(pass_)
-        return ("y",)
 
     def flops(self, pass_: Pass = "forward") -> int:
         self._check(pass_)
