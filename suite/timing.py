@@ -1,5 +1,11 @@
 """Framework-free timing: warm-up by time, block-size calibration, adaptive stopping.
 
+The stopping rule is on the confidence interval of the median, as pyperf and nvbench stop on noise rather than on a
+fixed count: blocks are collected until the 95% order-statistic CI of their median lies within ±``target_rel_ci``
+of it (at least ``min_blocks``), or until ``max_blocks`` or the time cap, which leave the result unsettled
+(flagged ``unstable``). The median's CI narrows as blocks accumulate even when the spread does not, so a noisy
+machine still settles, later, while a rule on the spread alone (IQR/median) never does.
+
 A backend hands over ``run_block(n)``: n back-to-back calls closed by ONE device synchronization. This module
 decides how many calls and blocks to run and keeps every block time; it never looks at a framework, and tests
 drive it with a fake clock. For a cold cache (``--l2 cold``), ``measure_per_call`` takes ``run_one()`` (one call,
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from suite.stats import relative_iqr
+from suite.stats import relative_ci_half_width
 
 Clock = Callable[[], float]
 
@@ -23,9 +29,9 @@ Clock = Callable[[], float]
 class TimingConfig:
     warmup_s: float = 0.05  # >= 25 ms (triton do_bench) absorbs primitive JIT, allocator growth, autotuning
     target_block_s: float = 0.025  # blocks of 10-100 ms keep one sync per block negligible
-    min_blocks: int = 7  # fewest blocks that give a 95% order-statistic CI of the median
+    min_blocks: int = 7  # fewest blocks before stopping (6 give a 95% order-statistic CI of the median at all)
     max_blocks: int = 60
-    target_rel_iqr: float = 0.05  # stop once IQR/median of the blocks falls below this
+    target_rel_ci: float = 0.025  # stop once the 95% CI of the median lies within ±2.5% of it
     max_time_s: float = 10.0  # per-case cap on warm-up + calibration + blocks; hitting it marks the result unstable
     max_calls_per_block: int = 1_000_000
     max_single_calls: int = 1000  # cold-cache mode (one call at a time): stop after this many calls
@@ -39,7 +45,7 @@ class Samples:
     calls_per_block: int
     warmup_calls: int
     warmup_s: float
-    stop_reason: str  # "stable", "time_cap" or "max_blocks"
+    stop_reason: str  # "stable" (the median's CI reached the target), "time_cap" or "max_blocks"
 
     @property
     def stable(self) -> bool:
@@ -48,6 +54,12 @@ class Samples:
     @property
     def per_call(self) -> np.ndarray:
         return np.asarray(self.block_times) / self.calls_per_block
+
+
+def settled(times: list[float], config: TimingConfig) -> bool:
+    """Whether the times so far (blocks, or single calls) answer the median well enough to stop: at least
+    ``config.min_blocks`` of them, and the 95% CI of their median within ±``config.target_rel_ci`` of it."""
+    return len(times) >= config.min_blocks and relative_ci_half_width(times) <= config.target_rel_ci
 
 
 def _timed(run_block: Callable[[int], None], n: int, clock: Clock) -> float:
@@ -82,8 +94,7 @@ def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfi
     blocks: list[float] = []
     while True:
         blocks.append(_timed(run_block, calls, clock))
-        enough = len(blocks) >= config.min_blocks
-        if enough and relative_iqr(blocks) <= config.target_rel_iqr:
+        if settled(blocks, config):
             reason = "stable"
             break
         if elapsed() >= config.max_time_s:
@@ -135,8 +146,8 @@ def measure_per_call(run_one: Callable[[], float], clear: Callable[[], object], 
 
     ``run_one`` runs ONE call and returns its seconds, from device events where the framework has them (triton's
     do_bench: the clearing write stays outside the timed region) or from ``host_timed``; ``clear`` writes a buffer
-    larger than the cache and waits for it. Warm-up by time, then calls until IQR/median of the calls falls below
-    the target, the time cap or ``max_single_calls``. Returns one "block" per call (``calls_per_block`` = 1).
+    larger than the cache and waits for it. Warm-up by time, then calls until the CI of their median reaches the
+    target (``settled``), the time cap or ``max_single_calls``. Returns one "block" per call (``calls_per_block`` = 1).
     """
     began = clock()
 
@@ -155,7 +166,7 @@ def measure_per_call(run_one: Callable[[], float], clear: Callable[[], object], 
     while True:
         clear()
         calls.append(run_one())
-        if len(calls) >= config.min_blocks and relative_iqr(calls) <= config.target_rel_iqr:
+        if settled(calls, config):
             reason = "stable"
             break
         if elapsed() >= config.max_time_s:
