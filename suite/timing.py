@@ -62,6 +62,15 @@ def settled(times: list[float], config: TimingConfig) -> bool:
     return len(times) >= config.min_blocks and relative_ci_half_width(times) <= config.target_rel_ci
 
 
+def _stop(times: list[float], config: TimingConfig, elapsed: float, limit: int) -> str:
+    """Why to stop collecting: "stable" (``settled``), "time_cap", "max_blocks" (``limit`` times); "" to go on."""
+    if settled(times, config):
+        return "stable"
+    if elapsed >= config.max_time_s:
+        return "time_cap"
+    return "max_blocks" if len(times) >= limit else ""
+
+
 def _timed(run_block: Callable[[int], None], n: int, clock: Clock) -> float:
     start = clock()
     run_block(n)
@@ -85,24 +94,16 @@ def measure(run_block: Callable[[int], None], config: TimingConfig = TimingConfi
     warmup_s = elapsed()
 
     # Calibrate from the fastest warm-up call (one stalled call must not shrink every block to a single call),
-    # then once more from a real block, which is less noisy.
+    # then once more from a real block, which is less noisy. A probe that keeps the calibration is a block like
+    # every later one (same calls, after the warm-up) and counts as the first: a call of 0.1 s is not run for nothing.
     calls = _calls_for(config, fastest)
     probe = _timed(run_block, calls, clock)
+    blocks: list[float] = [probe]
     if probe < config.target_block_s / 2:
-        calls = _calls_for(config, probe / calls)
-
-    blocks: list[float] = []
-    while True:
+        calls, blocks = _calls_for(config, probe / calls), []
+    reason = ""
+    while not blocks or not (reason := _stop(blocks, config, elapsed(), config.max_blocks)):
         blocks.append(_timed(run_block, calls, clock))
-        if settled(blocks, config):
-            reason = "stable"
-            break
-        if elapsed() >= config.max_time_s:
-            reason = "time_cap"
-            break
-        if len(blocks) >= config.max_blocks:
-            reason = "max_blocks"
-            break
     return Samples(tuple(blocks), calls, warmup_calls, warmup_s, reason)
 
 
@@ -163,16 +164,8 @@ def measure_per_call(run_one: Callable[[], float], clear: Callable[[], object], 
             break
     warmup_s = elapsed()
     calls: list[float] = []
-    while True:
+    reason = ""
+    while not calls or not (reason := _stop(calls, config, elapsed(), config.max_single_calls)):
         clear()
         calls.append(run_one())
-        if settled(calls, config):
-            reason = "stable"
-            break
-        if elapsed() >= config.max_time_s:
-            reason = "time_cap"
-            break
-        if len(calls) >= config.max_single_calls:
-            reason = "max_blocks"
-            break
     return Samples(tuple(calls), 1, warmup_calls, warmup_s, reason)

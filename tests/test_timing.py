@@ -128,14 +128,14 @@ def test_warm_up_stops_at_the_time_cap():
     device = FakeDevice(lambda i: 1.0)  # 1 s calls, a 60 s warm-up asked for, a 3 s cap
     samples = measure(device.run_block, TimingConfig(warmup_s=60, max_time_s=3, min_blocks=2), device.clock)
     assert samples.warmup_calls == 3 and samples.warmup_s == pytest.approx(3.0)
-    assert samples.stop_reason == "time_cap" and samples.block_times == (1.0,)  # one block past the probe, then cap
+    assert samples.stop_reason == "time_cap" and samples.block_times == (1.0,)  # the probe, kept: then the cap
 
 
 def test_stops_at_min_blocks_once_the_median_ci_is_within_the_target():
-    # 1 s calls, one per block; after the warm-up call and the probe, blocks alternate 1 and 1.03125 s. With 7 blocks
-    # the 95% CI of the median is (x_(1), x_(7)) = (1, 1.03125) around the median 1: it reaches +3.125%, exactly the
-    # target, so the loop stops there as stable (binary fractions keep the fake clock exact)
-    times = iter([1.0, 1.0, *[1.0, 1.03125] * 50])
+    # 1 s calls, one per block; after the warm-up call, blocks (the probe first) alternate 1 and 1.03125 s. With 7
+    # blocks the 95% CI of the median is (x_(1), x_(7)) = (1, 1.03125) around the median 1: it reaches +3.125%,
+    # exactly the target, so the loop stops there as stable (binary fractions keep the fake clock exact)
+    times = iter([1.0, *[1.0, 1.03125] * 50])
     device = FakeDevice(lambda i: next(times))
     config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.03125, max_time_s=1e3)
     samples = measure(device.run_block, config, device.clock)
@@ -146,7 +146,7 @@ def test_stops_at_min_blocks_once_the_median_ci_is_within_the_target():
 def test_a_target_just_below_the_ci_keeps_collecting_blocks():
     # the same blocks, a target a hair tighter: 7 blocks no longer do; with 8 the median is the midpoint 1.015625 of
     # four 1s and four 1.03125s, and the CI (x_(1), x_(8)) = (1, 1.03125) reaches 1.54% either side of it
-    times = iter([1.0, 1.0, *[1.0, 1.03125] * 50])
+    times = iter([1.0, *[1.0, 1.03125] * 50])
     device = FakeDevice(lambda i: next(times))
     config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.031, max_time_s=1e3,
                           max_blocks=60)
@@ -208,9 +208,20 @@ def test_recalibration_boundaries_are_half_the_target():
 
 
 def test_block_loop_stops_when_elapsed_reaches_the_cap():
-    device = FakeDevice(lambda i: 2.0)  # warm-up call ends at 2 s, the probe at 4 s, blocks at 6, 8 and 10 s
+    device = FakeDevice(lambda i: 2.0)  # warm-up call ends at 2 s, the probe (the first block) at 4 s, then 6, 8, 10
     samples = measure(device.run_block, TimingConfig(max_time_s=10.0), device.clock)
-    assert samples.block_times == (2.0, 2.0, 2.0) and samples.stop_reason == "time_cap"
+    assert samples.block_times == (2.0, 2.0, 2.0, 2.0) and samples.stop_reason == "time_cap"
+
+
+def test_a_probe_that_keeps_the_calibration_is_the_first_block_not_a_lost_call():
+    # 0.1 s calls: one per block from the warm-up; the probe of one call is over half the 20 ms target, so it is kept
+    # as the first block: every call after the warm-up is a sample (the old loop ran it and threw it away)
+    device = FakeDevice(lambda i: 0.125)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.warmup_calls == 1 and samples.calls_per_block == 1
+    assert len(device.blocks) == samples.warmup_calls + len(samples.block_times) == 1 + 7
+    assert samples.stop_reason == "stable"
 
 
 def test_calls_for_a_call_too_fast_to_time():
