@@ -159,7 +159,7 @@ def test_a_target_just_below_the_ci_keeps_collecting_blocks():
 def test_a_spread_that_never_falls_below_5_percent_still_settles_on_the_median_ci():
     # Heavy-tailed blocks (Laplace, IQR/median about 8%: a busy 2-core machine): the old rule (IQR/median < 5%) ran
     # such a measurement to the 60-block limit and flagged it unstable; the median's CI narrows as blocks accumulate,
-    # so the loop stops, stable, once it lies within ±2.5%. Seeded, so the fake clock replays the same blocks.
+    # so the loop stops, stable, once it lies within the target, ±5%. Seeded, so the fake clock replays the same blocks.
     rng = np.random.default_rng(7)
     blocks = iter(1.0 + rng.laplace(0.0, 0.058, 1000))
     device = FakeDevice(lambda i: 1.0 if i < 2 else float(next(blocks)))
