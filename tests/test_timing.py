@@ -137,7 +137,8 @@ def test_stops_at_min_blocks_once_the_median_ci_is_within_the_target():
     # exactly the target, so the loop stops there as stable (binary fractions keep the fake clock exact)
     times = iter([1.0, *[1.0, 1.03125] * 50])
     device = FakeDevice(lambda i: next(times))
-    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.03125, max_time_s=1e3)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.03125, target_rel_iqr=0.0,
+                          max_time_s=1e3)
     samples = measure(device.run_block, config, device.clock)
     assert samples.calls_per_block == 1 and samples.warmup_calls == 1
     assert samples.stop_reason == "stable" and samples.block_times == (1.0, 1.03125) * 3 + (1.0,)
@@ -148,7 +149,8 @@ def test_a_target_just_below_the_ci_keeps_collecting_blocks():
     # four 1s and four 1.03125s, and the CI (x_(1), x_(8)) = (1, 1.03125) reaches 1.54% either side of it
     times = iter([1.0, *[1.0, 1.03125] * 50])
     device = FakeDevice(lambda i: next(times))
-    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.031, max_time_s=1e3,
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.031, target_rel_iqr=0.0,
+                          max_time_s=1e3,
                           max_blocks=60)
     samples = measure(device.run_block, config, device.clock)
     assert len(samples.block_times) == 8 and samples.stop_reason == "stable"
@@ -230,3 +232,14 @@ def test_calls_for_a_call_too_fast_to_time():
     config = TimingConfig(target_block_s=0.02, max_calls_per_block=500)
     assert _calls_for(config, 0.0) == 500  # a clock that did not move: as many calls as allowed
     assert _calls_for(config, 1e-9) == 500 and _calls_for(config, 0.03) == 1 and _calls_for(config, 0.008) == 2
+
+
+def test_a_quiet_measurement_with_one_stalled_block_still_stops_at_7_on_the_spread():
+    # Six 1 s blocks and one of 1.5 s: 7 blocks bound the median only by their minimum and maximum (±50%), but the
+    # spread is nil, so the spread rule, which the CI rule complements, stops it where it always did
+    times = iter([1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0, *[1.0] * 50])
+    device = FakeDevice(lambda i: next(times))
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=1e3),
+                      device.clock)
+    assert samples.stop_reason == "stable" and len(samples.block_times) == 7
+    assert relative_ci_half_width(samples.block_times) == pytest.approx(0.5)
