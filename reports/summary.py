@@ -22,7 +22,8 @@ from suite.results import SAME_BAND, UNRELIABLE_FLAGS
 from suite.stats import CONTENDED_SHARE, NOISY_REL_IQR, OVERHEAD_BOUND_S, SHORT_BLOCK_S, format_seconds
 
 KIND_FIGURE = "kind-{}"  # the figure key of an op kind's section
-WARNING_FLAGS = {"unstable": "stopped at the time cap before the spread fell below target",
+WARNING_FLAGS = {"unstable": "stopped at the time cap or the block limit before the 95% CI of the median narrowed "
+                             "to the target",
                  "noisy": f"IQR/median ≥ {100 * NOISY_REL_IQR:.0f}%",
                  "overhead_bound": f"median below {format_seconds(OVERHEAD_BOUND_S)}: measures dispatch overhead",
                  "short_blocks": f"a block shorter than {format_seconds(SHORT_BLOCK_S)}",

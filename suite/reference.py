@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -103,6 +105,17 @@ def make_inputs(op: Op, seed: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
         for name in ("b_ih", "b_hh"):  # biases at torch's scale too, 1/√hidden
             arrays[name] *= np.float32(op.hidden ** -0.5)
     return arrays
+
+
+@functools.lru_cache(maxsize=4)
+def seeded_inputs(op: Op, seed: int = 0, rank: int = 0) -> Mapping[str, np.ndarray]:
+    """``make_inputs``, made once per op, seed (and all-reduce rank) and read-only: a worker measures a case's
+    variants in a row (every pass, layout and mode), and each places its tensors from, and is checked against, the
+    same arrays."""
+    arrays = make_inputs(op, seed, rank)
+    for array in arrays.values():
+        array.setflags(write=False)
+    return MappingProxyType(arrays)
 
 
 def reduced(op: Op) -> Op:
@@ -296,42 +309,65 @@ REFERENCES = {"gemm": _gemm, "bgemm": _gemm, "conv2d": _conv, "attention": _atte
 REFERENCES["model"] = model_reference.model  # a whole network: suite/model_reference.py
 
 
-def reference_inputs(op: Op, seed: int) -> dict[str, np.ndarray]:
+def reference_inputs(op: Op, seed: int) -> Mapping[str, np.ndarray]:
     """What the float64 reference reads: the op's seeded inputs; for an all-reduce, every rank's buffer summed
     (one rank's buffer at a time, so memory stays at two buffers whatever the rank count)."""
     if not isinstance(op, AllReduce):
-        return make_inputs(op, seed)
+        return seeded_inputs(op, seed)
     total = np.zeros(op.elements, dtype=np.float64)
     for rank in range(op.ranks):
         total += rank_buffer(op, seed, rank)
     return {"x": total}
 
 
-def reference(op: Op, inputs: dict[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
-    """Float64 outputs of a pass, from the inputs as rounded to ``dtype``."""
+def _computed(op: Op, inputs: Mapping[str, np.ndarray], pass_: Pass, dtype: str) -> dict[str, np.ndarray]:
+    """What the op kind's reference computes for a pass, from the inputs as rounded to ``dtype``: at least the
+    pass's outputs, and whatever else it had to compute on the way (the GEMM reference gives y, dX and dW at once)."""
     rounded = {name: round_to(array, dtype) for name, array in inputs.items()}
     compute = REFERENCES.get(op.kind)
     if compute is None:
         raise NotImplementedError(f"no float64 reference for op kind {op.kind!r}: add one to "
                                   "suite.reference.REFERENCES")
-    full = compute(op, rounded, pass_)  # type: ignore[operator]
+    return compute(op, rounded, pass_)  # type: ignore[operator]
+
+
+def reference(op: Op, inputs: Mapping[str, np.ndarray], pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
+    """Float64 outputs of a pass, from the inputs as rounded to ``dtype``."""
+    full = _computed(op, inputs, pass_, dtype)
     return {name: full[name] for name in op.outputs(pass_)}
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
+def _every_output(op: Op, seed: int, dtype: str) -> Mapping[str, np.ndarray]:
+    """Every output of every pass of ``op`` (y, dX, dW, ...) on its seeded inputs, each computed once: the passes
+    are visited from the most outputs down, and a pass whose outputs are all known adds nothing (a conv's
+    ``backward`` gives dX and dW, so ``backward_data`` and ``backward_weight`` cost nothing more)."""
+    inputs = reference_inputs(op, seed)
+    known: dict[str, np.ndarray] = {}
+    for pass_ in sorted(op.passes, key=lambda p: -len(op.outputs(p))):
+        if not set(op.outputs(pass_)) <= known.keys():
+            known.update(_computed(op, inputs, pass_, dtype))
+    for array in known.values():
+        array.setflags(write=False)
+    return MappingProxyType(known)
+
+
 def expected(op: Op, seed: int, pass_: Pass, dtype: str = "fp32") -> dict[str, np.ndarray]:
-    """``reference`` on the op's seeded inputs, cached: the layouts and modes of a case that one worker measures in
-    a row compare against one float64 result (read-only; do not modify the arrays)."""
+    """``reference`` of a pass on the op's seeded inputs, from one float64 computation per op, seed and dtype
+    (cached): every pass, layout and mode of a case that one worker measures in a row compares against it
+    (read-only arrays). A whole model's three passes come from one eval forward and one training pass."""
     if isinstance(op, Model):
         return _model_expected(op, seed, dtype)[pass_]
-    return reference(op, reference_inputs(op, seed), pass_, dtype)
+    known = _every_output(op, seed, dtype)
+    return {name: known[name] for name in op.outputs(pass_)}
 
 
 @functools.lru_cache(maxsize=2)
 def _model_expected(op: Model, seed: int, dtype: str) -> dict[str, dict[str, np.ndarray]]:
     """Every pass of a whole model from one set of inputs (BERT-base: 110M weights to draw and convert) and one
     float64 training pass for both backward and step."""
-    return model_reference.passes(op, {name: round_to(array, dtype) for name, array in make_inputs(op, seed).items()})
+    return model_reference.passes(op, {name: round_to(array, dtype)
+                                       for name, array in seeded_inputs(op, seed).items()})
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -343,7 +343,8 @@ def selfcheck(console: Console, progress_console: Console | None = None, threads
         progress.advance(bar)
         progress.update(bar, description="machine noise")
         prepared = backend.prepare(NOISE_OP, Variant("forward"), make_inputs(NOISE_OP))
-        noise = [measure(prepared.run_block, TimingConfig(min_blocks=15, max_blocks=15, target_rel_iqr=0.0),
+        noise = [measure(prepared.run_block, TimingConfig(min_blocks=15, max_blocks=15, target_rel_ci=0.0,
+                                           target_rel_iqr=0.0),
                          timer_clock) for _ in range(3)]
         progress.advance(bar)
         jax_comparisons: list[tuple[Comparison, str]] = []

@@ -30,7 +30,7 @@ import numpy as np
 from suite.environment import available_memory_bytes, cpu_busy_s, usable_cpus
 from suite.gpu_state import GpuMonitor, measurement_state, open_monitor
 from suite.ops import DTYPE_BYTES, Op, op_from_dict
-from suite.reference import compare, expected, input_record, make_inputs, reduced
+from suite.reference import compare, expected, input_record, make_inputs, reduced, seeded_inputs
 from suite.stats import contended, summarize
 from suite.timing import Samples, TimingConfig, clear_buffer_bytes, measure, measure_per_call
 from suite.variant import Settings, Variant
@@ -113,7 +113,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
                           memory={"need_bytes": need, "free_bytes": free})
             return result  # the finally below still adds wall_s
         held = backend.ranks_held(op, variant)
-        inputs = (make_inputs(op, seed, held[0]) if len(held) == 1 else  # one process driving several ranks' devices
+        inputs = (seeded_inputs(op, seed, held[0]) if len(held) == 1 else  # one process driving several ranks' devices
                   {name: np.stack([make_inputs(op, seed, r)[name] for r in held]) for name in op.operands})
         prepared = backend.prepare(op, variant, inputs)
         result.update(first_call_s=prepared.first_call_s, details={**prepared.details, **input_record(op, seed)})
@@ -122,7 +122,7 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
             if small == op:
                 outputs, small_inputs = prepared.outputs(), inputs
             else:
-                small_inputs = make_inputs(small, seed)
+                small_inputs = seeded_inputs(small, seed)
                 outputs = backend.prepare(small, variant, small_inputs).outputs()
             result["check"] = {**compare(outputs, expected(small, seed, variant.pass_, variant.dtype),
                                          variant.dtype, backend.settings.math, small),
@@ -158,6 +158,10 @@ def run_task(backend: Any, task: dict[str, Any], timing: TimingConfig | None, ch
     finally:
         del prepared
         gc.collect()
+        # What outlives a case is the framework's, not the case's (modules a first call imported lazily, kernel
+        # caches): freeze it too, so the next collection scans only what the next case makes (torch imports sympy
+        # at its first conv; unfrozen, every later collection took 50 ms of a 2-core machine)
+        gc.freeze()
         backend.release()
         result["wall_s"] = time.perf_counter() - started
     return result

@@ -372,6 +372,27 @@ def test_a_gpu_whose_framework_reports_no_free_memory_is_not_guarded_by_host_mem
     assert skipped["status"] == "skipped" and "0.0 GiB free on the device (gpu)" in skipped["reason"]
 
 
+def test_what_outlives_a_case_is_frozen_so_later_collections_skip_it():
+    # The worker collects garbage after every case; what survives (a module the framework imported at its first
+    # call, a kernel cache) is frozen, so the next case's collection does not scan it again
+    import gc
+
+    kept: list[Any] = []
+
+    class LazyImports(NumpyGpu):
+        def step(self, op, variant, args):
+            kept.append({"lazily imported": [object()]})  # lives on after the case, as an imported module does
+            return super().step(op, variant, args)
+
+    gc.unfreeze()
+    try:
+        assert run_task(LazyImports(), TASK, FAST, check=False, seed=0)["status"] == "ok"
+        assert gc.get_freeze_count() > 0
+        assert not any(obj is kept[0] for obj in gc.get_objects())  # frozen objects are in no generation
+    finally:
+        gc.unfreeze()
+
+
 def test_cold_cache_writes_a_buffer_sized_from_the_l2_and_records_the_timer():
     backend = NumpyGpu(cache=300 * MiB)
     result = run_task(backend, {**TASK, "l2": "cold"}, FAST, check=False, seed=0)

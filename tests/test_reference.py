@@ -16,6 +16,7 @@ from suite.reference import (
     reference,
     relative_error,
     round_to,
+    seeded_inputs,
 )
 
 CONVS = [
@@ -93,8 +94,38 @@ def test_expected_is_the_reference_of_the_seeded_inputs_computed_once():
     first = expected(op, 7, "backward", "fp32")
     direct = reference(op, make_inputs(op, 7), "backward", "fp32")
     assert set(first) == set(direct) and all(np.array_equal(first[k], direct[k]) for k in direct)
-    assert expected(op, 7, "backward", "fp32") is first  # a second variant of the case reuses it
+    again = expected(op, 7, "backward", "fp32")  # a second variant of the case reuses the same arrays
+    assert all(again[name] is first[name] for name in first)
     assert not np.array_equal(expected(op, 8, "backward", "fp32")["dx"], first["dx"])  # the seed is part of the key
+
+
+@pytest.mark.parametrize(("op", "computations"), [
+    (Conv2d(n=2, c=3, h=9, w=9, k=4, r=3, s=3, padding=(1, 1, 1, 1), dilation=(1, 2)), 2),  # backward, forward
+    (Gemm(m=16, n=12, k=8, transpose_a=True), 1),  # the GEMM reference gives y, dX and dW at once
+])
+def test_every_pass_of_a_case_shares_one_float64_computation(monkeypatch, op, computations):
+    # A worker checks a case's four passes in a row: backward_data and backward_weight are parts of backward, so
+    # the reference runs once for the gradients and once for y (a conv), not once per pass
+    import suite.reference as ref
+
+    calls = []
+    real = ref.REFERENCES[op.kind]
+    monkeypatch.setitem(ref.REFERENCES, op.kind, lambda o, t, p: calls.append(p) or real(o, t, p))
+    got = {p: expected(op, 11, p, "fp32") for p in ("forward", "backward_data", "backward_weight", "backward")}
+    assert len(calls) == computations
+    for pass_, outputs in got.items():  # each pass still gets exactly its outputs, equal to its own reference
+        direct = reference(op, make_inputs(op, 11), pass_, "fp32")
+        assert set(outputs) == set(direct) and all(np.array_equal(outputs[k], direct[k]) for k in direct)
+        assert not any(array.flags.writeable for array in outputs.values())  # shared: nobody may change them
+
+
+def test_seeded_inputs_are_made_once_and_read_only():
+    op = Gemm(m=8, n=8, k=8)
+    first = seeded_inputs(op, 3)
+    assert seeded_inputs(op, 3)["x"] is first["x"]  # every variant of the case places the same arrays
+    assert all(np.array_equal(first[k], v) for k, v in make_inputs(op, 3).items())
+    with pytest.raises(ValueError, match="read-only"):
+        first["x"][0, 0] = 1.0
 
 
 def test_reduced_gemm_keeps_the_most_rows_under_the_limit():

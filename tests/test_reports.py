@@ -237,6 +237,31 @@ def test_overhead_floor_excludes_small_sizes_from_the_fit() -> None:
     assert train[1024.0] == pytest.approx(3 * time[1024], rel=1e-6)  # forward + backward
 
 
+def test_the_quick_catalogs_conv_sweeps_get_fitted_slopes() -> None:
+    """The main job's conv sweeps, timed as a CPU runs them (a fixed dispatch cost, and the smallest convs at 0.6×
+    the FLOP rate of the rest: measured here, 7² at N8 C64 in channels_last ran at 84 GFLOP/s, ResNet-50 3×3 convs
+    up to ~170), go through the report's own rule: each sweep keeps at least MIN_FIT_POINTS compute-bound points in
+    both phases, and the fitted slope is the FLOPs' (2 in H = W and in C = K). Before the catalog gained 42², 84²,
+    96 and 192 channels every conv sweep said "too few points"."""
+    from suite.catalog import load_catalog
+
+    quick = [c for c in load_catalog().subset("quick") if {"sweep-conv-spatial", "sweep-conv-channels"} & set(c.tags)]
+    smallest = min(c.op.flops() for c in quick)
+
+    def seconds(op: Conv2d, pass_: str) -> float:
+        rate = 140e9 * (0.6 if op.flops() <= 2 * smallest else 1.0)
+        return 40e-6 + op.flops(pass_) / rate
+
+    records = [record(c.id, "torch", p, seconds(c.op, p), c.op, tags=c.tags, layout="NCHW")
+               for c in quick for p in ("forward", "backward")]
+    fits = analysis.analyze(results(*records)).scaling.set_index(["sweep", "phase"])
+    for sweep in ("sweep-conv-spatial", "sweep-conv-channels"):
+        for phase in ("inference", "training"):
+            fit = fits.loc[(sweep, phase)]
+            assert fit["fitted"] >= analysis.MIN_FIT_POINTS, (sweep, phase, fit["excluded_sizes"])
+            assert fit["slope"] == pytest.approx(2.0, abs=0.1)
+
+
 def test_peak_labelling_and_percentages_above_100() -> None:
     records = [record("peak-gemm", "torch", "forward", 2e-3, Gemm(512, 512, 512), tags=("peak",)),
                record("W", "torch", "forward", 1.5e-3, Conv2d(1, 64, 64, 64, 64, 3, 3))]

@@ -13,7 +13,9 @@ from suite.stats import (
     SHORT_BLOCK_S,
     format_seconds,
     median_ci,
+    median_ci_ranks,
     ratio_ci,
+    relative_ci_half_width,
     relative_iqr,
     summarize,
 )
@@ -143,3 +145,21 @@ def test_summarize_sets_every_flag_once_and_finally():
     assert "short_blocks" not in device.flags  # one call on the GPU's clock: no host timer in it
     assert device.flags[-2:] == ("contended", "throttled")
     assert summarize(short, 1).flags.count("contended") == 0
+
+
+def test_median_ci_from_cached_ranks_equals_scipys_quantile_test():
+    # the ranks are computed once per count from 0…n-1; on any values they must pick what quantile_test picks
+    rng = np.random.default_rng(3)
+    for n in range(1, 130):
+        values = rng.lognormal(size=n)
+        direct = sps.quantile_test(values, q=float(np.median(values)), p=0.5).confidence_interval(0.95)
+        assert median_ci(values) == pytest.approx((direct.low, direct.high), nan_ok=True), n
+    assert median_ci_ranks(9) == (1.0, 7.0)  # (x_(2), x_(8)) of 9, as by hand above
+
+
+def test_relative_ci_half_width_by_hand():
+    # 9 values: the median 5 and its CI (x_(2), x_(8)) = (2, 8): 3 below and 3 above, relative 0.6
+    assert relative_ci_half_width(SKEWED) == pytest.approx(0.6)
+    assert relative_ci_half_width([1.0, 1, 1, 1, 1, 1, 1.5]) == pytest.approx(0.5)  # the wider side counts
+    assert relative_ci_half_width([1.0] * 5) == math.inf  # no 95% CI of 5 values
+    assert relative_ci_half_width([0.0] * 9) == math.inf

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from suite.stats import median_ci, ratio_ci, summarize
-from suite.timing import TimingConfig, measure, relative_iqr
+from suite.stats import median_ci, ratio_ci, relative_ci_half_width, relative_iqr, summarize
+from suite.timing import TimingConfig, measure, settled
 
 
 class FakeDevice:
@@ -128,18 +128,66 @@ def test_warm_up_stops_at_the_time_cap():
     device = FakeDevice(lambda i: 1.0)  # 1 s calls, a 60 s warm-up asked for, a 3 s cap
     samples = measure(device.run_block, TimingConfig(warmup_s=60, max_time_s=3, min_blocks=2), device.clock)
     assert samples.warmup_calls == 3 and samples.warmup_s == pytest.approx(3.0)
-    assert samples.stop_reason == "time_cap" and samples.block_times == (1.0,)  # one block past the probe, then cap
+    assert samples.stop_reason == "time_cap" and samples.block_times == (1.0,)  # the probe, kept: then the cap
 
 
-def test_stops_at_min_blocks_once_the_spread_is_at_most_the_target():
-    # 1 s calls, one per block; after the warm-up call and the probe, blocks alternate 1 and 1.0625 s. With 7 blocks
-    # Q1 = median = 1 and Q3 = 1.0625: rel. IQR exactly 0.0625, the target, so it stops there as stable
-    times = iter([1.0, 1.0, *[1.0, 1.0625] * 50])
+def test_stops_at_min_blocks_once_the_median_ci_is_within_the_target():
+    # 1 s calls, one per block; after the warm-up call, blocks (the probe first) alternate 1 and 1.03125 s. With 7
+    # blocks the 95% CI of the median is (x_(1), x_(7)) = (1, 1.03125) around the median 1: it reaches +3.125%,
+    # exactly the target, so the loop stops there as stable (binary fractions keep the fake clock exact)
+    times = iter([1.0, *[1.0, 1.03125] * 50])
     device = FakeDevice(lambda i: next(times))
-    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_iqr=0.0625, max_time_s=1e3)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.03125, target_rel_iqr=0.0,
+                          max_time_s=1e3)
     samples = measure(device.run_block, config, device.clock)
     assert samples.calls_per_block == 1 and samples.warmup_calls == 1
-    assert samples.stop_reason == "stable" and samples.block_times == (1.0, 1.0625) * 3 + (1.0,)
+    assert samples.stop_reason == "stable" and samples.block_times == (1.0, 1.03125) * 3 + (1.0,)
+
+
+def test_a_target_just_below_the_ci_keeps_collecting_blocks():
+    # the same blocks, a target a hair tighter: 7 blocks no longer do; with 8 the median is the midpoint 1.015625 of
+    # four 1s and four 1.03125s, and the CI (x_(1), x_(8)) = (1, 1.03125) reaches 1.54% either side of it
+    times = iter([1.0, *[1.0, 1.03125] * 50])
+    device = FakeDevice(lambda i: next(times))
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7, target_rel_ci=0.031, target_rel_iqr=0.0,
+                          max_time_s=1e3,
+                          max_blocks=60)
+    samples = measure(device.run_block, config, device.clock)
+    assert len(samples.block_times) == 8 and samples.stop_reason == "stable"
+    assert relative_ci_half_width(samples.block_times) == pytest.approx(0.015625 / 1.015625)
+    assert relative_ci_half_width(samples.block_times[:-1]) > 0.031  # it stopped at the first block that settled
+
+
+def test_a_spread_that_never_falls_below_5_percent_still_settles_on_the_median_ci():
+    # Heavy-tailed blocks (Laplace, IQR/median about 8%: a busy 2-core machine): the old rule (IQR/median < 5%) ran
+    # such a measurement to the 60-block limit and flagged it unstable; the median's CI narrows as blocks accumulate,
+    # so the loop stops, stable, once it lies within the target, ±5%. Seeded, so the fake clock replays the same blocks.
+    rng = np.random.default_rng(7)
+    blocks = iter(1.0 + rng.laplace(0.0, 0.058, 1000))
+    device = FakeDevice(lambda i: 1.0 if i < 2 else float(next(blocks)))
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=1e4, max_blocks=60)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.stop_reason == "stable" and samples.stable
+    assert 7 < len(samples.block_times) < 60
+    assert relative_iqr(samples.block_times) > 0.05  # the spread alone would never have stopped it
+    assert relative_ci_half_width(samples.block_times) <= config.target_rel_ci
+    assert not settled(list(samples.block_times[:-1]), config)
+    assert "unstable" not in summarize(samples.block_times, 1, samples.stable).flags
+
+
+def test_blocks_that_never_settle_are_flagged_unstable_at_the_block_limit():
+    # two states (1 and 3 ms per call, in alternating blocks): the median's CI spans both however many blocks run
+    device = FakeDevice(lambda i: 1e-3 if (i // 20) % 2 else 3e-3)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=1e4, max_blocks=60)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.stop_reason == "max_blocks" and len(samples.block_times) == 60
+    assert relative_ci_half_width(samples.block_times) > config.target_rel_ci
+    assert "unstable" in summarize(samples.block_times, samples.calls_per_block, samples.stable).flags
+
+
+def test_settled_needs_the_minimum_count_even_for_identical_blocks():
+    config = TimingConfig(min_blocks=7)
+    assert not settled([1.0] * 6, config) and settled([1.0] * 7, config)
 
 
 def test_elapsed_time_counts_from_the_start_not_from_zero():
@@ -162,9 +210,20 @@ def test_recalibration_boundaries_are_half_the_target():
 
 
 def test_block_loop_stops_when_elapsed_reaches_the_cap():
-    device = FakeDevice(lambda i: 2.0)  # warm-up call ends at 2 s, the probe at 4 s, blocks at 6, 8 and 10 s
+    device = FakeDevice(lambda i: 2.0)  # warm-up call ends at 2 s, the probe (the first block) at 4 s, then 6, 8, 10
     samples = measure(device.run_block, TimingConfig(max_time_s=10.0), device.clock)
-    assert samples.block_times == (2.0, 2.0, 2.0) and samples.stop_reason == "time_cap"
+    assert samples.block_times == (2.0, 2.0, 2.0, 2.0) and samples.stop_reason == "time_cap"
+
+
+def test_a_probe_that_keeps_the_calibration_is_the_first_block_not_a_lost_call():
+    # 0.1 s calls: one per block from the warm-up; the probe of one call is over half the 20 ms target, so it is kept
+    # as the first block: every call after the warm-up is a sample (the old loop ran it and threw it away)
+    device = FakeDevice(lambda i: 0.125)
+    config = TimingConfig(warmup_s=0.0, target_block_s=0.02, min_blocks=7)
+    samples = measure(device.run_block, config, device.clock)
+    assert samples.warmup_calls == 1 and samples.calls_per_block == 1
+    assert len(device.blocks) == samples.warmup_calls + len(samples.block_times) == 1 + 7
+    assert samples.stop_reason == "stable"
 
 
 def test_calls_for_a_call_too_fast_to_time():
@@ -173,3 +232,14 @@ def test_calls_for_a_call_too_fast_to_time():
     config = TimingConfig(target_block_s=0.02, max_calls_per_block=500)
     assert _calls_for(config, 0.0) == 500  # a clock that did not move: as many calls as allowed
     assert _calls_for(config, 1e-9) == 500 and _calls_for(config, 0.03) == 1 and _calls_for(config, 0.008) == 2
+
+
+def test_a_quiet_measurement_with_one_stalled_block_still_stops_at_7_on_the_spread():
+    # Six 1 s blocks and one of 1.5 s: 7 blocks bound the median only by their minimum and maximum (±50%), but the
+    # spread is nil, so the spread rule, which the CI rule complements, stops it where it always did
+    times = iter([1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0, *[1.0] * 50])
+    device = FakeDevice(lambda i: next(times))
+    samples = measure(device.run_block, TimingConfig(warmup_s=0.0, target_block_s=0.02, max_time_s=1e3),
+                      device.clock)
+    assert samples.stop_reason == "stable" and len(samples.block_times) == 7
+    assert relative_ci_half_width(samples.block_times) == pytest.approx(0.5)
