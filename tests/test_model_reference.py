@@ -134,10 +134,10 @@ def test_a_model_s_three_passes_are_checked_against_one_draw_and_one_training_pa
     training forward+backward, whose loss and LEARNING_RATE × gradient norms are also the step's."""
     draws, runs = [], []
     make_inputs, resnet = ref.make_inputs, mr.NETWORKS["resnet50"]
-    monkeypatch.setattr(ref, "make_inputs", lambda op, seed: draws.append(op) or make_inputs(op, seed))
+    monkeypatch.setattr(ref, "make_inputs", lambda op, seed, rank=0: draws.append(op) or make_inputs(op, seed, rank))
     monkeypatch.setitem(mr.NETWORKS, "resnet50",
                         lambda layers, arrays: runs.append(layers.train) or resnet(layers, arrays))
-    caches = (ref.expected, ref._model_expected)
+    caches = (ref.seeded_inputs, ref._model_expected)
     for cache in caches:
         cache.cache_clear()
     op = models.Model(network="resnet50", batch=1, size=32)
