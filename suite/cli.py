@@ -90,6 +90,8 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
                             "--tag or --shapes of your own name the cases (--op and --source only narrow)")
     group.add_argument("--id", action="append", default=[], help="case id or glob pattern (repeatable)")
     group.add_argument("--tag", action="append", default=[], help="keep cases with this tag (repeatable: any)")
+    group.add_argument("--exclude-tag", action="append", default=[], metavar="TAG",
+                       help="drop cases with this tag (repeatable: any), as a subset's exclude_tags do")
     group.add_argument("--op", choices=tuple(OP_KINDS), help="keep one op kind")
     group.add_argument("--source", help="keep cases whose network or source contains this text")
     group.add_argument("--shapes", action="append", default=None, metavar="DIR",
@@ -140,6 +142,8 @@ def select(args: argparse.Namespace) -> list[Case]:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in args.id)]
     if args.tag:
         cases = [c for c in cases if set(args.tag) & set(c.tags)]
+    if args.exclude_tag:
+        cases = [c for c in cases if not set(args.exclude_tag) & set(c.tags)]
     if args.op:
         cases = [c for c in cases if c.op.kind == args.op]
     if args.source:

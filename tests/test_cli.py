@@ -454,3 +454,13 @@ def test_the_readme_layouts_of_a_backend_cover_every_op_kind():
     assert [kind for kind in OP_KINDS if f"`{kind}`" not in sentence] == []  # named only gemm and conv2d
     register = text[text.index("**Register it**"):text.index("```toml")]
     assert "install it from its checkout first (`pip install -e /path/to/opbench`)" in register  # not on PyPI
+
+
+def test_exclude_tag_drops_the_tagged_cases(capsys):
+    """--exclude-tag drops a tag's cases from the selection (the main job runs its whole models apart)."""
+    assert main(["list", "--catalog", "smoke", "--format", "json"]) == 0
+    every = {row["id"] for row in json.loads(capsys.readouterr().out)}
+    assert main(["list", "--catalog", "smoke", "--exclude-tag", "model", "--format", "json"]) == 0
+    kept = {row["id"] for row in json.loads(capsys.readouterr().out)}
+    assert {"smoke-model-resnet50", "smoke-model-bert-base"} <= every
+    assert kept == every - {"smoke-model-resnet50", "smoke-model-bert-base"}
