@@ -239,7 +239,7 @@ def list_backends(form: str) -> int:
 def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> None:
     """The flags of ``run``; ``check`` and ``peak`` take only those they honour (the rest get fixed defaults)."""
     if command == "peak":  # the `peak` subset, forward only
-        parser.set_defaults(catalog="peak", id=[], tag=[], op=None, source=None, shapes=None,
+        parser.set_defaults(catalog="peak", id=[], tag=[], exclude_tag=[], op=None, source=None, shapes=None,
                             passes="forward")
     else:
         add_selection(parser)
