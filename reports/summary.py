@@ -123,10 +123,11 @@ def kind_place(kind: str) -> int:
 
 
 def groups(data: pd.DataFrame, by: list[str], all_configs: pd.DataFrame) -> Iterable[tuple[tuple, str, pd.DataFrame]]:
-    """(key, a title naming the configuration when the results hold several, rows) per configuration."""
+    """(key, a title naming the configuration when the results hold several, rows) per group of ``by``, which starts
+    with CONFIG (the title names the configuration only)."""
     several = not all_configs.empty and len(all_configs.groupby(CONFIG, dropna=False)) > 1
     for key, group in data.groupby(by, dropna=False, sort=True):
-        yield key, config_title(key) if several else "", group
+        yield key, config_title(key[:len(CONFIG)]) if several else "", group
 
 
 def config_title(key: tuple) -> str:

@@ -207,6 +207,17 @@ def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> N
     assert data.set_index("backend").loc["torch", "step_flags"] == "noisy;short_blocks"
 
 
+def test_beside_another_configuration_the_section_names_its_own(tmp_path: Path) -> None:
+    """An int8 GEMM beside the fp32 models (as in the main job) makes two configurations: each block of the section
+    is titled with its configuration (not its case), and the site builds."""
+    records = [*three(), {**record("int8-gemm", "torch", "forward", 1.0), "dtype": "int8"}]
+    [found] = summary.steps(analyzed(*records))
+    assert found["where"].endswith("· cpu · fp32 · strict · 2 threads") and "model-toy" not in found["where"]
+    assert "torch's step" in found["headline"]
+    assert 'id="q-steps"' in build_site(results(*records, cases=NET), tmp_path / "site",
+                                        order=ORDER).read_text(encoding="utf-8")
+
+
 def test_each_step_variant_gets_a_row_against_the_rollups_fastest_complete_variant() -> None:
     compiled = [{**r, "mode": "compile"} for r in network("torch", 1.5)]  # the layers in a slower variant: 63 s
     records = [*network("torch"), *compiled, *whole("torch", 60.0, 15.0, 54.0),
