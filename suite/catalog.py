@@ -1,8 +1,9 @@
 """The shape catalog: YAML files under shapes/ → validated, frozen Cases, and named subsets.
 
 A catalog file holds ``cases:`` (a list of entries) and optionally ``defaults:`` (provenance fields and tags
-merged into every entry). ``shapes/subsets.yaml`` names subsets by tags. Every problem raises
-:class:`CatalogError` naming the file, the entry and the field, before any framework is imported.
+merged into every entry, and passes for every entry that names none). ``shapes/subsets.yaml`` names subsets by
+tags. Every problem raises :class:`CatalogError` naming the file, the entry and the field, before any framework is
+imported.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ def parse_entry(raw: Any, file: str | Path, index: int, defaults: Mapping[str, A
     tags = list(defaults.get("tags") or []) + list(raw.get("tags") or [])
     return Case(id=raw["id"], op=op, provenance=Provenance(**prov), count=count,
                 tags=tuple(dict.fromkeys(tags)), file=str(file), dtypes=_dtypes(raw.get("dtypes"), op, err),
-                passes=_passes(raw.get("passes"), op, err))
+                passes=_passes(raw.get("passes", defaults.get("passes")), op, err))
 
 
 def _passes(value: Any, op: Op, err) -> tuple[str, ...]:
@@ -358,8 +359,8 @@ def load_file(path: str | Path) -> list[Case]:
     _unknown_keys(data, {"cases", "defaults", "description"}, lambda p, f: CatalogError(path, p, None, f))
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
-        raise CatalogError(path, "must be a mapping with provenance and/or tags", None, "defaults")
-    _unknown_keys(defaults, {"provenance", "tags"}, lambda p, f: CatalogError(path, p, "defaults", f))
+        raise CatalogError(path, "must be a mapping with provenance, tags and/or passes", None, "defaults")
+    _unknown_keys(defaults, {"provenance", "tags", "passes"}, lambda p, f: CatalogError(path, p, "defaults", f))
     if not isinstance(defaults.get("provenance") or {}, Mapping):
         raise CatalogError(path, "must be a mapping of provenance fields", "defaults", "provenance")
     if not _is_tags(defaults.get("tags") or []):

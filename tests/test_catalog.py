@@ -89,3 +89,13 @@ def test_cli_reports_a_bad_catalog_with_exit_2_and_no_traceback(tmp_path, capsys
     assert main(["list", "--shapes", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "entry 1 (id 'dense'), field 'dims.k'" in err and "Traceback" not in err
+
+
+def test_default_passes_apply_to_entries_that_name_none(tmp_path):
+    text = "defaults:\n  passes: [forward, backward]\n" + GOOD.replace(
+        "    tags: [a]\n", "    tags: [a]\n    passes: [forward]\n")
+    dense, conv = load_file(write(tmp_path, text))
+    assert dense.passes == ("forward",) and conv.passes == ("forward", "backward")
+    with pytest.raises(CatalogError, match="conv2d has no pass 'step'") as caught:
+        load_file(write(tmp_path, text.replace("passes: [forward, backward]", "passes: [step]")))
+    assert caught.value.entry == "entry 2 (id 'conv')" and caught.value.field == "passes"

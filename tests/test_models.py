@@ -106,6 +106,12 @@ def test_make_inputs_and_the_checked_size():
     assert reduced(Model("resnet50", 8)) == Model("resnet50", 2, 64)
     assert reduced(Model("bert_base", 8)) == Model("bert_base", 2, 32)
     assert reduced(BERT) == BERT  # never larger than the case
+    full, small = make_inputs(Model("resnet50", 8)), make_inputs(reduced(Model("resnet50", 8)))
+    names = list(Model("resnet50", 8).parameters())
+    assert all(full[name] is small[name] for name in names)  # drawn once: the timed model and its check share them
+    assert not full[names[0]].flags.writeable
+    np.testing.assert_array_equal(full[names[0]], models.initial_weights(Model("resnet50", 1))[names[0]])
+    assert small["images"].shape == (2, 3, 64, 64)
 
 
 def test_integer_inputs_are_not_rounded():
