@@ -508,6 +508,16 @@ def test_quick_holds_whole_networks(catalog, config):
     assert sum(c.count for c in layers) == {"net:resnet50-train-b8": 54, "net:bert-base-train-b8s128": 60}[config]
 
 
+def test_the_main_job_s_other_variants_run_on_the_network_layer_sets_and_sweeps_on_two_passes(catalog):
+    """tox's variant commands (quick-variants): exactly the layers of quick's two networks, whose fastest variant the
+    report's comparisons and the whole step's layer sums take; a sweep point runs what the scaling fit uses."""
+    variants = {c.id for c in catalog.subset("quick-variants")}
+    layers = {c.id for config in ("net:resnet50-train-b8", "net:bert-base-train-b8s128")
+              for c in configurations(catalog)[config]}
+    assert variants == layers and variants <= {c.id for c in catalog.subset("quick")}
+    assert all(c.passes == ("forward", "backward") for c in tagged(catalog, "sweeps"))
+
+
 def test_quick_covers_what_it_should(catalog):
     quick = catalog.subset("quick")
     tags = Counter(t for c in quick for t in c.tags)
