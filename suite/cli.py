@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
-import math
 import os
 import re
 import signal
@@ -439,9 +438,8 @@ SLOWED_BY = {"contended": f"other processes took at least {CONTENDED_SHARE:.0%} 
 def progress_line(m: Measurement) -> str:
     """One finished measurement as the progress display prints it, with its timing flags."""
     k = m.key
-    rate = (f"  busbw {m.busbw_gbps:6.3g} GB/s" if math.isfinite(m.busbw_gbps) else  # a collective: its bandwidth
-            f"  {m.tflops * 1e3:8.1f} GFLOP/s" if math.isfinite(m.tflops) else "")
-    timing = f"{format_seconds(m.median)}{rate}" if m.stats else ""
+    rate = show.rate_text(m.tflops * 1e3, m.busbw_gbps)
+    timing = f"{format_seconds(m.median)}{'  ' + rate if rate else ''}" if m.stats else ""
     return (f"{m.status:<11} {k.backend:<10} {k.pass_:<15} {k.dtype} {k.mode:<8} {k.case:<40} {timing} "
             f"{m.check.status if m.check else ''} {' '.join(m.timing_flags)} {m.reason or ''}")[:240]
 
@@ -529,15 +527,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     table = Table(title=f"{len(rows)} of {len(results.measurements)} measurements")
     settings = show.varying_settings(rows)
     for col in ("case", "backend", "pass", "dtype", "mode", "layout", *settings, "status", "median", "95% CI",
-                "GFLOP/s", "check", "flags / reason"):
-        table.add_column(col, justify="right" if col in ("median", "95% CI", "GFLOP/s") else "left")
+                "rate", "check", "flags / reason"):
+        table.add_column(col, justify="right" if col in ("median", "95% CI", "rate") else "left")
     for r in rows:
         low, high = r["ci_low_s"], r["ci_high_s"]
         table.add_row(r["case"], r["backend"], r["pass"], r["dtype"], r["mode"], r["layout"],
                       *(str(r[col]) for col in settings), r["status"],
                       format_seconds(r["median_s"]) if r["median_s"] else "",
                       f"{format_seconds(low)} – {format_seconds(high)}" if low is not None and high is not None
-                      else "", f"{r['gflops']:,.1f}" if r["gflops"] else "", r["check"], r["reason"] or r["flags"])
+                      else "", show.rate_text(r["gflops"], r["busbw_gbps"]).strip(), r["check"],
+                      r["reason"] or r["flags"])
     print_table(table)
     return 0
 

@@ -23,6 +23,13 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def rate_text(gflops: float | None, busbw_gbps: float | None) -> str:
+    """The rate a measurement is read by: a collective's bus bandwidth, anything else's GFLOP/s ("" when neither)."""
+    if busbw_gbps is not None and math.isfinite(busbw_gbps):
+        return f"busbw {busbw_gbps:6.3g} GB/s"
+    return f"{gflops:8.1f} GFLOP/s" if gflops is not None and math.isfinite(gflops) else ""
+
+
 def row(m: Measurement) -> dict[str, Any]:
     """A measurement as the flat row that `show` prints or exports."""
     k, stats = m.key, m.stats
@@ -31,7 +38,8 @@ def row(m: Measurement) -> dict[str, Any]:
             "options": k.options_text, "status": m.status, "median_s": _number(m.median),
             "ci_low_s": _number(stats.ci_low) if stats else None,
             "ci_high_s": _number(stats.ci_high) if stats else None,
-            "gflops": _number(m.tflops * 1e3), "check": m.check.status if m.check else "",
+            "gflops": None if math.isfinite(m.busbw_gbps) else _number(m.tflops * 1e3),  # a collective: its busbw
+            "busbw_gbps": _number(m.busbw_gbps), "check": m.check.status if m.check else "",
             "flags": " ".join(m.timing_flags), "reason": m.reason or ""}
 
 

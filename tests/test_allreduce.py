@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from suite import ranks, runner, worker
+from suite import ranks, runner, show, worker
 from suite.catalog import load_catalog
 from suite.cli import at_ranks, progress_line
 from suite.ops import AllReduce, op_from_dict, op_to_dict
@@ -54,6 +54,10 @@ def test_measurement_records_algbw_and_busbw():
     assert record["algbw_gbps"] == pytest.approx(4.0) and record["busbw_gbps"] == pytest.approx(6.0)
     assert Measurement.from_record(record).to_record() == record  # the rates are not kept as extra facts
     assert "busbw      6 GB/s" in progress_line(m) and "GFLOP/s" not in progress_line(m)
+    shown = show.row(m)  # `show` reads a collective by its bus bandwidth too, in the table, CSV and JSON
+    assert shown["busbw_gbps"] == pytest.approx(6.0) and shown["gflops"] is None
+    assert show.rate_text(shown["gflops"], shown["busbw_gbps"]) == "busbw      6 GB/s"
+    assert show.rate_text(1234.5, None) == "  1234.5 GFLOP/s" and show.rate_text(None, None) == ""
 
 
 # ------------------------------------------------------------------------------------------------ inputs
