@@ -9,6 +9,7 @@ report's tables. Nothing is computed here beyond what a plot needs (units, posit
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -548,7 +549,8 @@ def first_call(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | 
 def bus_bandwidth(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """A collective's bus bandwidth (nccl-tests' busbw) against its message size, one line per framework (its
     colour) and rank count (its line style), one panel per configuration; dotted: the machine's measured memory-copy
-    bandwidth (``--bandwidth``), where a run measured it."""
+    bandwidth (``--bandwidth``), where a run measured it; dash-dot: the link bandwidth per direction, labelled with
+    its basis (NVML's NVLink or PCIe figure for GPU ranks, or ``run --link-bandwidth``), where there is one."""
     best = _best(frame)
     best = best[best["pass"].eq("forward") & best["bus_factor"].gt(0)] if not best.empty else best
     if best.empty:
@@ -571,6 +573,11 @@ def bus_bandwidth(frame: pd.DataFrame, palette: Palette | None = None) -> Figure
         roof = data["bandwidth_gbps"].max()
         if np.isfinite(roof):
             ax.axhline(roof, color="0.4", linestyle=":", label=f"memory copy {roof:.3g} GB/s (measured)")
+        link = data["link_gbps"].max()
+        if np.isfinite(link):
+            basis = data.loc[data["link_gbps"].idxmax(), "link_basis"]
+            ax.axhline(link, color="0.15", linestyle="-.",
+                       label=textwrap.fill(f"link {link:.3g} GB/s per direction ({basis})", 70))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("message size, bytes (log)")

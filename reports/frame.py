@@ -96,7 +96,8 @@ def percent(tflops: pd.Series, peaks: pd.Series) -> list[float]:
 
 
 def add_peaks(frame: pd.DataFrame, results: ResultSet) -> pd.DataFrame:
-    """Theoretical and measured peak per row, and the achieved % of each."""
+    """Theoretical and measured peak per row, the achieved % of each, and the link bandwidth a collective on the
+    row's machine and device compares with (``peak.link``)."""
     if frame.empty:
         return frame
     envs = {h.run_id: h.environment for h in results.headers}
@@ -115,6 +116,12 @@ def add_peaks(frame: pd.DataFrame, results: ResultSet) -> pd.DataFrame:
                                for k in zip(frame["machine"], frame["device"], strict=True)]
     frame["bandwidth_basis"] = [f"{roofs[k].label}: {roofs[k].basis}"
                                 for k in zip(frame["machine"], frame["device"], strict=True)]
+    links = {key: peak.link([h.environment for h in results.headers if h.run_id in set(part["run_id"])], key[1])
+             for key, part in frame.groupby(["machine", "device"], sort=False)}
+    keys = list(zip(frame["machine"], frame["device"], strict=True))
+    frame["link_gbps"] = [links[k].gbps if links[k].gbps is not None else math.nan for k in keys]
+    frame["link_basis"] = [links[k].basis for k in keys]
+    frame["link_words"] = [peak.link_words(links[k]) for k in keys]
     frame = frame.merge(peak.measured(frame), on=["machine", "device", "dtype", "math"], how="left")
     frame["pct_peak_theoretical"] = percent(frame["tflops"], frame["peak_theoretical_tflops"])
     frame["pct_peak_measured"] = percent(frame["tflops"], frame["measured_tflops"])

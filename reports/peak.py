@@ -1,5 +1,6 @@
 """Peaks: theoretical throughput (GPU datasheets, a CPU estimate), measured throughput (the best GEMM in the results)
-and the memory-bandwidth roof (GPU datasheets, a measured copy on CPUs).
+and the memory-bandwidth roof (GPU datasheets, a measured copy on CPUs); and the link bandwidth a collective's bus
+bandwidth compares with (NVML's NVLink or PCIe figure for GPU ranks, or the user's ``run --link-bandwidth``).
 
 Theoretical CPU peaks are labelled "theoretical (max clock)" where the machine states its maximum clock and
 "theoretical (nominal clock, may understate)" where only /proc/cpuinfo's clock is known; GPU peaks "theoretical
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from suite.gpu_state import NO_LINK, NVML_SOURCE, USER_SOURCE, LinkBandwidth
 from suite.results import CpuInfo, Environment
 
 # Dense (no 2:4 sparsity) peak TFLOP/s and memory bandwidth in GB/s, from NVIDIA's datasheets:
@@ -159,6 +161,34 @@ def bandwidth(environments: Iterable[Environment], device: str) -> Bandwidth:
     return Bandwidth(best["gbps"], MEASURED_BANDWIDTH,
                      f"fastest of {best['repeats']} copies of a {best['buffer_bytes'] / 2**20:,.0f} MiB "
                      f"buffer on {best['threads']} threads (read + write bytes){cache}")
+
+
+def link(environments: Iterable[Environment], device: str) -> LinkBandwidth:
+    """The link bandwidth per direction a collective on ``device`` compares with, from one machine's headers (the
+    runs that measured on that device): the user's (run --link-bandwidth) over NVML's, the last header's where
+    several give one; NVML's only for GPU ranks, as it is the GPUs' interconnect. Without one, why."""
+    links = [e.link_bandwidth for e in environments if e.link_bandwidth and e.link_bandwidth.gbps]
+    given = [x for x in links if x.source == USER_SOURCE]
+    nvml = [x for x in links if x.source == NVML_SOURCE]
+    if given:
+        return given[-1]
+    if nvml and device == "gpu":
+        return nvml[-1]
+    if nvml:
+        return LinkBandwidth(None, basis=f"no link bandwidth for {device} ranks: NVML's is the GPUs' interconnect, "
+                                         "none given with --link-bandwidth")
+    return LinkBandwidth(None, basis=NO_LINK)
+
+
+def link_words(found: LinkBandwidth) -> str:
+    """A link bandwidth in words, with its basis: "the NVLink bandwidth, 450 GB/s per direction by NVML (18 NVLink 4
+    links × 25 GB/s per direction, each of 8 GPUs)", or "the link bandwidth, 100 GB/s per direction as given with
+    --link-bandwidth" (naming NVML's figure it was given over); without one, why."""
+    if found.gbps is None:
+        return found.basis
+    how = (f"as given with --link-bandwidth{f' (over {found.instead_of})' if found.instead_of else ''}"
+           if found.source == USER_SOURCE else f"by NVML ({found.basis.removeprefix('NVML: ')})")
+    return f"the {found.kind} bandwidth, {found.gbps:.3g} GB/s per direction {how}"
 
 
 def measured(frame: pd.DataFrame) -> pd.DataFrame:

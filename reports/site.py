@@ -17,7 +17,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from reports import analysis, figures, history, summary
+from reports import analysis, figures, history, peak, summary
 from reports.analysis import CONFIG, Analysis
 from reports.frame import export
 from suite.catalog import Case
@@ -96,7 +96,10 @@ def kind_figures(a: Analysis) -> list[FigureSpec]:
     return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Bus bandwidth: {summary.kind_label(kind)}",
                        "Bus bandwidth (nccl-tests' busbw: message bytes / the slowest rank's median time × 2(R−1)/R) "
                        "of each framework's fastest variant against the message size, one line per framework and "
-                       "rank count; dotted: the memory-copy bandwidth measured on the machine (run --bandwidth).",
+                       "rank count; dotted: the memory-copy bandwidth measured on the machine (run --bandwidth); "
+                       "dash-dot: the link bandwidth per direction, with its basis (NVML's NVLink or PCIe figure for "
+                       "GPU ranks, or run --link-bandwidth): busbw compares with a link's speed per direction, as "
+                       "nccl-tests means it to.",
                        lambda a, kind=kind: figures.bus_bandwidth(a.pooled[a.pooled["op"].eq(kind)], a.palette),
                        f"no successful {kind} measurement")
             if summary.collective(kind) else
@@ -243,6 +246,7 @@ def _env_facts(h: RunHeader, workers: list[WorkerInfo]) -> dict[str, str]:
                f"{cpu.mhz} MHz, {' '.join(cpu.vector_flags)}",
         "GPUs": "none",
         **_gpu_facts(env, workers),
+        **({"link bandwidth": peak.link_words(env.link_bandwidth)} if env.link_bandwidth else {}),
         "memory": f"{(env.memory_bytes or 0) / 2**30:.1f} GiB",
         "OS / Python": f"{env.platform} / Python {env.python}",
         "packages": ", ".join(f"{k} {v}" for k, v in env.packages.items()),

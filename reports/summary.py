@@ -889,14 +889,15 @@ def collective(kind: str) -> bool:
 def bus_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
     """A collective: per configuration, framework and rank count, the algorithm and bus bandwidths (nccl-tests') at
     the largest message measured and the smallest message's time (the latency end), against the machine's measured
-    memory-copy bandwidth."""
+    memory-copy bandwidth and the link bandwidth per direction (NVML's or the user's; ``peak.link``), or why there is
+    none, said once."""
     label = kind_label(kind)
     pooled = a.pooled
     data = pooled[pooled["best"] & pooled["op"].eq(kind) & pooled["pass"].eq("forward")] if len(pooled) else pooled
     if data.empty:
         return [block(f"No successful measurement of {label} in these results.", missing=True)]
     data = data.assign(busbw=data["gbps"] * data["bus_factor"])
-    blocks = []
+    blocks, said = [], set()
     for key, where, group in groups(data, CONFIG, pooled):
         rows, best = [], None
         for b in ordered(a, group["backend"]):
@@ -913,11 +914,20 @@ def bus_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
                f"{best[0]}'s across {best[1]} ranks, {best[2]:.3g} GB/s at the largest message"
         head += (f", {best[2] / roof:.0%} of the memory-copy bandwidth measured here ({roof:.3g} GB/s)." if
                  np.isfinite(roof) else "; no run measured the memory-copy bandwidth here (run --bandwidth).")
+        link, words = group["link_gbps"].max(), group["link_words"].iloc[0]
+        if np.isfinite(link):  # busbw is per direction, as nccl-tests compares it with a link's peak speed
+            words = group.loc[group["link_gbps"].idxmax(), "link_words"]
+            head += f" Bus bandwidth compares with a link's bandwidth per direction (nccl-tests means busbw for the " \
+                    f"hardware's peak link speed): the highest is {100 * best[2] / link:.2g}% of {words}."
+        elif words not in said:  # the same missing link is said once
+            said.add(words)
+            head += f" {words[0].upper()}{words[1:]}."
         columns = ["framework", "ranks", "sizes", "largest message", "algbw", "busbw", "smallest message",
                    "its time"]
         blocks.append(block(head, [table(columns, rows, caption=(
             "Each framework's fastest variant: algbw = message bytes / median time of the slowest rank, busbw = "
-            "algbw × 2(R−1)/R (nccl-tests), comparable with a link's or a memory copy's bandwidth whatever R; the "
+            "algbw × 2(R−1)/R (nccl-tests), comparable whatever R with a link's bandwidth per direction or a memory "
+            "copy's bandwidth; the "
             "smallest message's time is the latency end of the sweep."))], [], where))
     return blocks
 

@@ -25,7 +25,7 @@ import backends
 from suite import missing_module, setup_advice, show
 from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.compare import CompareError
-from suite.environment import usable_cpus
+from suite.environment import link_bandwidth_given, usable_cpus
 from suite.ops import DTYPES, FLOAT_DTYPES, INT8_FORWARD_ONLY, OP_KINDS, PASSES, with_ranks
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
 from suite.stats import CONTENDED_SHARE, format_seconds
@@ -274,6 +274,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
         what.add_argument("--bandwidth", action="store_true",
                           help="also measure main-memory bandwidth (a large copy, a few seconds) into the results "
                                "header: the CPU roofline's memory roof (peak always does)")
+    if command == "run":
+        what.add_argument("--link-bandwidth", type=float, default=None, metavar="GBPS",
+                          help="the link bandwidth between the ranks, GB/s per direction, recorded in the results "
+                               "header (over NVML's NVLink or PCIe figure): the all-reduce figures' link line")
     limits = parser.add_argument_group("limits")
     if command != "check":
         limits.add_argument("--time-cap", type=float, default=TimingConfig.max_time_s, metavar="SECONDS",
@@ -396,7 +400,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
                          retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth)
     try:
-        with _progress("measuring", len(tasks), each=True) as report:
+        with _progress("measuring", len(tasks), each=True) as report, \
+                link_bandwidth_given(getattr(args, "link_bandwidth", None)):  # into the header
             counts = runner.run(tasks, out, options, report, argv=sys.argv)
         flagged = report.flagged
     except KeyboardInterrupt:
@@ -487,6 +492,9 @@ def _parse_limits(args: argparse.Namespace) -> None:
                         ("--max-run-time", args.max_run_time), ("--threads", args.threads)):
         if value is not None and not value > 0:  # also refuses nan
             raise UsageError(f"{flag} must be a positive number, got {value}")
+    link = getattr(args, "link_bandwidth", None)
+    if link is not None and not (math.isfinite(link) and link > 0):
+        raise UsageError(f"--link-bandwidth must be a positive number of GB/s per direction, got {link}")
     if getattr(args, "seed", 0) < 0:
         raise UsageError(f"--seed must be an integer >= 0 (NumPy's random generator takes no negative seed), got "
                          f"{args.seed}")

@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -292,9 +293,25 @@ def package_versions(distributions: Iterable[Any] | None = None) -> dict[str, st
     return {**versions, **dict(sorted(cuda.items()))}
 
 
+_GIVEN_LINK_GBPS: ContextVar[float | None] = ContextVar("given_link_gbps", default=None)
+
+
+@contextlib.contextmanager
+def link_bandwidth_given(gbps: float | None) -> Iterator[None]:
+    """Within it, ``capture`` records ``gbps`` as the user's link bandwidth (``run --link-bandwidth``, GB/s per
+    direction); the CLI wraps the run in it, as the runner captures the environment."""
+    token = _GIVEN_LINK_GBPS.set(gbps)
+    try:
+        yield
+    finally:
+        _GIVEN_LINK_GBPS.reset(token)
+
+
 def capture(bandwidth: bool = False) -> dict[str, Any]:
-    """Host, OS, Python, packages, knobs and load, and with ``bandwidth`` the measured memory bandwidth (seconds of
-    copying and page faults, so only on request): stored once in each results file's header."""
+    """Host, OS, Python, packages, knobs and load, the link bandwidth (the user's, ``link_bandwidth_given``, else
+    NVML's), and with ``bandwidth`` the measured memory bandwidth (seconds of copying and page faults, so only on
+    request): stored once in each results file's header."""
+    nvml = gpu_state.describe() if shutil.which("nvidia-smi") else None
     return {
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
@@ -306,7 +323,8 @@ def capture(bandwidth: bool = False) -> dict[str, Any]:
         "packages": package_versions(),
         "opbench": git_commit(),
         "knobs": knobs(os.environ),
-        "nvml": gpu_state.describe() if shutil.which("nvidia-smi") else None,  # driver, CUDA, GPUs, clocks locked
+        "nvml": nvml,  # driver, CUDA, GPUs: clocks locked, links
+        "link_bandwidth": gpu_state.link_bandwidth(nvml, _GIVEN_LINK_GBPS.get()).to_record(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "memory_bandwidth": memory_bandwidth() if bandwidth else None,
     }

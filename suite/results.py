@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from suite.catalog import NetworkSet
 from suite.environment import knobs
+from suite.gpu_state import LinkBandwidth
 from suite.ops import Op, op_from_dict, op_to_dict
 from suite.stats import Summary, median_per_call
 
@@ -433,6 +434,7 @@ class Environment:
     nvml: NvmlInfo | None = None  # driver, CUDA, GPUs, clocks locked
     load_average: tuple[float, ...] = ()
     memory_bandwidth: Mapping[str, Any] | None = None
+    link_bandwidth: LinkBandwidth | None = None  # NVML's or the user's; None in headers written before it
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any] | None) -> Environment:
@@ -444,7 +446,8 @@ class Environment:
                    packages=dict(data.get("packages") or {}),
                    opbench=dict(data.get("opbench") or {}), knobs=dict(data.get("knobs") or {}),
                    nvml=NvmlInfo.from_record(data.get("nvml")), load_average=tuple(data.get("load_average") or ()),
-                   memory_bandwidth=data.get("memory_bandwidth"))
+                   memory_bandwidth=data.get("memory_bandwidth"),
+                   link_bandwidth=LinkBandwidth.from_record(data.get("link_bandwidth")))
 
     @property
     def machine(self) -> str:

@@ -37,10 +37,16 @@ PCI = ("00000000:18:00.0", "00000000:2A:00.0", "00000000:3C:00.0", "00000000:4E:
 
 
 def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int = 2, app_clock: int = 1980,
-              default_app_clock: int = 1755, current: bool = True) -> SimpleNamespace:
+              default_app_clock: int = 1755, current: bool = True, nvlinks: tuple[int, ...] = (18, 18, 18, 18),
+              nvlink_version: int = 6, no_nvlink: tuple[int, ...] = (), pcie: tuple[int, int] = (5, 16),
+              pcie_now: tuple[int, int] = (1, 16)) -> SimpleNamespace:
     """pynvml's calls that opbench makes, answering for ``devices`` GPUs (UUIDS, PCI); the names in ``unsupported``
     raise as NVML does for a reading a GPU or driver does not offer. ``current``: the calls that replace those NVML
-    deprecates as of CUDA 13 exist (as in nvidia-ml-py 13); False: an older pynvml that lacks them."""
+    deprecates as of CUDA 13 exist (as in nvidia-ml-py 13); False: an older pynvml that lacks them. Links, as an
+    H100 SXM's by default: GPU i has ``nvlinks[i]`` active NVLink links of 18 (NVML_NVLINK_MAX_LINKS is 36, as in
+    nvidia-ml-py 13: a link past the GPU's 18 is an invalid argument), of NVML's ``nvlink_version`` (its enum: 6 is
+    NVLink 4.0); the GPUs in ``no_nvlink`` have none (NotSupported); PCIe ``pcie`` at most (generation, width) and
+    ``pcie_now`` now (an idle GPU trains its link down)."""
     calls: list[tuple[str, Any]] = []
 
     def api(name: str, value: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,6 +69,13 @@ def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int 
     def number(h: tuple[str, Any]) -> int:  # which of the fake's GPUs a handle is
         kind, key = h
         return key if kind == "index" else (UUIDS if kind == "uuid" else PCI).index(key)
+
+    def nvlink_state(h: tuple[str, Any], link: int) -> int:
+        if number(h) in no_nvlink:
+            raise NVMLError("Not Supported")
+        if link >= 18:
+            raise NVMLError("Invalid Argument")
+        return int(link < nvlinks[number(h)])  # nvmlEnableState_t
 
     clocks = {gpu_state.NVML_CLOCK_SM: 1410, gpu_state.NVML_CLOCK_MEM: 2619}
     app = {gpu_state.NVML_CLOCK_ID_APP_CLOCK_TARGET: app_clock,
@@ -88,6 +101,13 @@ def fake_nvml(reasons: int = 0, unsupported: tuple[str, ...] = (), devices: int 
         nvmlDeviceGetApplicationsClock=api("app_clock", lambda h, which: app_clock),
         nvmlDeviceGetDefaultApplicationsClock=api("default_app_clock", lambda h, which: default_app_clock),
         nvmlDeviceGetEnforcedPowerLimit=api("power_limit", lambda h: 700_000),
+        NVML_NVLINK_MAX_LINKS=36,
+        nvmlDeviceGetNvLinkState=api("nvlink_state", nvlink_state),
+        nvmlDeviceGetNvLinkVersion=api("nvlink_version", lambda h, link: nvlink_version),
+        nvmlDeviceGetCurrPcieLinkGeneration=api("pcie_generation", lambda h: pcie_now[0]),
+        nvmlDeviceGetCurrPcieLinkWidth=api("pcie_width", lambda h: pcie_now[1]),
+        nvmlDeviceGetMaxPcieLinkGeneration=api("pcie_max_generation", lambda h: pcie[0]),
+        nvmlDeviceGetMaxPcieLinkWidth=api("pcie_max_width", lambda h: pcie[1]),
     )
     if current:
         nvml.nvmlDeviceGetTemperatureV = api("temperature_v", lambda h, sensor: 71)
