@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import math
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ import backends
 from suite import missing_module, setup_advice, show
 from suite.catalog import SHAPES_DIR, WHOLE_CATALOG, Case, CatalogError, did_you_mean, load_catalog
 from suite.compare import CompareError
-from suite.environment import link_bandwidth_given, usable_cpus
+from suite.environment import usable_cpus
 from suite.ops import DTYPES, FLOAT_DTYPES, INT8_FORWARD_ONLY, OP_KINDS, PASSES, with_ranks
 from suite.results import SAME_BAND, UNRELIABLE_FLAGS, Measurement, ResultsError, ResultSet, read_many
 from suite.stats import CONTENDED_SHARE, format_seconds
@@ -398,10 +399,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(timing=TimingConfig(max_time_s=args.time_cap, target_block_s=args.block_time),
                          check=args.check, seed=args.seed,
                          case_timeout_s=args.case_timeout, run_time_cap_s=args.max_run_time, resume=args.resume,
-                         retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth)
+                         retry_failed=args.retry_failed, preflight=False, bandwidth=args.bandwidth,
+                         link_gbps=getattr(args, "link_bandwidth", None))
     try:
-        with _progress("measuring", len(tasks), each=True) as report, \
-                link_bandwidth_given(getattr(args, "link_bandwidth", None)):  # into the header
+        with _progress("measuring", len(tasks), each=True) as report:
             counts = runner.run(tasks, out, options, report, argv=sys.argv)
         flagged = report.flagged
     except KeyboardInterrupt:

@@ -10,9 +10,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -293,23 +292,9 @@ def package_versions(distributions: Iterable[Any] | None = None) -> dict[str, st
     return {**versions, **dict(sorted(cuda.items()))}
 
 
-_GIVEN_LINK_GBPS: ContextVar[float | None] = ContextVar("given_link_gbps", default=None)
-
-
-@contextlib.contextmanager
-def link_bandwidth_given(gbps: float | None) -> Iterator[None]:
-    """Within it, ``capture`` records ``gbps`` as the user's link bandwidth (``run --link-bandwidth``, GB/s per
-    direction); the CLI wraps the run in it, as the runner captures the environment."""
-    token = _GIVEN_LINK_GBPS.set(gbps)
-    try:
-        yield
-    finally:
-        _GIVEN_LINK_GBPS.reset(token)
-
-
-def capture(bandwidth: bool = False) -> dict[str, Any]:
-    """Host, OS, Python, packages, knobs and load, the link bandwidth (the user's, ``link_bandwidth_given``, else
-    NVML's), and with ``bandwidth`` the measured memory bandwidth (seconds of copying and page faults, so only on
+def capture(bandwidth: bool = False, link_gbps: float | None = None) -> dict[str, Any]:
+    """Host, OS, Python, packages, knobs and load, the link bandwidth (the user's ``link_gbps``, GB/s per direction,
+    else NVML's), and with ``bandwidth`` the measured memory bandwidth (seconds of copying and page faults, so only on
     request): stored once in each results file's header."""
     nvml = gpu_state.describe() if shutil.which("nvidia-smi") else None
     return {
@@ -324,7 +309,7 @@ def capture(bandwidth: bool = False) -> dict[str, Any]:
         "opbench": git_commit(),
         "knobs": knobs(os.environ),
         "nvml": nvml,  # driver, CUDA, GPUs: clocks locked, links
-        "link_bandwidth": gpu_state.link_bandwidth(nvml, _GIVEN_LINK_GBPS.get()).to_record(),
+        "link_bandwidth": gpu_state.link_bandwidth(nvml, link_gbps).to_record(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "memory_bandwidth": memory_bandwidth() if bandwidth else None,
     }

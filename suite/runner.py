@@ -267,6 +267,7 @@ class RunOptions:
     retry_failed: bool = False  # with resume: measure again what failed; the new record supersedes the old
     preflight: bool = True  # False: the caller has run preflight() itself (the CLI, before its progress display)
     bandwidth: bool = False  # measure main-memory bandwidth into the header (environment.memory_bandwidth)
+    link_gbps: float | None = None  # the user's link bandwidth, GB/s per direction, into the header (over NVML's)
     # The catalog's network sets the run's cases belong to, recorded in the header so a report judges networks by
     # the catalog the run used; None: those of the catalog folders the cases were loaded from.
     networks: tuple[NetworkSet, ...] | None = None
@@ -350,7 +351,7 @@ def run(tasks: list[Task], out: Path, options: RunOptions, report: Reporter | No
             print(f"warning: {writer.warning}", file=sys.stderr)
         writer.write(RunHeader.from_record({
             "run_id": run_id, "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": argv or sys.argv,
-            "environment": environment.capture(options.bandwidth),
+            "environment": environment.capture(options.bandwidth, options.link_gbps),
             "timing": options.timing and dataclasses.asdict(options.timing), "check": options.check,
             "seed": options.seed,
             "catalog": {"networks": [n.to_record() for n in _networks(tasks, options.networks)]}}).to_record())

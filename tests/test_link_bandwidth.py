@@ -116,14 +116,13 @@ def test_the_users_figure_wins_over_nvmls_and_names_it():
     assert LinkBandwidth.from_record(given.to_record()) == given and LinkBandwidth.from_record(None) is None
 
 
-def test_the_header_records_the_given_figure_only_within_the_run(monkeypatch):
+def test_the_header_records_the_given_figure_over_nvml_s(monkeypatch):
     block = gpu_state.describe(fake_nvml(devices=2))
     monkeypatch.setattr(gpu_state, "describe", lambda: block)
     which = environment.shutil.which
     monkeypatch.setattr(environment.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi"
                         else which(name))
-    with environment.link_bandwidth_given(100.0):
-        inside = environment.capture()
+    inside = environment.capture(link_gbps=100.0)
     outside = environment.capture()
     assert inside["link_bandwidth"] == {"gbps": 100.0, "source": "user", "basis": "given with --link-bandwidth 100",
                                         "kind": "link", "instead_of": f"NVML: {H100_BASIS}, each of 2 GPUs"}
@@ -141,7 +140,7 @@ def test_run_takes_link_bandwidth_in_gb_per_s_and_records_it_in_the_header(tmp_p
     recorded = []
 
     def run(tasks, out, options, report, argv=None):  # what the runner writes into the header
-        recorded.append(environment.capture(options.bandwidth)["link_bandwidth"])
+        recorded.append(environment.capture(options.bandwidth, options.link_gbps)["link_bandwidth"])
         return {"skipped_done": 0, "failed": 0, "ok": 1}
 
     monkeypatch.setattr(suite.runner, "run", run)
