@@ -484,7 +484,7 @@ def test_subset_membership(catalog):
 
 
 # Forward FLOPs of quick's distinct cases; × 5 for the four passes (dX+dW counts twice) and × ~8 timed calls per
-# measurement at ~200 GFLOP/s this is about 17 s of arithmetic per framework variant: the 12-minute main job's time
+# measurement at ~200 GFLOP/s this is about 17 s of arithmetic per framework variant: the main job's time
 # goes to the per-measurement floor (warm-up, 7+ blocks, compile, check), not to FLOPs.
 QUICK_BUDGET = 85e9
 
