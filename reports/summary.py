@@ -571,11 +571,15 @@ def steps(a: Analysis) -> list[dict[str, Any]]:
                 [f"{pct(100 * rows[b]['layer_ratio'])} of {b}'s step ({format_seconds(rows[b]['step_s'])}"
                  f"{_flagged(rows[b])})" for b in done])
             over = [b for b in done if rows[b]["remainder_high_s"] < 0]  # the layers alone take longer, CI and all
-            rest = [b for b in done if b not in over]
+            even = [b for b in done if b not in over and rows[b]["remainder_s"] < 0]  # longer, inside the bounds
+            rest = [b for b in done if b not in over and b not in even]
             if rest:
                 head += ("; the rest (normalization, activations, elementwise ops, the loss, the SGD update and "
                          "framework overhead, less what fusion saves) takes "
                          + listing([f"{pct(100 * (1 - rows[b]['layer_ratio']))} of {b}'s" for b in rest]))
+            if even:
+                head += (f"; {_possessive(even)} layers alone take about as long as "
+                         f"{'its' if len(even) == 1 else 'their'} whole step (the remainder's bounds include 0)")
             if over:
                 head += f"; timed alone, the layers take longer than {_possessive(over)} whole step"
             skipped = [b for b in names if b not in done]

@@ -207,6 +207,15 @@ def test_the_site_shows_the_section_its_figure_and_its_data(tmp_path: Path) -> N
     assert data.set_index("backend").loc["torch", "step_flags"] == "noisy;short_blocks"
 
 
+def test_layers_about_as_long_as_the_step_are_said_so_not_a_negative_rest() -> None:
+    """Layer sum 42 s (CI 37.8-46.2) against a 40 s step (CI 36-44): the remainder, -2 s, has bounds -10.2 to 6.2 s,
+    so the layers take about as long as the step; no "rest" of -5% is printed."""
+    [found] = summary.steps(analyzed(*varied_layers("torch"), *whole("torch", 40.0, 15.0, 36.0, step_blocks=VARIED)))
+    head = found["headline"]
+    assert "torch's layers alone take about as long as its whole step (the remainder's bounds include 0)" in head
+    assert "the rest (" not in head and "-5%" not in head and "take longer than" not in head
+
+
 def test_beside_another_configuration_the_section_names_its_own(tmp_path: Path) -> None:
     """An int8 GEMM beside the fp32 models (as in the main job) makes two configurations: each block of the section
     is titled with its configuration (not its case), and the site builds."""
