@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator, NullFormatter
 
+from reports import peak
 from reports.analysis import CONFIG
 from reports.palette import Palette
 from reports.summary import speedup_text
@@ -548,9 +549,10 @@ def first_call(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | 
 
 def bus_bandwidth(frame: pd.DataFrame, palette: Palette | None = None) -> Figure | None:
     """A collective's bus bandwidth (nccl-tests' busbw) against its message size, one line per framework (its
-    colour) and rank count (its line style), one panel per configuration; dotted: the machine's measured memory-copy
-    bandwidth (``--bandwidth``), where a run measured it; dash-dot: the link bandwidth per direction, labelled with
-    its basis (NVML's NVLink or PCIe figure for GPU ranks, or ``run --link-bandwidth``), where there is one."""
+    colour) and rank count (its line style), one panel per configuration; dotted: the memory bandwidth (a CPU's
+    measured copy, ``--bandwidth``; a GPU's datasheet figure), where there is one; dash-dot: the link bandwidth per
+    direction, labelled with its basis (NVML's NVLink or PCIe figure for GPU ranks, or ``run --link-bandwidth``),
+    where there is one."""
     best = _best(frame)
     best = best[best["pass"].eq("forward") & best["bus_factor"].gt(0)] if not best.empty else best
     if best.empty:
@@ -572,12 +574,13 @@ def bus_bandwidth(frame: pd.DataFrame, palette: Palette | None = None) -> Figure
                         label=f"{backend}, {int(ranks)} ranks")
         roof = data["bandwidth_gbps"].max()
         if np.isfinite(roof):
-            ax.axhline(roof, color="0.4", linestyle=":", label=f"memory copy {roof:.3g} GB/s (measured)")
+            label = data.loc[data["bandwidth_gbps"].idxmax(), "bandwidth_basis"].split(":")[0]
+            ax.axhline(roof, color="0.4", linestyle=":", label=f"memory {peak.gb_per_s(roof)} ({label})")
         link = data["link_gbps"].max()
         if np.isfinite(link):
             basis = data.loc[data["link_gbps"].idxmax(), "link_basis"]
             ax.axhline(link, color="0.15", linestyle="-.",
-                       label=textwrap.fill(f"link {link:.3g} GB/s per direction ({basis})", 70))
+                       label=textwrap.fill(f"link {peak.gb_per_s(link)} per direction ({basis})", 70))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("message size, bytes (log)")

@@ -180,6 +180,11 @@ def link(environments: Iterable[Environment], device: str) -> LinkBandwidth:
     return LinkBandwidth(None, basis=NO_LINK)
 
 
+def gb_per_s(value: float) -> str:
+    """A bandwidth in words: '3,350 GB/s', '450 GB/s', '5.9 GB/s' (whole GB/s from 100 on, else three digits)."""
+    return f"{value:,.0f} GB/s" if value >= 100 else f"{value:.3g} GB/s"
+
+
 def link_words(found: LinkBandwidth) -> str:
     """A link bandwidth in words, with its basis: "the NVLink bandwidth, 450 GB/s per direction by NVML (18 NVLink 4
     links × 25 GB/s per direction, each of 8 GPUs)", or "the link bandwidth, 100 GB/s per direction as given with
@@ -188,7 +193,7 @@ def link_words(found: LinkBandwidth) -> str:
         return found.basis
     how = (f"as given with --link-bandwidth{f' (over {found.instead_of})' if found.instead_of else ''}"
            if found.source == USER_SOURCE else f"by NVML ({found.basis.removeprefix('NVML: ')})")
-    return f"the {found.kind} bandwidth, {found.gbps:.3g} GB/s per direction {how}"
+    return f"the {found.kind} bandwidth, {gb_per_s(found.gbps)} per direction {how}"
 
 
 def measured(frame: pd.DataFrame) -> pd.DataFrame:

@@ -96,7 +96,8 @@ def kind_figures(a: Analysis) -> list[FigureSpec]:
     return [FigureSpec(summary.KIND_FIGURE.format(kind), f"Bus bandwidth: {summary.kind_label(kind)}",
                        "Bus bandwidth (nccl-tests' busbw: message bytes / the slowest rank's median time × 2(R−1)/R) "
                        "of each framework's fastest variant against the message size, one line per framework and "
-                       "rank count; dotted: the memory-copy bandwidth measured on the machine (run --bandwidth); "
+                       "rank count; dotted: the memory bandwidth (on a CPU a large copy measured with run "
+                       "--bandwidth, on a GPU its datasheet figure); "
                        "dash-dot: the link bandwidth per direction, with its basis (NVML's NVLink or PCIe figure for "
                        "GPU ranks, or run --link-bandwidth): busbw compares with a link's speed per direction, as "
                        "nccl-tests means it to.",

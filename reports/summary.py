@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports import peak
 from reports.analysis import CONFIG, FORWARD_BACKWARD, INFERENCE, OVERHEAD_FACTOR, STEP, Analysis, whole_set
 from reports.frame import main_kinds
 from suite.catalog import PHASES
@@ -916,8 +917,11 @@ def bus_section(a: Analysis, kind: str) -> list[dict[str, Any]]:
         roof = group["bandwidth_gbps"].max()
         head = f"{on(key[1])}, the highest {label[:-1] if label.endswith('s') else label} bus bandwidth is " \
                f"{best[0]}'s across {best[1]} ranks, {best[2]:.3g} GB/s at the largest message"
-        head += (f", {best[2] / roof:.0%} of the memory-copy bandwidth measured here ({roof:.3g} GB/s)." if
-                 np.isfinite(roof) else "; no run measured the memory-copy bandwidth here (run --bandwidth).")
+        if np.isfinite(roof):  # a CPU's measured copy, a GPU's datasheet figure: said with its basis
+            basis = group.loc[group["bandwidth_gbps"].idxmax(), "bandwidth_basis"]
+            head += f", {best[2] / roof:.0%} of the memory bandwidth ({peak.gb_per_s(roof)}, {basis})."
+        else:
+            head += "; no memory bandwidth is known here (on a CPU: a run with --bandwidth measures it)."
         link, words = group["link_gbps"].max(), group["link_words"].iloc[0]
         if np.isfinite(link):  # busbw is per direction, as nccl-tests compares it with a link's peak speed
             words = group.loc[group["link_gbps"].idxmax(), "link_words"]

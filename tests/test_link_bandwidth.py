@@ -248,3 +248,18 @@ def test_the_environment_facts_state_the_link():
     header = RunHeader.from_record({"run_id": "r1", "environment": {"link_bandwidth": found.to_record()}})
     assert site._env_facts(header, [])["link bandwidth"] == peak.link_words(found)
     assert "link bandwidth" not in site._env_facts(RunHeader.from_record({"run_id": "r1"}), [])
+
+
+def test_the_memory_line_says_whether_it_was_measured_or_is_a_datasheet_figure():
+    """GPU ranks compare with the H100's datasheet HBM bandwidth (3,350 GB/s), said as such, not as a measured copy;
+    CPU ranks without a run --bandwidth header have none, and the text says how to get it."""
+    gpu = analysis.analyze(allreduce_results(None))
+    text = summary.bus_section(gpu, "allreduce")[0]["headline"]
+    busbw = 4 * SIZES[-1] / 1e-3 / 1e9
+    assert (f", {busbw / 3350:.0%} of the memory bandwidth (3,350 GB/s, theoretical (datasheet): NVIDIA H100 SXM "
+            "datasheet memory bandwidth).") in text and "measured here" not in text
+    (line,) = [ln for ax in figures.bus_bandwidth(gpu.pooled, gpu.palette).axes for ln in ax.get_lines()
+               if ln.get_linestyle() == ":"]
+    assert line.get_label() == "memory 3,350 GB/s (theoretical (datasheet))"
+    cpu = summary.bus_section(analysis.analyze(allreduce_results(None, device="cpu")), "allreduce")[0]["headline"]
+    assert "no memory bandwidth is known here (on a CPU: a run with --bandwidth measures it)." in cpu
