@@ -979,7 +979,8 @@ def answers(a: Analysis) -> list[dict[str, Any]]:
     out[at:at] = [{"id": f"kind-{kind}", "question": f"{kind_title(kind)}: what bus bandwidth, by message size and "
                    "rank count?", "blocks": bus_section(a, kind), "figure": KIND_FIGURE.format(kind)}
                   if collective(kind) else
-                  {"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward and backward?",
+                  {"id": f"kind-{kind}", "question": f"{kind_title(kind)}: how fast, forward"
+                   f"{' and backward' if len(OP_KINDS[kind].passes) > 1 else ''}?",
                    "blocks": kind_section(a, kind), "figure": KIND_FIGURE.format(kind)} for kind in a.kinds]
     if has_inference(a):  # after the op kinds' sections, before the peaks
         at = next(i for i, q in enumerate(out) if q["id"] == "peak")

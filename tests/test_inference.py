@@ -283,6 +283,8 @@ def test_the_inference_section_states_these_numbers() -> None:
     a = fixture()
     [section] = [q for q in summary.answers(a) if q["id"] == "inference"]
     assert section["question"] == "Inference: sparse and int8"
+    # a forward-only kind's own section asks no backward question
+    assert [q["question"] for q in summary.answers(a) if q["id"] == "kind-spmm"] == ["Sparse GEMMs: how fast, forward?"]
     sparse_block, int8_block = section["blocks"]
     assert sparse_block["headline"] == (
         "On this CPU, a sparse GEMM takes 0.1–2× the time of the dense GEMM of its shape (3 cases, forward, each "
