@@ -59,6 +59,10 @@ class UsageError(ValueError):
     """A mistake in the command line; printed without a traceback."""
 
 
+class NothingToRun(UsageError):
+    """A selection that gives nothing to run: a usage error, or with ``run --skip-empty`` a note and exit 0."""
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -276,6 +280,9 @@ def add_run_options(parser: argparse.ArgumentParser, command: str = "run") -> No
                           help="also measure main-memory bandwidth (a large copy, a few seconds) into the results "
                                "header: the CPU roofline's memory roof (peak always does)")
     if command == "run":
+        what.add_argument("--skip-empty", action="store_true",
+                          help="a selection that gives nothing to run exits 0 with a note, not error 2: for a "
+                               "command that narrows whatever catalog it is given (tox's variant commands)")
         what.add_argument("--link-bandwidth", type=float, default=None, metavar="GBPS",
                           help="the link bandwidth between the ranks, GB/s per direction, recorded in the results "
                                "header (over NVML's NVLink or PCIe figure): the all-reduce figures' link line")
@@ -353,8 +360,6 @@ def build_plan(args: argparse.Namespace):
     from suite.runner import plan, shard
 
     cases = select(args)
-    if not cases:
-        raise UsageError("no case matches the selection; see `python -m suite list`")
     devices = _choices(args.device, ("cpu", "gpu"), "device")
     names = _backend_names(args.backend)
     classes = [backends.backend_class(name) for name in names]
@@ -369,10 +374,12 @@ def build_plan(args: argparse.Namespace):
     passes = _choices(args.passes, PASSES, "pass")
     if "forward" not in passes and all(dtype == "int8" for dtype in dtypes):
         raise UsageError(f"--dtype int8 with --pass {args.passes}: {INT8_FORWARD_ONLY} (--pass forward)")
+    if not cases:  # after every flag is checked: --skip-empty forgives an empty selection, not a mistake
+        raise NothingToRun("no case matches the selection; see `python -m suite list`")
     if not any(p in case.op.passes for case in cases for p in passes):  # a pass an op lacks is not planned
         kinds = ", ".join(f"{kind}: {', '.join(OP_KINDS[kind].passes)}" for kind in dict.fromkeys(c.op.kind
                                                                                                   for c in cases))
-        raise UsageError(f"no selected case has --pass {args.passes} (passes by op kind: {kinds})")
+        raise NothingToRun(f"no selected case has --pass {args.passes} (passes by op kind: {kinds})")
     tasks = plan(cases, names, devices, dtypes, passes, modes, layouts, args.math, args.threads,
                  _parse_options(args.option), l2)
     part = _parse_shard(args.shard)
@@ -385,13 +392,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from suite.runner import RunOptions, check_output, preflight
 
     _parse_limits(args)
-    tasks = build_plan(args)
-    if not tasks:
-        offered = "; ".join(f"{cls.name}: modes {', '.join(cls.modes)}, layouts "
-                            f"{', '.join(dict.fromkeys(sum(cls.layouts.values(), ())))}"
-                            for cls in map(backends.backend_class, _backend_names(args.backend)))
-        raise UsageError(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
-                         f"with --layout {args.layout} ({offered})")
+    try:
+        tasks = build_plan(args)
+        if not tasks:
+            offered = "; ".join(f"{cls.name}: modes {', '.join(cls.modes)}, layouts "
+                                f"{', '.join(dict.fromkeys(sum(cls.layouts.values(), ())))}"
+                                for cls in map(backends.backend_class, _backend_names(args.backend)))
+            raise NothingToRun(f"the selection gives nothing to run: no chosen backend offers --mode {args.mode} "
+                               f"with --layout {args.layout} ({offered})")
+    except NothingToRun as nothing:
+        if not args.skip_empty:
+            raise
+        print(f"nothing to run, skipped (--skip-empty): {nothing}")
+        return 0
     out = Path(args.output if args.output is not None else f"results/{datetime.now():%Y%m%d-%H%M%S}.jsonl")
     args.resume = args.resume or args.retry_failed
     check_output(out, args.resume)  # before the progress display, so a refusal is the only output

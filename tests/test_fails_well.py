@@ -92,6 +92,24 @@ def test_run_mistakes_exit_2_with_one_message(tmp_path, capsys, argv, expected):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.parametrize("argv, nothing", [
+    (["--id", "no-such-case*"], "no case matches the selection"),
+    (["--layout", "COO", "--op", "gemm"], "the selection gives nothing to run: no chosen backend offers --mode "
+                                          "default with --layout COO"),
+    (["--op", "gemm", "--pass", "step"], "no selected case has --pass step"),
+])
+def test_skip_empty_makes_nothing_to_run_a_note_and_exit_0(tmp_path, capsys, argv, nothing):
+    """tox's variant commands narrow whatever catalog they are given: one a catalog has no case for is a note. Any
+    other mistake is still an error."""
+    base = ["run", "--catalog", "smoke", "--backend", "torch", "-o", str(tmp_path / "r.jsonl"), *argv]
+    assert nothing in one_error(capsys, main(base))
+    assert main([*base, "--skip-empty"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("nothing to run, skipped (--skip-empty): ") and nothing in out
+    assert not (tmp_path / "r.jsonl").exists()
+    assert "unknown dtype 'fp64'" in one_error(capsys, main([*base, "--skip-empty", "--dtype", "fp64"]))
+
+
 @pytest.mark.parametrize("argv, expected", [
     ([], "the following arguments are required: command"),
     (["lst"], "invalid choice: 'lst'"),
