@@ -664,13 +664,15 @@ def peaks(a: Analysis) -> list[dict[str, Any]]:
         rows = [[cell(r.theoretical_label, num=False), cell(flops_text(theo)),
                  cell(r.theoretical_basis, num=False, wrap=True)],
                 [cell("measured peak", num=False), cell(flops_text(measured)),
-                 cell(f"{r.measured_backend}, {r.measured_case}; {r.measured_basis}", num=False, wrap=True)],
+                 cell(f"{r.measured_backend}, {r.measured_case}; {r.measured_basis}" if np.isfinite(measured)
+                      else "no GEMM measured in this configuration", num=False, wrap=True)],
                 [cell("memory bandwidth", num=False),
                  cell(f"{r.bandwidth_gbps:.3g} GB/s" if np.isfinite(r.bandwidth_gbps) else "–"),
                  cell(r.bandwidth_basis, num=False, wrap=True)]]
         where = " · ".join(map(str, (r.machine, r.device, r.dtype, r.math))) if several else ""
-        blocks.append(block(head, [table(["peak", "rate", "basis"], rows, caption=(
-            "Percentages of peak in the report are against the measured peak."))], where=where))
+        caption = ("Percentages of peak in the report are against the measured peak." if np.isfinite(measured) else
+                   "No GEMM was measured in this configuration: no rate is given as a percentage of a measured peak.")
+        blocks.append(block(head, [table(["peak", "rate", "basis"], rows, caption=caption)], where=where))
     return blocks
 
 

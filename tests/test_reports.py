@@ -278,6 +278,15 @@ def test_peak_labelling_and_percentages_above_100() -> None:
     assert "nominal clock, may understate" in headline and "1 measurements exceed the measured peak" in headline
 
 
+def test_peak_without_a_measured_gemm_says_so() -> None:
+    a = analysis.analyze(results(record("W", "torch", "forward", 1.5e-3, Conv2d(1, 64, 64, 64, 64, 3, 3))))
+    block = summary.peaks(a)[0]
+    text = json.dumps(block, ensure_ascii=False)
+    assert "no GEMM was measured" in block["headline"]
+    assert "no GEMM measured in this configuration" in text and "nan" not in text
+    assert "against the measured peak" not in text
+
+
 def test_conv_vs_dense_both_framings() -> None:
     conv = Conv2d(1, 3, 32, 32, 64, 3, 3, padding=(1, 1, 1, 1))
     same_values, same_pixels = Gemm(1, 512, 3072), Gemm(1, 512, 1024)
