@@ -33,6 +33,9 @@ from suite import models
 from suite.models import _stage_blocks
 
 BN_MOMENTUM = 0.1  # torch's weight of the batch statistic in the running one; Keras takes 1 - this
+# Every variable is assigned its canonical weights right after the build (``Loader.load``): Keras' random initial
+# values would be drawn only to be overwritten (about 1 s of BERT-base's build), so the weights start as zeros.
+PLACEHOLDER = "zeros"
 
 
 def _conv_kernel(array: np.ndarray) -> np.ndarray:
@@ -101,7 +104,8 @@ def resnet50(keras: Any, loader: Loader, policy: Any) -> Any:
         """A bias-free conv with torch's padding (size // 2 on every side): padding layer + valid conv if strided."""
         pad = size // 2
         padding = "same" if stride == 1 or pad == 0 else "valid"
-        layer = layers.Conv2D(filters, size, strides=stride, padding=padding, use_bias=False, dtype=policy)
+        layer = layers.Conv2D(filters, size, strides=stride, padding=padding, use_bias=False,
+                              kernel_initializer=PLACEHOLDER, dtype=policy)
         loader.conv(prefix, layer)
         return [layers.ZeroPadding2D(pad, dtype=policy), layer] if padding == "valid" and pad else [layer]
 
@@ -133,7 +137,7 @@ def resnet50(keras: Any, loader: Loader, policy: Any) -> Any:
             self.blocks = [Bottleneck(f"layer{stage}.{j}", width, stride, j == 0)
                            for stage, j, _, width, stride in _stage_blocks()]
             self.pool = layers.GlobalAveragePooling2D(dtype=policy)
-            self.fc = layers.Dense(models.RESNET_CLASSES, dtype=policy)
+            self.fc = layers.Dense(models.RESNET_CLASSES, kernel_initializer=PLACEHOLDER, dtype=policy)
             loader.dense("fc", self.fc)
 
         def call(self, images, training=False):
@@ -151,7 +155,7 @@ def bert(keras: Any, loader: Loader, policy: Any) -> Any:
     hidden, heads, head = models.BERT_HIDDEN, models.BERT_HEADS, models.BERT_HEAD_DIM
 
     def dense(prefix: str, units: int, activation: Any = None) -> Any:
-        layer = layers.Dense(units, activation=activation, dtype=policy)
+        layer = layers.Dense(units, activation=activation, kernel_initializer=PLACEHOLDER, dtype=policy)
         loader.dense(prefix, layer)
         return layer
 
@@ -161,7 +165,7 @@ def bert(keras: Any, loader: Loader, policy: Any) -> Any:
         return layer
 
     def embedding(prefix: str, rows: int) -> Any:
-        layer = layers.Embedding(rows, hidden, dtype=policy)
+        layer = layers.Embedding(rows, hidden, embeddings_initializer=PLACEHOLDER, dtype=policy)
         loader.add(f"{prefix}.weight", lambda: layer.embeddings, _same)
         return layer
 
@@ -169,7 +173,7 @@ def bert(keras: Any, loader: Loader, policy: Any) -> Any:
         return keras.activations.gelu(x, approximate=False)
 
     def attention(prefix: str) -> Any:
-        layer = layers.MultiHeadAttention(heads, head, dtype=policy)
+        layer = layers.MultiHeadAttention(heads, head, kernel_initializer=PLACEHOLDER, dtype=policy)
         for name, part in (("query", "query"), ("key", "key"), ("value", "value")):
             loader.add(f"{prefix}.self.{name}.weight", lambda part=part: getattr(layer, f"_{part}_dense").kernel,
                        lambda w: w.T.reshape(hidden, heads, head))

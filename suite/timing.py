@@ -36,7 +36,7 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class TimingConfig:
-    warmup_s: float = 0.05  # >= 25 ms (triton do_bench) absorbs primitive JIT, allocator growth, autotuning
+    warmup_s: float = 0.025  # triton do_bench's 25 ms after the first call: primitive JIT, allocator growth, autotuning
     target_block_s: float = 0.025  # blocks of 10-100 ms keep one sync per block negligible
     min_blocks: int = 7  # fewest blocks before stopping (6 give a 95% order-statistic CI of the median at all)
     max_blocks: int = 60
