@@ -518,6 +518,21 @@ def test_the_main_job_s_other_variants_run_on_the_network_layer_sets_and_sweeps_
     assert all(c.passes == ("forward", "backward") for c in tagged(catalog, "sweeps"))
 
 
+def test_the_main_job_s_other_variants_measure_every_pass_a_step_s_layer_sum_takes(catalog):
+    """A variant's network is complete only with every layer in the passes its share of a step comes from: forward,
+    dX and dW, or forward and the one backward of a weightless op (attention). tox's variant_args may narrow the
+    passes (--pass), never below that."""
+    line = next(x for x in (Path(__file__).resolve().parents[1] / "tox.ini").read_text().splitlines()
+                if x.startswith("variant_args"))
+    for case in catalog.subset("quick-variants"):
+        planned = set(case.passes or case.op.passes)
+        if "--pass " in line:
+            planned &= set(line.split("--pass ")[1].split()[0].split(","))
+        needs = ({"forward", "backward_data", "backward_weight"} if "backward_data" in case.op.passes
+                 else {"forward", "backward"})
+        assert needs <= planned, (case.id, sorted(needs - planned))
+
+
 def test_quick_covers_what_it_should(catalog):
     quick = catalog.subset("quick")
     tags = Counter(t for c in quick for t in c.tags)
