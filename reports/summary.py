@@ -671,7 +671,8 @@ def peaks(a: Analysis) -> list[dict[str, Any]]:
                  cell(r.bandwidth_basis, num=False, wrap=True)]]
         where = " · ".join(map(str, (r.machine, r.device, r.dtype, r.math))) if several else ""
         caption = ("Percentages of peak in the report are against the measured peak." if np.isfinite(measured) else
-                   "No GEMM was measured in this configuration: no rate is given as a percentage of a measured peak.")
+                   "No GEMM was measured in this configuration: no FLOP rate is given as a percentage of a "
+                   "measured peak.")
         blocks.append(block(head, [table(["peak", "rate", "basis"], rows, caption=caption)], where=where))
     return blocks
 
